@@ -1,0 +1,33 @@
+# The two commands: `make run` and `make test`. See README.md.
+SHELL := bash
+CARGO ?= cargo
+SCENARIO ?= all
+DURATION ?= 30
+
+.PHONY: run test servers lint unit bench check fmt
+
+## Build and start the service on 127.0.0.1:8080 with a local PostgreSQL under .data/ and a demo merchant.
+run: servers
+	$(CARGO) build --bin rampart
+	RAMPART_ENV=$${RAMPART_ENV:-development} ./target/debug/rampart serve
+
+## Everything CI checks: formatting, lints, then the whole test suite against real servers.
+test: servers lint
+	$(CARGO) test --workspace --all-targets
+
+servers:
+	@bash scripts/ensure-servers.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+check:
+	$(CARGO) check --workspace --all-targets
+
+## Load and micro benchmarks; see BENCHMARKS.md. make bench SCENARIO=product DURATION=20
+bench: servers
+	bash bench/run.sh "$(SCENARIO)" "$(DURATION)"

@@ -1,0 +1,295 @@
+//! `Db`: owns the deadpool-postgres pool.
+//!
+//! Messages (all through [`crate::Handle`], so a full mailbox is refused at once):
+//! - [`Exec<C>`] for any [`DbCommand`] `C` → `Result<C::Output, DbError>`: takes a pooled
+//!   connection (statement cache per connection) and runs the command on it.
+//! - [`PoolStatus`] → [`PoolSnapshot`]: pool size, idle, waiting, commands in flight.
+//! - [`crate::Stop`]: closes the pool and stops.
+//!
+//! Commands run concurrently up to `max_inflight`; past that the actor holds its mailbox until
+//! one finishes, so the mailbox fills and callers are refused instead of piling onto the pool's
+//! wait queue. Mailbox capacity and restart policy come from the [`crate::ActorSpec`] it is
+//! started with. A panic in a command is caught, the caller gets `DbError::Internal`, and the
+//! pool is rebuilt from its settings (connections a panic may have left mid-transaction are
+//! dropped with the old pool).
+
+use crate::admission::{serve, CallError, Envelope, Handle, Reply, Request};
+use crate::supervision::{Resilient, Stop, Supervision};
+use actix::fut::{ActorFutureExt, WrapFuture};
+use actix::{Actor, ActorContext, Context, Handler};
+use deadpool_postgres::{
+    Client, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use serde::Serialize;
+use std::future::Future;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+/// A typed unit of database work, run on one pooled connection.
+pub trait DbCommand: Send + 'static {
+    type Output: Send + 'static;
+    fn run(self, client: &mut Client) -> impl Future<Output = Result<Self::Output, DbError>>;
+}
+
+/// Runs a [`DbCommand`] on the `Db` actor.
+pub struct Exec<C>(pub C);
+
+impl<C: DbCommand> Request for Exec<C> {
+    type Reply = Result<C::Output, DbError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConstraintKind {
+    Unique,
+    ForeignKey,
+    Check,
+    NotNull,
+    Exclusion,
+}
+
+/// Database failures, typed so the HTTP layer maps them without reading text.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database timeout")]
+    Timeout,
+    #[error("database actor overloaded")]
+    Overloaded,
+    #[error("constraint {name} violated")]
+    Constraint { name: String, kind: ConstraintKind },
+    /// Serialization failure or deadlock: safe to retry the whole transaction.
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Other(String),
+    #[error("database command panicked")]
+    Internal,
+}
+
+impl DbError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DbError::Conflict(_))
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let Some(db) = e.as_db_error() else {
+            // No server error: the connection broke or could not be made.
+            return DbError::Unavailable(e.to_string());
+        };
+        let code = db.code();
+        let constraint = |kind| DbError::Constraint {
+            name: db.constraint().unwrap_or_default().to_owned(),
+            kind,
+        };
+        if *code == SqlState::UNIQUE_VIOLATION {
+            constraint(ConstraintKind::Unique)
+        } else if *code == SqlState::FOREIGN_KEY_VIOLATION {
+            constraint(ConstraintKind::ForeignKey)
+        } else if *code == SqlState::CHECK_VIOLATION {
+            constraint(ConstraintKind::Check)
+        } else if *code == SqlState::NOT_NULL_VIOLATION {
+            constraint(ConstraintKind::NotNull)
+        } else if *code == SqlState::EXCLUSION_VIOLATION {
+            constraint(ConstraintKind::Exclusion)
+        } else if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+            DbError::Conflict(db.message().to_owned())
+        } else if *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE {
+            DbError::Timeout
+        } else if code.code().starts_with("08")
+            || code.code().starts_with("57P")
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+        {
+            DbError::Unavailable(db.message().to_owned())
+        } else {
+            DbError::Other(format!("{}: {}", code.code(), db.message()))
+        }
+    }
+}
+
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => DbError::Timeout,
+            PoolError::Timeout(_) => DbError::Unavailable("connecting timed out".into()),
+            PoolError::Backend(e) => DbError::from(e),
+            PoolError::Closed => DbError::Unavailable("pool closed".into()),
+            other => DbError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<CallError> for DbError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Overloaded => DbError::Overloaded,
+            CallError::Timeout => DbError::Timeout,
+            CallError::Unavailable => DbError::Unavailable("db actor not running".into()),
+            CallError::Panicked => DbError::Internal,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    pub pg: tokio_postgres::Config,
+    pub max_connections: usize,
+    /// Commands running at once before the mailbox is held.
+    pub max_inflight: usize,
+    pub wait_timeout: Duration,
+    pub create_timeout: Duration,
+    pub recycle_timeout: Duration,
+}
+
+impl DbSettings {
+    fn build_pool(&self) -> Pool {
+        let manager = Manager::from_config(
+            self.pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        // Building only fails without a runtime or with a zero size, both fixed here.
+        Pool::builder(manager)
+            .max_size(self.max_connections.max(1))
+            .wait_timeout(Some(self.wait_timeout))
+            .create_timeout(Some(self.create_timeout))
+            .recycle_timeout(Some(self.recycle_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .unwrap_or_else(|e| unreachable!("pool settings are fixed: {e}"))
+    }
+}
+
+pub struct Db {
+    settings: DbSettings,
+    pool: Pool,
+    inflight: usize,
+    supervision: Supervision,
+}
+
+impl Db {
+    pub fn new(settings: DbSettings, supervision: Supervision) -> Self {
+        let pool = settings.build_pool();
+        Self {
+            settings,
+            pool,
+            inflight: 0,
+            supervision,
+        }
+    }
+}
+
+impl Actor for Db {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.pool.close();
+    }
+}
+
+impl Resilient for Db {
+    fn supervision(&mut self) -> &mut Supervision {
+        &mut self.supervision
+    }
+
+    fn rebuild(&mut self, _ctx: &mut Context<Self>) {
+        self.pool.close();
+        self.pool = self.settings.build_pool();
+        self.inflight = 0;
+    }
+}
+
+impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
+    type Result = ();
+
+    fn handle(&mut self, envelope: Envelope<Exec<C>>, ctx: &mut Context<Self>) {
+        serve(self, ctx, envelope, |db, Exec(command), _ctx| {
+            let pool = db.pool.clone();
+            db.inflight += 1;
+            let work = async move {
+                let mut client = pool.get().await?;
+                command.run(&mut client).await
+            }
+            .into_actor(db)
+            .map(|result, db, _| {
+                db.inflight = db.inflight.saturating_sub(1);
+                result
+            });
+            if db.inflight >= db.settings.max_inflight {
+                Reply::Wait(Box::pin(work))
+            } else {
+                Reply::Spawn(Box::pin(work))
+            }
+        });
+    }
+}
+
+/// Pool usage, for metrics and readiness.
+pub struct PoolStatus;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSnapshot {
+    pub max_size: usize,
+    pub size: usize,
+    pub available: usize,
+    pub waiting: usize,
+    pub inflight: usize,
+}
+
+impl Request for PoolStatus {
+    type Reply = PoolSnapshot;
+}
+
+impl Handler<Envelope<PoolStatus>> for Db {
+    type Result = ();
+
+    fn handle(&mut self, envelope: Envelope<PoolStatus>, ctx: &mut Context<Self>) {
+        serve(self, ctx, envelope, |db, PoolStatus, _| {
+            let status = db.pool.status();
+            Reply::Ready(PoolSnapshot {
+                max_size: status.max_size,
+                size: status.size,
+                available: status.available,
+                waiting: status.waiting,
+                inflight: db.inflight,
+            })
+        });
+    }
+}
+
+impl Handler<Stop> for Db {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        self.pool.close();
+        ctx.stop();
+    }
+}
+
+/// `SELECT 1`: the readiness probe.
+pub struct Ping;
+
+impl DbCommand for Ping {
+    type Output = ();
+
+    async fn run(self, client: &mut Client) -> Result<(), DbError> {
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+impl Handle<Db> {
+    /// Runs `command` through admission, flattening admission failures into [`DbError`].
+    pub async fn run<C: DbCommand>(&self, command: C) -> Result<C::Output, DbError> {
+        self.call(Exec(command)).await?
+    }
+
+    pub async fn run_within<C: DbCommand>(&self, command: C, within: Duration) -> Result<C::Output, DbError> {
+        self.call_within(Exec(command), within).await?
+    }
+}

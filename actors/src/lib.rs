@@ -1,0 +1,25 @@
+//! Supervised resource owners for actix services.
+//!
+//! actix gives actors and mailboxes, but two things a service under load needs are missing:
+//! `Addr::send` queues past a full mailbox, and a panic in a handler kills the actor for good.
+//! This crate adds what is missing, and nothing about HTTP or any business domain:
+//!
+//! - [`admission`]: request-path calls admitted with `try_send` on one shared address, refused at
+//!   once with [`CallError::Overloaded`] when the mailbox is full, awaited against a deadline.
+//! - [`supervision`]: a panic at the message boundary becomes a restart that rebuilds the owned
+//!   resource, limited by an OTP-style restart intensity; past it the actor is reported failed.
+//! - [`stats`]: per-actor mailbox depth and capacity, handled, refused, restarts, last failure.
+//! - [`tree`]: children started in order, stopped in reverse, observed together.
+//! - [`db`]: the `Db` actor owning a deadpool-postgres pool and running typed commands.
+
+pub mod admission;
+pub mod db;
+pub mod stats;
+pub mod supervision;
+pub mod tree;
+
+pub use admission::{serve, CallError, Envelope, Handle, Reply, Request};
+pub use db::{Db, DbCommand, DbError, DbSettings, Exec, Ping, PoolStatus};
+pub use stats::{ActorState, ActorStats, StatsSnapshot};
+pub use supervision::{ActorSpec, Resilient, RestartPolicy, Stop, Supervision};
+pub use tree::Tree;

@@ -1,0 +1,11 @@
+//! The HTTP edge: middleware, extractors and the fallback that turns every error response into
+//! problem+json.
+
+pub mod auth;
+pub mod json;
+pub mod metrics;
+pub mod problems;
+pub mod request_id;
+
+pub use auth::{AdminAuth, MerchantAuth};
+pub use json::Json;

@@ -1,0 +1,14 @@
+//! Rampart: a commerce backend on supervised actors.
+
+pub mod cli;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod pg_cluster;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;

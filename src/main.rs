@@ -1,0 +1,66 @@
+use clap::Parser;
+use rampart::cli::{Cli, Command, MerchantCommand};
+use rampart::domain::merchant::NewMerchant;
+use rampart::settings::Settings;
+use rampart::startup::{Application, Backend};
+use rampart::store::merchants;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rampart: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rampart::telemetry::init(&settings.log);
+    let result = actix_web::rt::System::new().block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => migrate(settings).await,
+            Command::Merchant(MerchantCommand::Create { name, webhook_url }) => create_merchant(settings, name, webhook_url).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rampart: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+async fn serve(settings: Settings) -> Result<(), AnyError> {
+    let host = settings.server.host.clone();
+    let app = Application::build(settings).await?;
+    let base = format!("http://{host}:{}", app.port());
+    println!("Rampart is serving on {base}");
+    println!("  health:   {base}/health  ·  ready: {base}/health/ready  ·  metrics: {base}/metrics");
+    println!("  OpenAPI:  {base}/api-docs/openapi.json");
+    if let Some(key) = app.demo_api_key() {
+        println!("  demo merchant API key: {key}");
+        println!("  try: curl -H 'Authorization: Bearer {key}' {base}/api/v1/products");
+    }
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn migrate(settings: Settings) -> Result<(), AnyError> {
+    let backend = Backend::start(&settings).await?;
+    backend.shutdown().await;
+    println!("migrations are up to date");
+    Ok(())
+}
+
+async fn create_merchant(settings: Settings, name: String, webhook_url: Option<String>) -> Result<(), AnyError> {
+    let input = NewMerchant::parse(&name, webhook_url.as_deref(), settings.webhooks.allow_private_targets)?;
+    let backend = Backend::start(&settings).await?;
+    let created = merchants::create(&backend.db, input).await;
+    backend.shutdown().await;
+    println!("{}", serde_json::to_string_pretty(&created?)?);
+    Ok(())
+}

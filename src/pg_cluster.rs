@@ -1,0 +1,238 @@
+//! A PostgreSQL cluster run from the locally installed server binaries: the service's embedded
+//! default (`database.url` unset) and the test suite's temporary servers.
+//!
+//! PostgreSQL refuses to run as root, so as root every binary runs as the `postgres` user
+//! (through `runuser`) and the data directory is handed to that user.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin: \
+         install them (Debian: apt-get install postgresql) or set database.url"
+    )]
+    MissingBinaries,
+    #[error("{step} failed: {detail}")]
+    Step { step: &'static str, detail: String },
+}
+
+fn step(step: &'static str, detail: impl ToString) -> ClusterError {
+    ClusterError::Step {
+        step,
+        detail: detail.to_string(),
+    }
+}
+
+pub const SUPERUSER: &str = "rampart";
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+/// Whether the cluster trades durability for speed (tests) or not (the embedded default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Durable,
+    Ephemeral,
+}
+
+impl Cluster {
+    /// Initialises `data` unless it already holds a cluster, then starts it on `port` (or a free
+    /// one) on 127.0.0.1, with its socket inside `data`.
+    pub fn start(data: &Path, port: Option<u16>, durability: Durability) -> Result<Self, ClusterError> {
+        let bin = find_binaries()?;
+        std::fs::create_dir_all(data).map_err(|e| step("creating the data directory", e))?;
+        let data = data.canonicalize().map_err(|e| step("resolving the data directory", e))?;
+        let as_postgres = running_as_root();
+        let port = match port {
+            Some(p) => p,
+            None => free_port().map_err(|e| step("finding a free port", e))?,
+        };
+        let cluster = Self {
+            bin,
+            data,
+            port,
+            as_postgres,
+        };
+        if as_postgres {
+            cluster.run("chown", Command::new("chown").args(["-R", "postgres:postgres"]).arg(&cluster.data))?;
+        }
+        if !cluster.data.join("PG_VERSION").exists() {
+            let mut initdb = cluster.pg("initdb");
+            initdb.arg("-D").arg(&cluster.data).args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale"]);
+            if durability == Durability::Ephemeral {
+                initdb.arg("--no-sync");
+            }
+            cluster.run("initdb", &mut initdb)?;
+        }
+        // A server left behind by a crash holds the directory: stop it, then start ours.
+        if cluster.data.join("postmaster.pid").exists() {
+            let _ = cluster.stop_with("immediate");
+        }
+        let mut options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+            cluster.data.display()
+        );
+        if durability == Durability::Ephemeral {
+            options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        cluster.options_file(&options)?;
+        cluster.start_again()?;
+        Ok(cluster)
+    }
+
+    fn options_file(&self, options: &str) -> Result<(), ClusterError> {
+        std::fs::write(self.data.join("rampart.options"), options).map_err(|e| step("writing server options", e))
+    }
+
+    /// Starts the (stopped) server again with the options it was first started with.
+    pub fn start_again(&self) -> Result<(), ClusterError> {
+        let options = std::fs::read_to_string(self.data.join("rampart.options")).map_err(|e| step("reading server options", e))?;
+        let mut pg_ctl = self.pg("pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"]);
+        self.run("pg_ctl start", &mut pg_ctl)
+    }
+
+    /// Stops the server: `fast` disconnects clients cleanly, `immediate` is a crash.
+    pub fn stop_with(&self, mode: &str) -> Result<(), ClusterError> {
+        let mut pg_ctl = self.pg("pg_ctl");
+        pg_ctl.arg("-D").arg(&self.data).args(["-w", "-m", mode, "stop"]);
+        self.run("pg_ctl stop", &mut pg_ctl)
+    }
+
+    pub fn stop(&self) -> Result<(), ClusterError> {
+        self.stop_with("fast")
+    }
+
+    /// Stops the server and removes its directory once the current process is gone, however it
+    /// ends: test binaries exit without running destructors.
+    pub fn stop_when_process_exits(&self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let runuser = if self.as_postgres { "runuser -u postgres -- " } else { "" };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runuser}{pg_ctl} -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{data}'",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = self.data.display(),
+        );
+        let _ = Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates `database` unless it exists.
+    pub async fn ensure_database(&self, database: &str) -> Result<(), ClusterError> {
+        let (client, connection) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .map_err(|e| step("connecting to the new cluster", e))?;
+        let connection = tokio::spawn(connection);
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+            .await
+            .map_err(|e| step("looking up the database", e))?
+            .is_some();
+        if !exists {
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{}\"", database.replace('"', "")))
+                .await
+                .map_err(|e| step("creating the database", e))?;
+        }
+        drop(client);
+        let _ = connection.await;
+        Ok(())
+    }
+
+    fn pg(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn run(&self, what: &'static str, command: &mut Command) -> Result<(), ClusterError> {
+        let out = command.stdin(Stdio::null()).output().map_err(|e| step(what, e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if detail.is_empty() {
+                detail = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            }
+            if let Ok(log) = std::fs::read_to_string(self.data.join("server.log")) {
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                detail.push_str(&format!(" (server.log: {})", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+            }
+            Err(step(what, detail))
+        }
+    }
+}
+
+/// The directory holding `initdb` and `pg_ctl`: from PATH, else the newest under
+/// `/usr/lib/postgresql/*/bin`.
+pub fn find_binaries() -> Result<PathBuf, ClusterError> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_both(d)) {
+            // Debian links initdb into PATH but keeps `postgres` beside the real files.
+            let real = dir.join("pg_ctl").canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+            return Ok(real.filter(|d| has_both(d)).unwrap_or(dir));
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| ClusterError::MissingBinaries)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            has_both(&bin).then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).ok_or(ClusterError::MissingBinaries)
+}
+
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,380 @@
+//! Typed, layered configuration: the built-in defaults (`config/default.toml`, compiled in),
+//! then `config/<RAMPART_ENV>.toml`, then `RAMPART__SECTION__KEY` variables. Unknown keys and
+//! invalid values are errors that name the key.
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// A value that must never reach a log line.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub rate_limit: RateLimitSettings,
+    pub cache: CacheSettings,
+    pub jobs: JobSettings,
+    pub memory: MemorySettings,
+    pub email: EmailSettings,
+    pub webhooks: WebhookSettings,
+    pub health: HealthSettings,
+    pub log: LogSettings,
+    pub actors: ActorSettings,
+    pub dev: DevSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub trusted_proxies: Vec<String>,
+    pub body_limit_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+    pub keep_alive_secs: u64,
+    pub max_connections: usize,
+    /// Signs pagination cursors. Instances behind one load balancer need the same value;
+    /// unset, it is derived from `admin.token`, or random per process without one.
+    #[serde(default)]
+    pub cursor_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    #[serde(default)]
+    pub url: Option<Secret>,
+    pub data_dir: PathBuf,
+    pub max_connections: usize,
+    pub max_inflight: usize,
+    pub wait_timeout_ms: u64,
+    pub create_timeout_ms: u64,
+    pub recycle_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    #[serde(default)]
+    pub url: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub classes: RateLimitClasses,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitClasses {
+    pub storefront: RateLimitClass,
+    pub checkout: RateLimitClass,
+    pub merchant: RateLimitClass,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitClass {
+    pub limit: u32,
+    pub period_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    pub product_ttl_secs: u64,
+    pub list_ttl_secs: u64,
+    pub max_entries: u64,
+    pub storefront_max_age_secs: u64,
+    pub stale_if_error_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub lease_secs: u64,
+    pub concurrency: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySettings {
+    pub soft_limit_mb: u64,
+    pub hard_limit_mb: u64,
+    pub check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    #[serde(default)]
+    pub smtp_url: Option<Secret>,
+    pub from: String,
+    pub outbox_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub allow_private_targets: bool,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    pub ready_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSettings {
+    pub call_deadline_ms: u64,
+    pub db: ActorLimits,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorLimits {
+    pub mailbox: usize,
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevSettings {
+    pub demo_merchant: bool,
+}
+
+/// An address range whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.to_ipv6_mapped().octets(), self.prefix),
+            (IpAddr::V4(_), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+        }
+    }
+}
+
+fn mask_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    (a[full] & mask) == (b[full] & mask)
+}
+
+impl Settings {
+    /// Loads the layers for `RAMPART_ENV` (default `development`) from `RAMPART_CONFIG_DIR`
+    /// (default `config`) and the process environment.
+    pub fn load() -> Result<Self, SettingsError> {
+        let env = std::env::var("RAMPART_ENV").unwrap_or_else(|_| "development".to_owned());
+        let dir = std::env::var_os("RAMPART_CONFIG_DIR").map_or_else(|| PathBuf::from("config"), PathBuf::from);
+        Self::load_layers(&dir, &env, true)
+    }
+
+    /// The built-in defaults and `config/test.toml`, without the process environment: what the
+    /// integration tests start from before setting their own values.
+    pub fn for_tests() -> Result<Self, SettingsError> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        Self::load_layers(&dir, "test", false)
+    }
+
+    fn load_layers(dir: &Path, env: &str, with_environment: bool) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from(dir.join(format!("{env}.toml"))).required(false));
+        if with_environment {
+            builder = builder.add_source(
+                Environment::with_prefix("RAMPART")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("server.trusted_proxies"),
+            );
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let positive = |key, v: u64| if v == 0 { Err(invalid(key, "must be greater than 0")) } else { Ok(()) };
+        if self.server.host.trim().is_empty() {
+            return Err(invalid("server.host", "must not be empty"));
+        }
+        for cidr in &self.server.trusted_proxies {
+            Cidr::from_str(cidr).map_err(|m| invalid("server.trusted_proxies", m))?;
+        }
+        positive("server.body_limit_bytes", self.server.body_limit_bytes as u64)?;
+        positive("server.max_connections", self.server.max_connections as u64)?;
+        if let Some(url) = &self.database.url {
+            tokio_postgres::Config::from_str(url.expose()).map_err(|e| invalid("database.url", e.to_string()))?;
+        }
+        positive("database.max_connections", self.database.max_connections as u64)?;
+        positive("database.max_inflight", self.database.max_inflight as u64)?;
+        positive("database.wait_timeout_ms", self.database.wait_timeout_ms)?;
+        positive("database.create_timeout_ms", self.database.create_timeout_ms)?;
+        if let Some(url) = &self.redis.url {
+            let u = url.expose();
+            if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
+                return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
+            }
+        }
+        for (key, class) in [
+            ("rate_limit.classes.storefront", self.rate_limit.classes.storefront),
+            ("rate_limit.classes.checkout", self.rate_limit.classes.checkout),
+            ("rate_limit.classes.merchant", self.rate_limit.classes.merchant),
+        ] {
+            if class.limit == 0 || class.period_secs == 0 {
+                return Err(invalid(key, "limit and period_secs must be greater than 0"));
+            }
+        }
+        if self.memory.soft_limit_mb > self.memory.hard_limit_mb {
+            return Err(invalid("memory.soft_limit_mb", "must not exceed memory.hard_limit_mb"));
+        }
+        positive("jobs.max_attempts", u64::from(self.jobs.max_attempts))?;
+        positive("health.ready_timeout_ms", self.health.ready_timeout_ms)?;
+        positive("actors.call_deadline_ms", self.actors.call_deadline_ms)?;
+        positive("actors.db.mailbox", self.actors.db.mailbox as u64)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter).map_err(|e| invalid("log.filter", e.to_string()))?;
+        if let Some(token) = &self.admin.token {
+            if token.expose().len() < 12 {
+                return Err(invalid("admin.token", "must be at least 12 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn trusted_proxies(&self) -> Vec<Cidr> {
+        self.server.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect()
+    }
+
+    pub fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_matches_addresses_inside_its_prefix_only() {
+        let net: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn built_in_defaults_are_valid() {
+        Settings::for_tests().unwrap();
+    }
+}

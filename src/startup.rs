@@ -1,0 +1,197 @@
+//! Startup is a value: [`Application::build`] starts the database (the configured one, or a
+//! local cluster), the supervision tree and the HTTP server bound to its port, and returns
+//! something with [`Application::port`] and [`Application::run_until_stopped`]. `main` only
+//! composes; tests build the same value on port 0.
+
+use crate::http::metrics::Metrics;
+use crate::pg_cluster::{Cluster, ClusterError, Durability};
+use crate::settings::Settings;
+use crate::state::AppState;
+use crate::store::migrate::Migrate;
+use crate::{demo, http, routes};
+use actix::Arbiter;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::{from_fn, Compress};
+use actix_web::{web, App, HttpServer};
+use rampart_actors::{ActorSpec, Db, DbError, DbSettings, Handle, RestartPolicy, Tree};
+use std::net::TcpListener;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("database.url: {0}")]
+    DatabaseUrl(String),
+    #[error("applying migrations: {0}")]
+    Migrate(DbError),
+    #[error("creating the demo merchant: {0}")]
+    Demo(DbError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The database side of the service: the cluster (when local), the supervision tree and `Db`.
+/// `rampart migrate` and `rampart merchant create` use it without the HTTP server.
+pub struct Backend {
+    pub db: Handle<Db>,
+    pub tree: Arc<Tree>,
+    db_arbiter: Arbiter,
+    cluster: Option<Cluster>,
+}
+
+impl Backend {
+    pub async fn start(settings: &Settings) -> Result<Self, StartupError> {
+        let (pg, cluster) = database(settings).await?;
+        let mut tree = Tree::new();
+        let limits = settings.actors.db;
+        let spec = ActorSpec::new("db")
+            .mailbox(limits.mailbox)
+            .restart(RestartPolicy {
+                max_restarts: limits.max_restarts,
+                within: Duration::from_secs(limits.restart_window_secs),
+            })
+            .call_deadline(Settings::ms(settings.actors.call_deadline_ms));
+        let db_settings = DbSettings {
+            pg,
+            max_connections: settings.database.max_connections,
+            max_inflight: settings.database.max_inflight,
+            wait_timeout: Settings::ms(settings.database.wait_timeout_ms),
+            create_timeout: Settings::ms(settings.database.create_timeout_ms),
+            recycle_timeout: Settings::ms(settings.database.recycle_timeout_ms),
+        };
+        // The pool coordinates every worker's queries, so it runs once, on a thread of its own.
+        let db_arbiter = Arbiter::new();
+        let db = tree.start(&spec, Some(&db_arbiter.handle()), move |supervision| Db::new(db_settings, supervision));
+        let applied = db.run_within(Migrate, Duration::from_secs(120)).await.map_err(StartupError::Migrate)?;
+        for name in applied {
+            tracing::info!(migration = %name, "migration applied");
+        }
+        Ok(Self {
+            db,
+            tree: Arc::new(tree),
+            db_arbiter,
+            cluster,
+        })
+    }
+
+    /// Stops the actors (last started first), their arbiter, then the local cluster.
+    pub async fn shutdown(self) {
+        self.tree.stop().await;
+        self.db_arbiter.stop();
+        if let Some(cluster) = self.cluster {
+            match cluster.stop() {
+                Ok(()) => tracing::info!("local PostgreSQL stopped"),
+                Err(e) => tracing::warn!(error = %e, "stopping local PostgreSQL"),
+            }
+        }
+    }
+}
+
+async fn database(settings: &Settings) -> Result<(tokio_postgres::Config, Option<Cluster>), StartupError> {
+    let (url, cluster) = match &settings.database.url {
+        Some(url) => (url.expose().to_owned(), None),
+        None => {
+            let dir = settings.database.data_dir.join("postgres");
+            let cluster = Cluster::start(&dir, None, Durability::Durable)?;
+            cluster.ensure_database("rampart").await?;
+            tracing::info!(port = cluster.port(), dir = %dir.display(), "local PostgreSQL started");
+            (cluster.url("rampart"), Some(cluster))
+        }
+    };
+    let mut pg = tokio_postgres::Config::from_str(&url).map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
+    pg.application_name("rampart")
+        .connect_timeout(Settings::ms(settings.database.create_timeout_ms))
+        .options(format!("-c statement_timeout={}", settings.database.statement_timeout_ms));
+    Ok((pg, cluster))
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    backend: Backend,
+    demo_api_key: Option<String>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let settings = Arc::new(settings);
+        let backend = Backend::start(&settings).await?;
+        let demo_api_key = if settings.dev.demo_merchant {
+            Some(demo::ensure(&backend.db, &settings).await.map_err(StartupError::Demo)?)
+        } else {
+            None
+        };
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind { addr: addr.clone(), source })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?.port();
+
+        let state = web::Data::new(AppState {
+            db: backend.db.clone(),
+            tree: Arc::clone(&backend.tree),
+            settings: Arc::clone(&settings),
+        });
+        let metrics = web::Data::new(Metrics::new()?);
+        let body_limit = settings.server.body_limit_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(metrics.clone())
+                .app_data(web::PayloadConfig::new(body_limit))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+                .wrap(http::problems::fallback())
+                .wrap(Compress::default())
+                .wrap(from_fn(http::metrics::middleware))
+                .wrap(from_fn(http::request_id::middleware))
+        })
+        .keep_alive(Duration::from_secs(settings.server.keep_alive_secs))
+        .max_connections(settings.server.max_connections)
+        .backlog(4096)
+        .shutdown_timeout(settings.server.shutdown_timeout_secs);
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind { addr: format!("port {port}"), source })?
+            .run();
+        Ok(Self {
+            port,
+            server,
+            backend,
+            demo_api_key,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn demo_api_key(&self) -> Option<&str> {
+        self.demo_api_key.as_deref()
+    }
+
+    /// Stops the server gracefully when called (tests; signals do the same in production).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn db(&self) -> &Handle<Db> {
+        &self.backend.db
+    }
+
+    /// Serves until SIGTERM or SIGINT (or [`ServerHandle::stop`]): stops accepting, lets
+    /// in-flight requests finish up to `server.shutdown_timeout_secs`, then stops the actors in
+    /// reverse start order and the local cluster.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        tracing::info!("HTTP server stopped; stopping actors");
+        self.backend.shutdown().await;
+        served
+    }
+}

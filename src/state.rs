@@ -1,0 +1,11 @@
+//! What handlers hold: actor handles and settings, never a pool or a connection.
+
+use crate::settings::Settings;
+use rampart_actors::{Db, Handle, Tree};
+use std::sync::Arc;
+
+pub struct AppState {
+    pub db: Handle<Db>,
+    pub tree: Arc<Tree>,
+    pub settings: Arc<Settings>,
+}

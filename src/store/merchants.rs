@@ -1,0 +1,99 @@
+//! Merchants: creation (with their order-number sequence) and API-key lookup.
+
+use crate::domain::merchant::{new_webhook_secret, NewApiKey, NewMerchant};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
+use rampart_actors::{Db, DbCommand, DbError, Handle};
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Merchant {
+    pub id: Uuid,
+    pub name: String,
+    pub webhook_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What creation returns: the only time the key and the secret are shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedMerchant {
+    pub merchant: Merchant,
+    pub api_key: String,
+    pub webhook_secret: String,
+}
+
+struct InsertMerchant {
+    id: Uuid,
+    name: String,
+    webhook_url: Option<String>,
+    webhook_secret: String,
+    key_hash: Vec<u8>,
+    key_prefix: String,
+}
+
+impl DbCommand for InsertMerchant {
+    type Output = Merchant;
+
+    async fn run(self, client: &mut Client) -> Result<Merchant, DbError> {
+        let sequence = format!("order_numbers_{}", self.id.simple());
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("CREATE SEQUENCE {sequence} AS bigint START 1 CACHE 1")).await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO merchants (id, name, webhook_url, webhook_secret, api_key_hash, api_key_prefix, order_sequence)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at",
+                &[&self.id, &self.name, &self.webhook_url, &self.webhook_secret, &self.key_hash, &self.key_prefix, &sequence],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Merchant {
+            id: self.id,
+            name: self.name,
+            webhook_url: self.webhook_url,
+            created_at: row.get(0),
+        })
+    }
+}
+
+pub async fn create(db: &Handle<Db>, input: NewMerchant) -> Result<CreatedMerchant, DbError> {
+    let key = NewApiKey::generate();
+    let webhook_secret = new_webhook_secret();
+    let merchant = db
+        .run(InsertMerchant {
+            id: Uuid::now_v7(),
+            name: input.name.as_str().to_owned(),
+            webhook_url: input.webhook_url.map(|u| u.as_str().to_owned()),
+            webhook_secret: webhook_secret.clone(),
+            key_hash: key.hash,
+            key_prefix: key.prefix,
+        })
+        .await?;
+    Ok(CreatedMerchant {
+        merchant,
+        api_key: key.plain,
+        webhook_secret,
+    })
+}
+
+/// The merchant holding the API key with this hash.
+pub struct FindByKey(pub Vec<u8>);
+
+impl DbCommand for FindByKey {
+    type Output = Option<Uuid>;
+
+    async fn run(self, client: &mut Client) -> Result<Option<Uuid>, DbError> {
+        let stmt = client.prepare_cached("SELECT id FROM merchants WHERE api_key_hash = $1").await?;
+        Ok(client.query_opt(&stmt, &[&self.0]).await?.map(|r| r.get(0)))
+    }
+}
+
+pub struct Count;
+
+impl DbCommand for Count {
+    type Output = i64;
+
+    async fn run(self, client: &mut Client) -> Result<i64, DbError> {
+        Ok(client.query_one("SELECT count(*) FROM merchants", &[]).await?.get(0))
+    }
+}
