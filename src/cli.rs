@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "rampart", version, about = "A commerce backend built to stay fast and correct under load")]
+#[command(
+    name = "rampart",
+    version,
+    about = "A commerce backend built to stay fast and correct under load"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

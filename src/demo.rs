@@ -15,7 +15,8 @@ pub async fn ensure(db: &Handle<Db>, settings: &Settings) -> Result<String, DbEr
         }
         return Ok("(created earlier; key not kept here)".to_owned());
     }
-    let input = NewMerchant::parse("Demo Store", None, true).map_err(|e| DbError::Other(e.to_string()))?;
+    let input =
+        NewMerchant::parse("Demo Store", None, true).map_err(|e| DbError::Other(e.to_string()))?;
     let created = merchants::create(db, input).await?;
     let _ = std::fs::create_dir_all(&settings.database.data_dir);
     if let Err(e) = std::fs::write(&path, &created.api_key) {

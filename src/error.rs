@@ -34,7 +34,10 @@ impl FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("bad request: {detail}")]
-    BadRequest { detail: String, errors: Vec<FieldError> },
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
     #[error("missing or invalid credentials")]
     Unauthorized,
     #[error("not found")]
@@ -42,7 +45,11 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("conflict: {detail}")]
-    Conflict { kind: &'static str, title: &'static str, detail: String },
+    Conflict {
+        kind: &'static str,
+        title: &'static str,
+        detail: String,
+    },
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("payload too large")]
@@ -52,7 +59,11 @@ pub enum ApiError {
     #[error("validation failed")]
     Validation(Vec<FieldError>),
     #[error("unprocessable: {detail}")]
-    Unprocessable { kind: &'static str, title: &'static str, detail: String },
+    Unprocessable {
+        kind: &'static str,
+        title: &'static str,
+        detail: String,
+    },
     #[error("overloaded")]
     Overloaded { retry_after: u64 },
     #[error("unavailable: {detail}")]
@@ -85,29 +96,70 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request", "Malformed request"),
-            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid credentials"),
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Missing or invalid credentials",
+            ),
             NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             Conflict { kind, title, .. } => (StatusCode::CONFLICT, kind, title),
-            PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
-            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large"),
-            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
-            Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid request"),
+            PreconditionFailed => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+            ),
             Unprocessable { kind, title, .. } => (StatusCode::UNPROCESSABLE_ENTITY, kind, title),
-            Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded"),
-            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
+            Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Service overloaded",
+            ),
+            Unavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
         }
     }
 
     fn detail(&self) -> String {
         use ApiError::*;
         match self {
-            BadRequest { detail, .. } | Conflict { detail, .. } | Unprocessable { detail, .. } | Unavailable { detail, .. } => detail.clone(),
+            BadRequest { detail, .. }
+            | Conflict { detail, .. }
+            | Unprocessable { detail, .. }
+            | Unavailable { detail, .. } => detail.clone(),
             Unauthorized => "send `Authorization: Bearer <key>` with a valid key".into(),
             NotFound => "no such resource".into(),
             MethodNotAllowed => "this resource does not support that method".into(),
-            PreconditionFailed => "the resource changed: If-Match does not match its current ETag".into(),
+            PreconditionFailed => {
+                "the resource changed: If-Match does not match its current ETag".into()
+            }
             PayloadTooLarge => "the request body exceeds the configured limit".into(),
             UnsupportedMediaType => "send `Content-Type: application/json`".into(),
             Validation(errors) => errors
@@ -116,7 +168,9 @@ impl ApiError {
                 .collect::<Vec<_>>()
                 .join("; "),
             Overloaded { .. } => "too much work in flight; retry after the indicated delay".into(),
-            Internal(_) => "an unexpected error occurred; it has been logged with this request id".into(),
+            Internal(_) => {
+                "an unexpected error occurred; it has been logged with this request id".into()
+            }
         }
     }
 }
@@ -134,7 +188,13 @@ struct Problem<'a> {
 }
 
 /// Builds a problem+json response; also used for errors raised outside handlers.
-pub fn problem_response(status: StatusCode, kind: &str, title: &str, detail: String, errors: Option<&[FieldError]>) -> HttpResponse {
+pub fn problem_response(
+    status: StatusCode,
+    kind: &str,
+    title: &str,
+    detail: String,
+    errors: Option<&[FieldError]>,
+) -> HttpResponse {
     let body = Problem {
         kind: format!("/problems/{kind}"),
         title,
@@ -145,7 +205,10 @@ pub fn problem_response(status: StatusCode, kind: &str, title: &str, detail: Str
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     HttpResponse::build(status)
-        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")))
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ))
         .body(json)
 }
 
@@ -165,8 +228,12 @@ impl ResponseError for ApiError {
             _ => None,
         };
         let mut response = problem_response(status, kind, title, self.detail(), errors);
-        if let ApiError::Overloaded { retry_after } | ApiError::Unavailable { retry_after, .. } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        if let ApiError::Overloaded { retry_after } | ApiError::Unavailable { retry_after, .. } =
+            self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         response
     }

@@ -20,7 +20,9 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
-            Command::Merchant(MerchantCommand::Create { name, webhook_url }) => create_merchant(settings, name, webhook_url).await,
+            Command::Merchant(MerchantCommand::Create { name, webhook_url }) => {
+                create_merchant(settings, name, webhook_url).await
+            }
         }
     });
     match result {
@@ -39,7 +41,9 @@ async fn serve(settings: Settings) -> Result<(), AnyError> {
     let app = Application::build(settings).await?;
     let base = format!("http://{host}:{}", app.port());
     println!("Rampart is serving on {base}");
-    println!("  health:   {base}/health  ·  ready: {base}/health/ready  ·  metrics: {base}/metrics");
+    println!(
+        "  health:   {base}/health  ·  ready: {base}/health/ready  ·  metrics: {base}/metrics"
+    );
     println!("  OpenAPI:  {base}/api-docs/openapi.json");
     if let Some(key) = app.demo_api_key() {
         println!("  demo merchant API key: {key}");
@@ -56,8 +60,16 @@ async fn migrate(settings: Settings) -> Result<(), AnyError> {
     Ok(())
 }
 
-async fn create_merchant(settings: Settings, name: String, webhook_url: Option<String>) -> Result<(), AnyError> {
-    let input = NewMerchant::parse(&name, webhook_url.as_deref(), settings.webhooks.allow_private_targets)?;
+async fn create_merchant(
+    settings: Settings,
+    name: String,
+    webhook_url: Option<String>,
+) -> Result<(), AnyError> {
+    let input = NewMerchant::parse(
+        &name,
+        webhook_url.as_deref(),
+        settings.webhooks.allow_private_targets,
+    )?;
     let backend = Backend::start(&settings).await?;
     let created = merchants::create(&backend.db, input).await;
     backend.shutdown().await;

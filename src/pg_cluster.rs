@@ -46,10 +46,16 @@ pub enum Durability {
 impl Cluster {
     /// Initialises `data` unless it already holds a cluster, then starts it on `port` (or a free
     /// one) on 127.0.0.1, with its socket inside `data`.
-    pub fn start(data: &Path, port: Option<u16>, durability: Durability) -> Result<Self, ClusterError> {
+    pub fn start(
+        data: &Path,
+        port: Option<u16>,
+        durability: Durability,
+    ) -> Result<Self, ClusterError> {
         let bin = find_binaries()?;
         std::fs::create_dir_all(data).map_err(|e| step("creating the data directory", e))?;
-        let data = data.canonicalize().map_err(|e| step("resolving the data directory", e))?;
+        let data = data
+            .canonicalize()
+            .map_err(|e| step("resolving the data directory", e))?;
         let as_postgres = running_as_root();
         let port = match port {
             Some(p) => p,
@@ -62,11 +68,24 @@ impl Cluster {
             as_postgres,
         };
         if as_postgres {
-            cluster.run("chown", Command::new("chown").args(["-R", "postgres:postgres"]).arg(&cluster.data))?;
+            cluster.run(
+                "chown",
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&cluster.data),
+            )?;
         }
         if !cluster.data.join("PG_VERSION").exists() {
             let mut initdb = cluster.pg("initdb");
-            initdb.arg("-D").arg(&cluster.data).args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale"]);
+            initdb.arg("-D").arg(&cluster.data).args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]);
             if durability == Durability::Ephemeral {
                 initdb.arg("--no-sync");
             }
@@ -89,12 +108,14 @@ impl Cluster {
     }
 
     fn options_file(&self, options: &str) -> Result<(), ClusterError> {
-        std::fs::write(self.data.join("rampart.options"), options).map_err(|e| step("writing server options", e))
+        std::fs::write(self.data.join("rampart.options"), options)
+            .map_err(|e| step("writing server options", e))
     }
 
     /// Starts the (stopped) server again with the options it was first started with.
     pub fn start_again(&self) -> Result<(), ClusterError> {
-        let options = std::fs::read_to_string(self.data.join("rampart.options")).map_err(|e| step("reading server options", e))?;
+        let options = std::fs::read_to_string(self.data.join("rampart.options"))
+            .map_err(|e| step("reading server options", e))?;
         let mut pg_ctl = self.pg("pg_ctl");
         pg_ctl
             .arg("-D")
@@ -108,7 +129,10 @@ impl Cluster {
     /// Stops the server: `fast` disconnects clients cleanly, `immediate` is a crash.
     pub fn stop_with(&self, mode: &str) -> Result<(), ClusterError> {
         let mut pg_ctl = self.pg("pg_ctl");
-        pg_ctl.arg("-D").arg(&self.data).args(["-w", "-m", mode, "stop"]);
+        pg_ctl
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", mode, "stop"]);
         self.run("pg_ctl stop", &mut pg_ctl)
     }
 
@@ -120,7 +144,11 @@ impl Cluster {
     /// ends: test binaries exit without running destructors.
     pub fn stop_when_process_exits(&self) {
         let pg_ctl = self.bin.join("pg_ctl");
-        let runuser = if self.as_postgres { "runuser -u postgres -- " } else { "" };
+        let runuser = if self.as_postgres {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runuser}{pg_ctl} -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{data}'",
             pid = std::process::id(),
@@ -149,9 +177,10 @@ impl Cluster {
 
     /// Creates `database` unless it exists.
     pub async fn ensure_database(&self, database: &str) -> Result<(), ClusterError> {
-        let (client, connection) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .map_err(|e| step("connecting to the new cluster", e))?;
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| step("connecting to the new cluster", e))?;
         let connection = tokio::spawn(connection);
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
@@ -160,7 +189,10 @@ impl Cluster {
             .is_some();
         if !exists {
             client
-                .batch_execute(&format!("CREATE DATABASE \"{}\"", database.replace('"', "")))
+                .batch_execute(&format!(
+                    "CREATE DATABASE \"{}\"",
+                    database.replace('"', "")
+                ))
                 .await
                 .map_err(|e| step("creating the database", e))?;
         }
@@ -181,7 +213,10 @@ impl Cluster {
     }
 
     fn run(&self, what: &'static str, command: &mut Command) -> Result<(), ClusterError> {
-        let out = command.stdin(Stdio::null()).output().map_err(|e| step(what, e))?;
+        let out = command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| step(what, e))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -191,7 +226,10 @@ impl Cluster {
             }
             if let Ok(log) = std::fs::read_to_string(self.data.join("server.log")) {
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                detail.push_str(&format!(" (server.log: {})", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+                detail.push_str(&format!(
+                    " (server.log: {})",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
             }
             Err(step(what, detail))
         }
@@ -205,7 +243,11 @@ pub fn find_binaries() -> Result<PathBuf, ClusterError> {
     if let Some(path) = std::env::var_os("PATH") {
         if let Some(dir) = std::env::split_paths(&path).find(|d| has_both(d)) {
             // Debian links initdb into PATH but keeps `postgres` beside the real files.
-            let real = dir.join("pg_ctl").canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+            let real = dir
+                .join("pg_ctl")
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf));
             return Ok(real.filter(|d| has_both(d)).unwrap_or(dir));
         }
     }
@@ -219,7 +261,10 @@ pub fn find_binaries() -> Result<PathBuf, ClusterError> {
         })
         .collect();
     versions.sort();
-    versions.pop().map(|(_, bin)| bin).ok_or(ClusterError::MissingBinaries)
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or(ClusterError::MissingBinaries)
 }
 
 pub fn free_port() -> std::io::Result<u16> {

@@ -232,10 +232,18 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
             None => max,
         };
         Ok(Self { addr, prefix })
@@ -247,8 +255,12 @@ impl Cidr {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
             (IpAddr::V6(net), IpAddr::V6(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.to_ipv6_mapped().octets(), self.prefix),
-            (IpAddr::V4(_), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+            (IpAddr::V6(net), IpAddr::V4(ip)) => {
+                mask_eq(&net.octets(), &ip.to_ipv6_mapped().octets(), self.prefix)
+            }
+            (IpAddr::V4(_), IpAddr::V6(ip)) => ip
+                .to_ipv4_mapped()
+                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
         }
     }
 }
@@ -271,7 +283,8 @@ impl Settings {
     /// (default `config`) and the process environment.
     pub fn load() -> Result<Self, SettingsError> {
         let env = std::env::var("RAMPART_ENV").unwrap_or_else(|_| "development".to_owned());
-        let dir = std::env::var_os("RAMPART_CONFIG_DIR").map_or_else(|| PathBuf::from("config"), PathBuf::from);
+        let dir = std::env::var_os("RAMPART_CONFIG_DIR")
+            .map_or_else(|| PathBuf::from("config"), PathBuf::from);
         Self::load_layers(&dir, &env, true)
     }
 
@@ -302,45 +315,80 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let positive = |key, v: u64| if v == 0 { Err(invalid(key, "must be greater than 0")) } else { Ok(()) };
+        let positive = |key, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
         if self.server.host.trim().is_empty() {
             return Err(invalid("server.host", "must not be empty"));
         }
         for cidr in &self.server.trusted_proxies {
             Cidr::from_str(cidr).map_err(|m| invalid("server.trusted_proxies", m))?;
         }
-        positive("server.body_limit_bytes", self.server.body_limit_bytes as u64)?;
+        positive(
+            "server.body_limit_bytes",
+            self.server.body_limit_bytes as u64,
+        )?;
         positive("server.max_connections", self.server.max_connections as u64)?;
         if let Some(url) = &self.database.url {
-            tokio_postgres::Config::from_str(url.expose()).map_err(|e| invalid("database.url", e.to_string()))?;
+            tokio_postgres::Config::from_str(url.expose())
+                .map_err(|e| invalid("database.url", e.to_string()))?;
         }
-        positive("database.max_connections", self.database.max_connections as u64)?;
+        positive(
+            "database.max_connections",
+            self.database.max_connections as u64,
+        )?;
         positive("database.max_inflight", self.database.max_inflight as u64)?;
         positive("database.wait_timeout_ms", self.database.wait_timeout_ms)?;
-        positive("database.create_timeout_ms", self.database.create_timeout_ms)?;
+        positive(
+            "database.create_timeout_ms",
+            self.database.create_timeout_ms,
+        )?;
         if let Some(url) = &self.redis.url {
             let u = url.expose();
-            if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
-                return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("unix://"))
+            {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
             }
         }
         for (key, class) in [
-            ("rate_limit.classes.storefront", self.rate_limit.classes.storefront),
-            ("rate_limit.classes.checkout", self.rate_limit.classes.checkout),
-            ("rate_limit.classes.merchant", self.rate_limit.classes.merchant),
+            (
+                "rate_limit.classes.storefront",
+                self.rate_limit.classes.storefront,
+            ),
+            (
+                "rate_limit.classes.checkout",
+                self.rate_limit.classes.checkout,
+            ),
+            (
+                "rate_limit.classes.merchant",
+                self.rate_limit.classes.merchant,
+            ),
         ] {
             if class.limit == 0 || class.period_secs == 0 {
                 return Err(invalid(key, "limit and period_secs must be greater than 0"));
             }
         }
         if self.memory.soft_limit_mb > self.memory.hard_limit_mb {
-            return Err(invalid("memory.soft_limit_mb", "must not exceed memory.hard_limit_mb"));
+            return Err(invalid(
+                "memory.soft_limit_mb",
+                "must not exceed memory.hard_limit_mb",
+            ));
         }
         positive("jobs.max_attempts", u64::from(self.jobs.max_attempts))?;
         positive("health.ready_timeout_ms", self.health.ready_timeout_ms)?;
         positive("actors.call_deadline_ms", self.actors.call_deadline_ms)?;
         positive("actors.db.mailbox", self.actors.db.mailbox as u64)?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.filter).map_err(|e| invalid("log.filter", e.to_string()))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| invalid("log.filter", e.to_string()))?;
         if let Some(token) = &self.admin.token {
             if token.expose().len() < 12 {
                 return Err(invalid("admin.token", "must be at least 12 characters"));
@@ -350,7 +398,11 @@ impl Settings {
     }
 
     pub fn trusted_proxies(&self) -> Vec<Cidr> {
-        self.server.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect()
+        self.server
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
     }
 
     pub fn ms(ms: u64) -> Duration {

@@ -30,7 +30,10 @@ pub enum StartupError {
     #[error("creating the demo merchant: {0}")]
     Demo(DbError),
     #[error("binding {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -66,8 +69,13 @@ impl Backend {
         };
         // The pool coordinates every worker's queries, so it runs once, on a thread of its own.
         let db_arbiter = Arbiter::new();
-        let db = tree.start(&spec, Some(&db_arbiter.handle()), move |supervision| Db::new(db_settings, supervision));
-        let applied = db.run_within(Migrate, Duration::from_secs(120)).await.map_err(StartupError::Migrate)?;
+        let db = tree.start(&spec, Some(&db_arbiter.handle()), move |supervision| {
+            Db::new(db_settings, supervision)
+        });
+        let applied = db
+            .run_within(Migrate, Duration::from_secs(120))
+            .await
+            .map_err(StartupError::Migrate)?;
         for name in applied {
             tracing::info!(migration = %name, "migration applied");
         }
@@ -92,7 +100,9 @@ impl Backend {
     }
 }
 
-async fn database(settings: &Settings) -> Result<(tokio_postgres::Config, Option<Cluster>), StartupError> {
+async fn database(
+    settings: &Settings,
+) -> Result<(tokio_postgres::Config, Option<Cluster>), StartupError> {
     let (url, cluster) = match &settings.database.url {
         Some(url) => (url.expose().to_owned(), None),
         None => {
@@ -103,10 +113,14 @@ async fn database(settings: &Settings) -> Result<(tokio_postgres::Config, Option
             (cluster.url("rampart"), Some(cluster))
         }
     };
-    let mut pg = tokio_postgres::Config::from_str(&url).map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
+    let mut pg = tokio_postgres::Config::from_str(&url)
+        .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
     pg.application_name("rampart")
         .connect_timeout(Settings::ms(settings.database.create_timeout_ms))
-        .options(format!("-c statement_timeout={}", settings.database.statement_timeout_ms));
+        .options(format!(
+            "-c statement_timeout={}",
+            settings.database.statement_timeout_ms
+        ));
     Ok((pg, cluster))
 }
 
@@ -122,13 +136,23 @@ impl Application {
         let settings = Arc::new(settings);
         let backend = Backend::start(&settings).await?;
         let demo_api_key = if settings.dev.demo_merchant {
-            Some(demo::ensure(&backend.db, &settings).await.map_err(StartupError::Demo)?)
+            Some(
+                demo::ensure(&backend.db, &settings)
+                    .await
+                    .map_err(StartupError::Demo)?,
+            )
         } else {
             None
         };
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind { addr: addr.clone(), source })?;
-        let port = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?.port();
+        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?
+            .port();
 
         let state = web::Data::new(AppState {
             db: backend.db.clone(),
@@ -158,7 +182,10 @@ impl Application {
         }
         let server = server
             .listen(listener)
-            .map_err(|source| StartupError::Bind { addr: format!("port {port}"), source })?
+            .map_err(|source| StartupError::Bind {
+                addr: format!("port {port}"),
+                source,
+            })?
             .run();
         Ok(Self {
             port,

@@ -188,16 +188,18 @@ where
         inner: future,
         span,
     }
-    .map(move |result, act: &mut A, ctx: &mut Context<A>| match result {
-        Ok(value) => {
-            stats.handled();
-            let _ = reply.send(Ok(value));
-        }
-        Err(panic) => {
-            let _ = reply.send(Err(CallError::Panicked));
-            on_panic(act, ctx, panic);
-        }
-    });
+    .map(
+        move |result, act: &mut A, ctx: &mut Context<A>| match result {
+            Ok(value) => {
+                stats.handled();
+                let _ = reply.send(Ok(value));
+            }
+            Err(panic) => {
+                let _ = reply.send(Err(CallError::Panicked));
+                on_panic(act, ctx, panic);
+            }
+        },
+    );
     if blocking {
         ctx.wait(guarded);
     } else {
@@ -222,7 +224,9 @@ impl<A: Actor, T> ActorFuture<A> for Guarded<A, T> {
     ) -> Poll<Self::Output> {
         let this = self.get_mut();
         let _entered = this.span.enter();
-        match catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll(act, ctx, task))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            this.inner.as_mut().poll(act, ctx, task)
+        })) {
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(panic) => Poll::Ready(Err(panic_text(panic.as_ref()))),

@@ -95,7 +95,9 @@ impl From<tokio_postgres::Error> for DbError {
             constraint(ConstraintKind::NotNull)
         } else if *code == SqlState::EXCLUSION_VIOLATION {
             constraint(ConstraintKind::Exclusion)
-        } else if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+        } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+        {
             DbError::Conflict(db.message().to_owned())
         } else if *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE {
             DbError::Timeout
@@ -289,7 +291,11 @@ impl Handle<Db> {
         self.call(Exec(command)).await?
     }
 
-    pub async fn run_within<C: DbCommand>(&self, command: C, within: Duration) -> Result<C::Output, DbError> {
+    pub async fn run_within<C: DbCommand>(
+        &self,
+        command: C,
+        within: Duration,
+    ) -> Result<C::Output, DbError> {
         self.call_within(Exec(command), within).await?
     }
 }

@@ -28,7 +28,12 @@ impl Tree {
 
     /// Starts a child with the mailbox capacity and restart policy of `spec`, on `arbiter` (its
     /// own thread) or, with `None`, on the current one.
-    pub fn start<A, F>(&mut self, spec: &ActorSpec, arbiter: Option<&ArbiterHandle>, make: F) -> Handle<A>
+    pub fn start<A, F>(
+        &mut self,
+        spec: &ActorSpec,
+        arbiter: Option<&ArbiterHandle>,
+        make: F,
+    ) -> Handle<A>
     where
         A: Resilient + Handler<Stop>,
         F: FnOnce(Supervision) -> A + Send + 'static,

@@ -18,7 +18,10 @@ impl MerchantName {
             return Err(FieldError::new(field, "must be 1 to 200 characters"));
         }
         if trimmed.chars().any(char::is_control) {
-            return Err(FieldError::new(field, "must not contain control characters"));
+            return Err(FieldError::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -54,7 +57,9 @@ impl WebhookUrl {
             return Err(bad("must be a valid URL with a host"));
         }
         if !allow_private && is_private_host(host) {
-            return Err(bad("must not point at a loopback, private or link-local address"));
+            return Err(bad(
+                "must not point at a loopback, private or link-local address",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -65,13 +70,30 @@ impl WebhookUrl {
 
 fn is_private_host(host: &str) -> bool {
     let lower = host.to_ascii_lowercase();
-    if lower == "localhost" || lower.ends_with(".localhost") || lower.ends_with(".local") || lower.ends_with(".internal") {
+    if lower == "localhost"
+        || lower.ends_with(".localhost")
+        || lower.ends_with(".local")
+        || lower.ends_with(".internal")
+    {
         return true;
     }
     match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast() || ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64,
+        Ok(IpAddr::V4(ip)) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64
+        }
         Ok(IpAddr::V6(ip)) => {
-            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00 || (ip.segments()[0] & 0xffc0) == 0xfe80 || ip.to_ipv4_mapped().is_some_and(|v4| is_private_host(&v4.to_string()))
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private_host(&v4.to_string()))
         }
         Err(_) => false,
     }
@@ -115,11 +137,19 @@ pub struct NewMerchant {
 }
 
 impl NewMerchant {
-    pub fn parse(name: &str, webhook_url: Option<&str>, allow_private: bool) -> Result<Self, ApiError> {
+    pub fn parse(
+        name: &str,
+        webhook_url: Option<&str>,
+        allow_private: bool,
+    ) -> Result<Self, ApiError> {
         let mut errors = Vec::new();
-        let name = MerchantName::parse("name", name).map_err(|e| errors.push(e)).ok();
+        let name = MerchantName::parse("name", name)
+            .map_err(|e| errors.push(e))
+            .ok();
         let webhook_url = match webhook_url {
-            Some(url) => WebhookUrl::parse("webhook_url", url, allow_private).map_err(|e| errors.push(e)).ok(),
+            Some(url) => WebhookUrl::parse("webhook_url", url, allow_private)
+                .map_err(|e| errors.push(e))
+                .ok(),
             None => None,
         };
         match name {
@@ -135,7 +165,14 @@ mod tests {
 
     #[test]
     fn webhook_urls_to_internal_hosts_are_refused_unless_allowed() {
-        for url in ["http://127.0.0.1/x", "https://10.0.0.8/", "http://[::1]:8080/", "http://localhost:9000/h", "http://169.254.169.254/latest", "http://192.168.1.1"] {
+        for url in [
+            "http://127.0.0.1/x",
+            "https://10.0.0.8/",
+            "http://[::1]:8080/",
+            "http://localhost:9000/h",
+            "http://169.254.169.254/latest",
+            "http://192.168.1.1",
+        ] {
             assert!(WebhookUrl::parse("u", url, false).is_err(), "{url}");
             assert!(WebhookUrl::parse("u", url, true).is_ok(), "{url}");
         }

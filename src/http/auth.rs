@@ -16,7 +16,10 @@ use uuid::Uuid;
 fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
@@ -40,7 +43,11 @@ impl FromRequest for MerchantAuth {
         let state = state(req);
         Box::pin(async move {
             let hash = token.ok_or(ApiError::Unauthorized)?;
-            let merchant_id = state?.db.run(FindByKey(hash)).await?.ok_or(ApiError::Unauthorized)?;
+            let merchant_id = state?
+                .db
+                .run(FindByKey(hash))
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
             Ok(MerchantAuth { merchant_id })
         })
     }
@@ -65,6 +72,10 @@ impl FromRequest for AdminAuth {
                 .is_some_and(|expected| Sha256::digest(expected.expose()) == Sha256::digest(token)),
             _ => false,
         };
-        ready(if allowed { Ok(AdminAuth) } else { Err(ApiError::Unauthorized) })
+        ready(if allowed {
+            Ok(AdminAuth)
+        } else {
+            Err(ApiError::Unauthorized)
+        })
     }
 }

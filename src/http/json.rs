@@ -14,7 +14,8 @@ pub struct Json<T>(pub T);
 
 fn is_json(req: &HttpRequest) -> bool {
     req.mime_type().ok().flatten().is_some_and(|m| {
-        m.type_() == mime_type::APPLICATION && (m.subtype() == mime_type::JSON || m.suffix() == Some(mime_type::JSON))
+        m.type_() == mime_type::APPLICATION
+            && (m.subtype() == mime_type::JSON || m.suffix() == Some(mime_type::JSON))
     })
 }
 
@@ -61,12 +62,18 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             _ => ApiError::bad_request(format!("malformed JSON: {message}")),
         }
     })?;
-    de.end().map_err(|_| ApiError::bad_request("malformed JSON: trailing characters after the document"))?;
+    de.end().map_err(|_| {
+        ApiError::bad_request("malformed JSON: trailing characters after the document")
+    })?;
     Ok(value)
 }
 
 fn strip_position(message: &str) -> String {
-    message.split(" at line ").next().unwrap_or(message).to_owned()
+    message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_owned()
 }
 
 fn missing_field(message: &str) -> Option<&str> {

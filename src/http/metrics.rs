@@ -5,7 +5,9 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 use rampart_actors::db::PoolSnapshot;
 use rampart_actors::StatsSnapshot;
 use std::fmt::Write;
@@ -25,7 +27,11 @@ impl Metrics {
             &["method", "route", "status"],
         )?;
         let latency = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route and status").buckets(vec![
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route and status",
+            )
+            .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             &["method", "route", "status"],
@@ -47,46 +53,141 @@ impl Metrics {
     }
 
     /// The text exposition: registry metrics, then the figures read now.
-    pub fn render(&self, actors: &[StatsSnapshot], pool: Option<&PoolSnapshot>, rss_bytes: Option<u64>) -> String {
+    pub fn render(
+        &self,
+        actors: &[StatsSnapshot],
+        pool: Option<&PoolSnapshot>,
+        rss_bytes: Option<u64>,
+    ) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         let mut out = String::from_utf8(buf).unwrap_or_default();
-        let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
+        let mut family =
+            |name: &str,
+             kind: &str,
+             help: &str,
+             rows: &mut dyn Iterator<Item = (String, String)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (labels, value) in rows {
+                    let _ = writeln!(out, "{name}{labels} {value}");
+                }
+            };
+        let by_actor = |f: fn(&StatsSnapshot) -> String| {
+            actors
+                .iter()
+                .map(move |a| (format!("{{actor=\"{}\"}}", a.name), f(a)))
         };
-        let by_actor = |f: fn(&StatsSnapshot) -> String| actors.iter().map(move |a| (format!("{{actor=\"{}\"}}", a.name), f(a)));
-        family("actor_mailbox_depth", "gauge", "Messages waiting in the actor's mailbox", &mut by_actor(|a| a.mailbox_depth.to_string()));
-        family("actor_mailbox_capacity", "gauge", "Mailbox capacity", &mut by_actor(|a| a.mailbox_capacity.to_string()));
-        family("actor_messages_handled_total", "counter", "Messages handled", &mut by_actor(|a| a.handled.to_string()));
-        family("actor_messages_refused_total", "counter", "Messages refused because the mailbox was full", &mut by_actor(|a| a.refused.to_string()));
-        family("actor_messages_expired_total", "counter", "Messages dropped because their caller had given up", &mut by_actor(|a| a.expired.to_string()));
-        family("actor_restarts_total", "counter", "Restarts after a panic", &mut by_actor(|a| a.restarts.to_string()));
-        family("actor_up", "gauge", "1 while the actor takes messages", &mut by_actor(|a| u8::from(matches!(a.state, rampart_actors::ActorState::Running | rampart_actors::ActorState::Restarting)).to_string()));
+        family(
+            "actor_mailbox_depth",
+            "gauge",
+            "Messages waiting in the actor's mailbox",
+            &mut by_actor(|a| a.mailbox_depth.to_string()),
+        );
+        family(
+            "actor_mailbox_capacity",
+            "gauge",
+            "Mailbox capacity",
+            &mut by_actor(|a| a.mailbox_capacity.to_string()),
+        );
+        family(
+            "actor_messages_handled_total",
+            "counter",
+            "Messages handled",
+            &mut by_actor(|a| a.handled.to_string()),
+        );
+        family(
+            "actor_messages_refused_total",
+            "counter",
+            "Messages refused because the mailbox was full",
+            &mut by_actor(|a| a.refused.to_string()),
+        );
+        family(
+            "actor_messages_expired_total",
+            "counter",
+            "Messages dropped because their caller had given up",
+            &mut by_actor(|a| a.expired.to_string()),
+        );
+        family(
+            "actor_restarts_total",
+            "counter",
+            "Restarts after a panic",
+            &mut by_actor(|a| a.restarts.to_string()),
+        );
+        family(
+            "actor_up",
+            "gauge",
+            "1 while the actor takes messages",
+            &mut by_actor(|a| {
+                u8::from(matches!(
+                    a.state,
+                    rampart_actors::ActorState::Running | rampart_actors::ActorState::Restarting
+                ))
+                .to_string()
+            }),
+        );
         if let Some(p) = pool {
-            family("db_pool_max_connections", "gauge", "Pool size limit", &mut std::iter::once((String::new(), p.max_size.to_string())));
-            family("db_pool_connections", "gauge", "Open connections", &mut std::iter::once((String::new(), p.size.to_string())));
-            family("db_pool_idle_connections", "gauge", "Idle connections", &mut std::iter::once((String::new(), p.available.to_string())));
-            family("db_pool_waiting", "gauge", "Callers waiting for a connection", &mut std::iter::once((String::new(), p.waiting.to_string())));
-            family("db_commands_in_flight", "gauge", "Database commands running", &mut std::iter::once((String::new(), p.inflight.to_string())));
+            family(
+                "db_pool_max_connections",
+                "gauge",
+                "Pool size limit",
+                &mut std::iter::once((String::new(), p.max_size.to_string())),
+            );
+            family(
+                "db_pool_connections",
+                "gauge",
+                "Open connections",
+                &mut std::iter::once((String::new(), p.size.to_string())),
+            );
+            family(
+                "db_pool_idle_connections",
+                "gauge",
+                "Idle connections",
+                &mut std::iter::once((String::new(), p.available.to_string())),
+            );
+            family(
+                "db_pool_waiting",
+                "gauge",
+                "Callers waiting for a connection",
+                &mut std::iter::once((String::new(), p.waiting.to_string())),
+            );
+            family(
+                "db_commands_in_flight",
+                "gauge",
+                "Database commands running",
+                &mut std::iter::once((String::new(), p.inflight.to_string())),
+            );
         }
         if let Some(rss) = rss_bytes {
-            family("process_resident_memory_bytes", "gauge", "Resident memory", &mut std::iter::once((String::new(), rss.to_string())));
+            family(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory",
+                &mut std::iter::once((String::new(), rss.to_string())),
+            );
         }
         out
     }
 }
 
-pub async fn middleware(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().clone();
     let response = next.call(req).await?;
     if let Some(metrics) = metrics {
-        let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-        metrics.observe(method.as_str(), &route, response.status().as_u16(), started.elapsed().as_secs_f64());
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        metrics.observe(
+            method.as_str(),
+            &route,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
     }
     Ok(response)
 }

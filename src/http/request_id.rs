@@ -11,10 +11,16 @@ use tracing::Instrument;
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 fn sane(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-pub async fn middleware(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = req
         .headers()
         .get(&HEADER)
@@ -22,7 +28,9 @@ pub async fn middleware(req: ServiceRequest, next: Next<impl MessageBody>) -> Re
         .filter(|v| sane(v))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
-    let mut response = REQUEST_ID.scope(id.clone(), next.call(req).instrument(span)).await?;
+    let mut response = REQUEST_ID
+        .scope(id.clone(), next.call(req).instrument(span))
+        .await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }

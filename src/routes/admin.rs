@@ -20,8 +20,16 @@ pub struct CreateMerchantBody {
     request_body = CreateMerchantBody,
     responses((status = 201, body = CreatedMerchant), (status = 401), (status = 422)),
     security(("admin_token" = [])))]
-pub async fn create_merchant(_: AdminAuth, state: web::Data<AppState>, Json(body): Json<CreateMerchantBody>) -> Result<HttpResponse, ApiError> {
-    let input = NewMerchant::parse(&body.name, body.webhook_url.as_deref(), state.settings.webhooks.allow_private_targets)?;
+pub async fn create_merchant(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    Json(body): Json<CreateMerchantBody>,
+) -> Result<HttpResponse, ApiError> {
+    let input = NewMerchant::parse(
+        &body.name,
+        body.webhook_url.as_deref(),
+        state.settings.webhooks.allow_private_targets,
+    )?;
     let created = merchants::create(&state.db, input).await?;
     Ok(HttpResponse::Created().json(created))
 }

@@ -59,14 +59,20 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
     let body = json!({"status": if unready { "unready" } else { "ready" }, "checks": Value::Object(checks)});
     if unready {
-        HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "1")).json(body)
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(body)
     } else {
         HttpResponse::Ok().json(body)
     }
 }
 
 pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) -> HttpResponse {
-    let pool = state.db.call_within(PoolStatus, Duration::from_millis(500)).await.ok();
+    let pool = state
+        .db
+        .call_within(PoolStatus, Duration::from_millis(500))
+        .await
+        .ok();
     let text = metrics.render(&state.tree.snapshot(), pool.as_ref(), resident_memory());
     HttpResponse::Ok()
         .insert_header(ContentType(prometheus_text()))
@@ -74,5 +80,7 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
 }
 
 fn prometheus_text() -> actix_web::mime::Mime {
-    "text/plain; version=0.0.4; charset=utf-8".parse().unwrap_or(actix_web::mime::TEXT_PLAIN_UTF_8)
+    "text/plain; version=0.0.4; charset=utf-8"
+        .parse()
+        .unwrap_or(actix_web::mime::TEXT_PLAIN_UTF_8)
 }

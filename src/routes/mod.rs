@@ -9,7 +9,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/health").route(web::get().to(health::live)))
         .service(web::resource("/health/ready").route(web::get().to(health::ready)))
         .service(web::resource("/metrics").route(web::get().to(health::metrics)))
-        .service(web::resource("/api/v1/admin/merchants").route(web::post().to(admin::create_merchant)));
+        .service(
+            web::resource("/api/v1/admin/merchants").route(web::post().to(admin::create_merchant)),
+        );
 }
 
 /// Unknown routes: a problem+json 404.

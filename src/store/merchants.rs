@@ -38,7 +38,10 @@ impl DbCommand for InsertMerchant {
     async fn run(self, client: &mut Client) -> Result<Merchant, DbError> {
         let sequence = format!("order_numbers_{}", self.id.simple());
         let tx = client.transaction().await?;
-        tx.batch_execute(&format!("CREATE SEQUENCE {sequence} AS bigint START 1 CACHE 1")).await?;
+        tx.batch_execute(&format!(
+            "CREATE SEQUENCE {sequence} AS bigint START 1 CACHE 1"
+        ))
+        .await?;
         let row = tx
             .query_one(
                 "INSERT INTO merchants (id, name, webhook_url, webhook_secret, api_key_hash, api_key_prefix, order_sequence)
@@ -83,7 +86,9 @@ impl DbCommand for FindByKey {
     type Output = Option<Uuid>;
 
     async fn run(self, client: &mut Client) -> Result<Option<Uuid>, DbError> {
-        let stmt = client.prepare_cached("SELECT id FROM merchants WHERE api_key_hash = $1").await?;
+        let stmt = client
+            .prepare_cached("SELECT id FROM merchants WHERE api_key_hash = $1")
+            .await?;
         Ok(client.query_opt(&stmt, &[&self.0]).await?.map(|r| r.get(0)))
     }
 }
@@ -94,6 +99,9 @@ impl DbCommand for Count {
     type Output = i64;
 
     async fn run(self, client: &mut Client) -> Result<i64, DbError> {
-        Ok(client.query_one("SELECT count(*) FROM merchants", &[]).await?.get(0))
+        Ok(client
+            .query_one("SELECT count(*) FROM merchants", &[])
+            .await?
+            .get(0))
     }
 }

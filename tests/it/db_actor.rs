@@ -1,0 +1,179 @@
+//! The `Db` actor against a real PostgreSQL: typed commands, panics, overload, outages.
+
+use crate::support::{TestApp, TestPg, ADMIN_TOKEN};
+use deadpool_postgres::Client;
+use futures_util::future::join_all;
+use rampart_actors::{ActorState, DbCommand, DbError, Ping};
+use serde_json::json;
+use std::time::Duration;
+
+struct Panics;
+impl DbCommand for Panics {
+    type Output = ();
+    async fn run(self, client: &mut Client) -> Result<(), DbError> {
+        client.simple_query("SELECT 1").await?;
+        panic!("a bug inside a database command");
+    }
+}
+
+struct Sleep(f64);
+impl DbCommand for Sleep {
+    type Output = ();
+    async fn run(self, client: &mut Client) -> Result<(), DbError> {
+        client.execute("SELECT pg_sleep($1)", &[&self.0]).await?;
+        Ok(())
+    }
+}
+
+struct InsertDuplicateMerchantKey;
+impl DbCommand for InsertDuplicateMerchantKey {
+    type Output = ();
+    async fn run(self, client: &mut Client) -> Result<(), DbError> {
+        for _ in 0..2 {
+            client
+                .execute(
+                    "INSERT INTO merchants (id, name, webhook_secret, api_key_hash, api_key_prefix, order_sequence)
+                     VALUES (gen_random_uuid(), 'x', 's', '\\x01', 'p', 'seq')",
+                    &[],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn a_panic_inside_a_db_command_restarts_db_and_the_next_command_succeeds() {
+    let app = TestApp::spawn().await;
+    let err = app
+        .db
+        .run(Panics)
+        .await
+        .expect_err("the panic reaches the caller as an error");
+    assert!(matches!(err, DbError::Internal), "{err:?}");
+    app.db
+        .run(Ping)
+        .await
+        .expect("the rebuilt pool serves the next command");
+    let stats = app.db.stats().snapshot();
+    assert_eq!(stats.restarts, 1);
+    assert_eq!(stats.state, ActorState::Running);
+    assert_eq!(app.get("/health/ready").await.status, 200);
+}
+
+#[actix_rt::test]
+async fn restarts_beyond_the_intensity_mark_db_failed_and_readiness_says_so() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.actors.db.max_restarts = 2;
+            s.actors.db.restart_window_secs = 60;
+        })
+        .spawn()
+        .await;
+    for _ in 0..3 {
+        assert!(matches!(app.db.run(Panics).await, Err(DbError::Internal)));
+    }
+    assert_eq!(app.db.stats().state(), ActorState::Failed);
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 503);
+    let body = ready.json();
+    assert_eq!(body["status"], "unready");
+    assert_eq!(body["checks"]["actor.db"]["state"], "failed");
+    assert_eq!(body["checks"]["actor.db"]["status"], "down");
+    // The process still serves what needs no database.
+    assert_eq!(app.get("/health").await.status, 200);
+}
+
+#[actix_rt::test]
+async fn constraint_violations_come_back_typed_with_their_name() {
+    let app = TestApp::spawn().await;
+    match app.db.run(InsertDuplicateMerchantKey).await {
+        Err(DbError::Constraint { name, .. }) => assert_eq!(name, "merchants_api_key_hash_key"),
+        other => panic!("expected a constraint error, got {other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn a_full_db_mailbox_turns_into_503_with_retry_after() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.database.max_inflight = 1;
+            s.actors.db.mailbox = 4;
+        })
+        .spawn()
+        .await;
+    // One slow command fills the single in-flight slot, so the actor holds its mailbox.
+    let db = app.db.clone();
+    let blocker = actix_rt::spawn(async move { db.run(Sleep(1.5)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let bodies: Vec<_> = (0..100).map(|i| json!({"name": format!("m{i}")})).collect();
+    let replies = join_all(
+        bodies
+            .iter()
+            .map(|b| app.post_json("/api/v1/admin/merchants", Some(ADMIN_TOKEN), b)),
+    )
+    .await;
+    let overloaded: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    assert!(
+        overloaded.len() >= 90,
+        "most are refused at once: {} refused, {created} created",
+        overloaded.len()
+    );
+    assert_eq!(overloaded.len() + created, 100, "only 201 or 503");
+    for reply in overloaded {
+        let problem = reply.problem(503);
+        assert_eq!(problem["type"], "/problems/overloaded");
+        assert!(reply
+            .header("retry-after")
+            .is_some_and(|v| v.parse::<u32>().is_ok()));
+    }
+    blocker
+        .await
+        .expect("join")
+        .expect("the slow command itself completes");
+    assert!(app.db.stats().snapshot().refused >= 90);
+}
+
+#[actix_rt::test]
+async fn postgres_stopped_and_started_again_turns_readiness_503_then_200_without_a_restart() {
+    let pg: &'static TestPg = Box::leak(Box::new(TestPg::dedicated()));
+    let app = TestApp::builder()
+        .on(pg)
+        .configure(|s| s.health.ready_timeout_ms = 1000)
+        .spawn()
+        .await;
+    assert_eq!(app.get("/health/ready").await.status, 200);
+
+    pg.cluster.stop_with("immediate").expect("stop PostgreSQL");
+    let started = std::time::Instant::now();
+    let down = app.get("/health/ready").await;
+    assert_eq!(down.status, 503);
+    assert_eq!(down.json()["checks"]["postgres"]["status"], "down");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "readiness answers within its deadline"
+    );
+    assert_eq!(
+        app.get("/health").await.status,
+        200,
+        "liveness does not depend on PostgreSQL"
+    );
+
+    pg.cluster.start_again().expect("start PostgreSQL");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = app.get("/health/ready").await.status.as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "ready again once PostgreSQL is back");
+    assert_eq!(
+        app.db.stats().snapshot().restarts,
+        0,
+        "no restart was needed"
+    );
+}

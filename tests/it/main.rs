@@ -1,0 +1,9 @@
+//! Integration tests, one binary (one link) for all: each module reads as the contract it checks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod actors;
+mod cli;
+mod db_actor;
+mod edge;

@@ -1,0 +1,304 @@
+//! The test harness: real PostgreSQL (one temporary cluster per test process, a fresh database
+//! per test cloned from a migrated template), the real service on port 0, typed helpers.
+
+use awc::http::StatusCode;
+use rampart::pg_cluster::{Cluster, Durability};
+use rampart::settings::{Secret, Settings};
+use rampart::startup::Application;
+use rampart_actors::{Db, Handle};
+use serde_json::{json, Value};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+const TEMPLATE: &str = "rampart_template";
+
+/// A temporary cluster, removed when the test process ends.
+pub struct TestPg {
+    pub cluster: Cluster,
+}
+
+impl TestPg {
+    /// A cluster of its own, for tests that stop and start the server.
+    pub fn dedicated() -> TestPg {
+        let dir = std::env::temp_dir().join(format!(
+            "rampart-it-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let cluster = Cluster::start(&dir, None, Durability::Ephemeral)
+            .expect("start a temporary PostgreSQL");
+        cluster.stop_when_process_exits();
+        let pg = TestPg { cluster };
+        pg.make_template();
+        pg
+    }
+
+    /// The cluster shared by the tests of this process.
+    pub fn shared() -> &'static TestPg {
+        static SHARED: OnceLock<TestPg> = OnceLock::new();
+        SHARED.get_or_init(TestPg::dedicated)
+    }
+
+    fn make_template(&self) {
+        let url = self.cluster.url("postgres");
+        let template_url = self.cluster.url(TEMPLATE);
+        // Our caller may already be inside a runtime: do the async setup on a thread of its own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let admin = connect(&url).await;
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {TEMPLATE}"))
+                    .await
+                    .expect("create template");
+                let mut client = connect(&template_url).await;
+                rampart::store::migrate::apply(&mut client)
+                    .await
+                    .expect("migrate template");
+            })
+        })
+        .join()
+        .expect("template setup");
+    }
+
+    /// A new database holding the migrated schema and nothing else.
+    pub async fn fresh_database(&self) -> String {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&self.cluster.url("postgres")).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .await
+            .expect("clone the template");
+        self.cluster.url(&name)
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+pub struct TestAppBuilder {
+    settings: Settings,
+    pg: &'static TestPg,
+}
+
+impl TestAppBuilder {
+    pub fn configure(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(&mut self.settings);
+        self
+    }
+
+    pub fn on(mut self, pg: &'static TestPg) -> Self {
+        self.pg = pg;
+        self
+    }
+
+    pub async fn spawn(mut self) -> TestApp {
+        let url = self.pg.fresh_database().await;
+        self.settings.database.url = Some(Secret::new(url.clone()));
+        let app = Application::build(self.settings.clone())
+            .await
+            .expect("build the application");
+        let port = app.port();
+        let db = app.db().clone();
+        let handle = app.handle();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        actix_rt::spawn(async move {
+            let _ = app.run_until_stopped().await;
+            let _ = done_tx.send(());
+        });
+        TestApp {
+            base: format!("http://127.0.0.1:{port}"),
+            database_url: url,
+            db,
+            handle,
+            stopped: Some(done_rx),
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .connector(awc::Connector::new().limit(1000))
+                .finish(),
+            pg: self.pg,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub database_url: String,
+    pub db: Handle<Db>,
+    pub handle: actix_web::dev::ServerHandle,
+    stopped: Option<tokio::sync::oneshot::Receiver<()>>,
+    pub client: awc::Client,
+    pub pg: &'static TestPg,
+}
+
+/// A response read whole: status, headers and body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: awc::http::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Asserts a problem+json response with this status, and returns its body.
+    pub fn problem(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "status {status}"
+        );
+        let body = self.json();
+        assert_eq!(body["status"], status);
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("/problems/")),
+            "{body}"
+        );
+        assert!(
+            body["title"].is_string() && body["detail"].is_string(),
+            "{body}"
+        );
+        assert!(body["request_id"].is_string(), "{body}");
+        body
+    }
+}
+
+pub struct Merchant {
+    pub id: String,
+    pub api_key: String,
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        let mut settings = Settings::for_tests().expect("test settings");
+        settings.server.port = 0;
+        settings.server.workers = 2;
+        settings.server.shutdown_timeout_secs = 2;
+        settings.admin.token = Some(Secret::new(ADMIN_TOKEN));
+        settings.dev.demo_merchant = false;
+        TestAppBuilder {
+            settings,
+            pg: TestPg::shared(),
+        }
+    }
+
+    pub async fn spawn() -> TestApp {
+        Self::builder().spawn().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn send(&self, req: awc::ClientRequest, body: Option<&[u8]>) -> Reply {
+        let result = match body {
+            Some(b) => req.send_body(b.to_vec()).await,
+            None => req.send().await,
+        };
+        let mut res = result.expect("request sent");
+        let body = res.body().limit(64 * 1024 * 1024).await.expect("body read");
+        Reply {
+            status: res.status(),
+            headers: res.headers().clone(),
+            body: body.to_vec(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path)), None).await
+    }
+
+    pub async fn get_as(&self, key: &str, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path)).bearer_auth(key), None)
+            .await
+    }
+
+    pub async fn post_json(&self, path: &str, key: Option<&str>, body: &Value) -> Reply {
+        self.json_request(awc::http::Method::POST, path, key, body)
+            .await
+    }
+
+    pub async fn json_request(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        key: Option<&str>,
+        body: &Value,
+    ) -> Reply {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .content_type("application/json");
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        self.send(req, Some(body.to_string().as_bytes())).await
+    }
+
+    pub async fn create_merchant(&self, name: &str) -> Merchant {
+        let reply = self
+            .post_json(
+                "/api/v1/admin/merchants",
+                Some(ADMIN_TOKEN),
+                &json!({"name": name}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body = reply.json();
+        Merchant {
+            id: body["merchant"]["id"].as_str().expect("id").to_owned(),
+            api_key: body["api_key"].as_str().expect("key").to_owned(),
+        }
+    }
+
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        connect(&self.database_url).await
+    }
+
+    /// Stops the server gracefully and waits until its actors have stopped.
+    pub async fn stop(mut self) {
+        self.handle.stop(true).await;
+        if let Some(done) = self.stopped.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if self.stopped.is_some() {
+            let handle = self.handle.clone();
+            actix_rt::spawn(async move { handle.stop(false).await });
+        }
+    }
+}
