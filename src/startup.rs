@@ -3,6 +3,8 @@
 //! something with [`Application::port`] and [`Application::run_until_stopped`]. `main` only
 //! composes; tests build the same value on port 0.
 
+use crate::domain::listing::CursorKey;
+use crate::error::ApiError;
 use crate::http::metrics::Metrics;
 use crate::pg_cluster::{Cluster, ClusterError, Durability};
 use crate::settings::Settings;
@@ -124,6 +126,20 @@ async fn database(
     Ok((pg, cluster))
 }
 
+/// Cursors must verify on every instance: the configured secret, else one derived from the admin
+/// token, else (a lone instance without either) a random one.
+fn cursor_key(settings: &Settings) -> CursorKey {
+    if let Some(secret) = &settings.server.cursor_secret {
+        return CursorKey::new(secret.expose().as_bytes());
+    }
+    if let Some(token) = &settings.admin.token {
+        return CursorKey::new(format!("cursor:{}", token.expose()).as_bytes());
+    }
+    let mut random = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
+    CursorKey::new(&random)
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -158,6 +174,7 @@ impl Application {
             db: backend.db.clone(),
             tree: Arc::clone(&backend.tree),
             settings: Arc::clone(&settings),
+            cursor_key: cursor_key(&settings),
         });
         let metrics = web::Data::new(Metrics::new()?);
         let body_limit = settings.server.body_limit_bytes;
@@ -166,6 +183,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(metrics.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
+                .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(format!("query string: {e}")).into()))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
                 .wrap(http::problems::fallback())

@@ -1,5 +1,6 @@
 //! What handlers hold: actor handles and settings, never a pool or a connection.
 
+use crate::domain::listing::CursorKey;
 use crate::settings::Settings;
 use rampart_actors::{Db, Handle, Tree};
 use std::sync::Arc;
@@ -8,4 +9,5 @@ pub struct AppState {
     pub db: Handle<Db>,
     pub tree: Arc<Tree>,
     pub settings: Arc<Settings>,
+    pub cursor_key: CursorKey,
 }

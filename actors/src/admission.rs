@@ -57,7 +57,9 @@ impl<M: Request> Message for Envelope<M> {
 }
 
 /// How a handler answers: now, or with a future that runs beside other messages (`Spawn`) or
-/// holds the mailbox until it completes (`Wait`, for ordering or to cap work in flight).
+/// holds the mailbox until it completes (`Wait`, for ordering or to cap work in flight). While a
+/// `Wait` future runs, actix polls none of the actor's other futures either: work that must go
+/// on meanwhile has to run as a task of its own.
 pub enum Reply<A: Actor, T> {
     Ready(T),
     Spawn(LocalBoxActorFuture<A, T>),
@@ -179,8 +181,9 @@ where
         Ok(Reply::Spawn(fut)) => (fut, false),
         Ok(Reply::Wait(fut)) => (fut, true),
         Err(panic) => {
-            let _ = reply.send(Err(CallError::Panicked));
+            // Supervision first, so a caller woken by the reply already sees the new state.
             on_panic(act, ctx, panic_text(panic.as_ref()));
+            let _ = reply.send(Err(CallError::Panicked));
             return;
         }
     };

@@ -6,22 +6,26 @@
 //! - [`PoolStatus`] → [`PoolSnapshot`]: pool size, idle, waiting, commands in flight.
 //! - [`crate::Stop`]: closes the pool and stops.
 //!
-//! Commands run concurrently up to `max_inflight`; past that the actor holds its mailbox until
-//! one finishes, so the mailbox fills and callers are refused instead of piling onto the pool's
-//! wait queue. Mailbox capacity and restart policy come from the [`crate::ActorSpec`] it is
+//! Commands run concurrently, each as its own task on the actor's thread, up to `max_inflight`;
+//! past that the actor holds its mailbox until a slot frees, so the mailbox fills and callers are
+//! refused instead of piling onto the pool's wait queue. (They must be tasks of their own: while
+//! an actor holds its mailbox with `ctx.wait`, actix polls none of its other futures, and a
+//! transaction holding row locks would stall behind the very command waiting for its slot.) Mailbox capacity and restart policy come from the [`crate::ActorSpec`] it is
 //! started with. A panic in a command is caught, the caller gets `DbError::Internal`, and the
 //! pool is rebuilt from its settings (connections a panic may have left mid-transaction are
 //! dropped with the old pool).
 
 use crate::admission::{serve, CallError, Envelope, Handle, Reply, Request};
 use crate::supervision::{Resilient, Stop, Supervision};
-use actix::fut::{ActorFutureExt, WrapFuture};
-use actix::{Actor, ActorContext, Context, Handler};
+use actix::fut::WrapFuture;
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use deadpool_postgres::{
     Client, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use serde::Serialize;
 use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
@@ -77,8 +81,14 @@ impl DbError {
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
         let Some(db) = e.as_db_error() else {
-            // No server error: the connection broke or could not be made.
-            return DbError::Unavailable(e.to_string());
+            // No server error: either the connection broke or could not be made, or the
+            // client refused a value (a type mismatch: a bug, not an outage).
+            let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+            return if e.is_closed() || io || e.to_string().starts_with("error connecting") {
+                DbError::Unavailable(e.to_string())
+            } else {
+                DbError::Other(e.to_string())
+            };
         };
         let code = db.code();
         let constraint = |kind| DbError::Constraint {
@@ -170,19 +180,39 @@ impl DbSettings {
 pub struct Db {
     settings: DbSettings,
     pool: Pool,
-    inflight: usize,
+    slots: Arc<Semaphore>,
     supervision: Supervision,
 }
 
 impl Db {
     pub fn new(settings: DbSettings, supervision: Supervision) -> Self {
         let pool = settings.build_pool();
+        let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
         Self {
             settings,
             pool,
-            inflight: 0,
+            slots,
             supervision,
         }
+    }
+
+    fn inflight(&self) -> usize {
+        self.settings.max_inflight.max(1).saturating_sub(self.slots.available_permits())
+    }
+}
+
+/// Runs `command` as a task of its own holding `slot`; a panic inside it resumes in the caller's
+/// future, where [`serve`] catches it.
+async fn run_in_task<C: DbCommand>(pool: Pool, command: C, slot: OwnedSemaphorePermit) -> Result<C::Output, DbError> {
+    let task = actix_rt::spawn(async move {
+        let _slot = slot;
+        let mut client = pool.get().await?;
+        command.run(&mut client).await
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(DbError::Unavailable("database task cancelled".into())),
     }
 }
 
@@ -202,7 +232,6 @@ impl Resilient for Db {
     fn rebuild(&mut self, _ctx: &mut Context<Self>) {
         self.pool.close();
         self.pool = self.settings.build_pool();
-        self.inflight = 0;
     }
 }
 
@@ -210,22 +239,29 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
     type Result = ();
 
     fn handle(&mut self, envelope: Envelope<Exec<C>>, ctx: &mut Context<Self>) {
-        serve(self, ctx, envelope, |db, Exec(command), _ctx| {
+        serve(self, ctx, envelope, |db, Exec(command), ctx| {
             let pool = db.pool.clone();
-            db.inflight += 1;
-            let work = async move {
-                let mut client = pool.get().await?;
-                command.run(&mut client).await
-            }
-            .into_actor(db)
-            .map(|result, db, _| {
-                db.inflight = db.inflight.saturating_sub(1);
-                result
-            });
-            if db.inflight >= db.settings.max_inflight {
-                Reply::Wait(Box::pin(work))
-            } else {
-                Reply::Spawn(Box::pin(work))
+            match Arc::clone(&db.slots).try_acquire_owned() {
+                Ok(slot) => Reply::Spawn(Box::pin(run_in_task(pool, command, slot).into_actor(db))),
+                Err(_) => {
+                    // Every slot is taken: hold the mailbox only until one frees (commands
+                    // finish as tasks of their own), then run this command like any other.
+                    let (hand_over, slot) = oneshot::channel();
+                    let slots = Arc::clone(&db.slots);
+                    ctx.wait(
+                        async move {
+                            if let Ok(slot) = slots.acquire_owned().await {
+                                let _ = hand_over.send(slot);
+                            }
+                        }
+                        .into_actor(db),
+                    );
+                    let work = async move {
+                        let slot = slot.await.map_err(|_| DbError::Unavailable("db actor closed".into()))?;
+                        run_in_task(pool, command, slot).await
+                    };
+                    Reply::Spawn(Box::pin(work.into_actor(db)))
+                }
             }
         });
     }
@@ -258,7 +294,7 @@ impl Handler<Envelope<PoolStatus>> for Db {
                 size: status.size,
                 available: status.available,
                 waiting: status.waiting,
-                inflight: db.inflight,
+                inflight: db.inflight(),
             })
         });
     }

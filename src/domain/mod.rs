@@ -1,3 +1,6 @@
 //! Values parsed at the edge: once a handler holds one, it is valid.
 
+pub mod listing;
 pub mod merchant;
+pub mod order;
+pub mod product;

@@ -105,3 +105,14 @@ impl DbCommand for Count {
             .get(0))
     }
 }
+
+pub struct Exists(pub Uuid);
+
+impl DbCommand for Exists {
+    type Output = bool;
+
+    async fn run(self, client: &mut Client) -> Result<bool, DbError> {
+        let stmt = client.prepare_cached("SELECT EXISTS (SELECT 1 FROM merchants WHERE id = $1)").await?;
+        Ok(client.query_one(&stmt, &[&self.0]).await?.get(0))
+    }
+}

@@ -1,4 +1,7 @@
 //! Typed database commands, run by the `Db` actor. One module per aggregate.
 
+pub mod jobs;
 pub mod merchants;
+pub mod orders;
+pub mod products;
 pub mod migrate;

@@ -124,7 +124,7 @@ async fn a_full_db_mailbox_turns_into_503_with_retry_after() {
     assert_eq!(overloaded.len() + created, 100, "only 201 or 503");
     for reply in overloaded {
         let problem = reply.problem(503);
-        assert_eq!(problem["type"], "/problems/overloaded");
+        assert_eq!(problem["type"], "/problems/overloaded", "{problem}");
         assert!(reply
             .header("retry-after")
             .is_some_and(|v| v.parse::<u32>().is_ok()));

@@ -4,6 +4,8 @@
 mod support;
 
 mod actors;
+mod checkout;
+mod idempotency;
 mod cli;
 mod db_actor;
 mod edge;

@@ -1,0 +1,252 @@
+//! Checkout input and the order state machine.
+
+use crate::error::{ApiError, FieldError};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub const MAX_ITEMS: usize = 50;
+pub const MAX_QUANTITY: i64 = 1000;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutBody {
+    pub customer_email: String,
+    #[serde(default)]
+    pub customer_name: Option<String>,
+    pub items: Vec<ItemBody>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemBody {
+    pub product_id: Uuid,
+    pub quantity: i64,
+}
+
+/// One order line after merging repeated products; `index` is the first request item it came from.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub product_id: Uuid,
+    pub quantity: i64,
+    pub index: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest {
+    pub customer_email: String,
+    pub customer_name: Option<String>,
+    pub lines: Vec<Line>,
+    /// A digest of the request's meaning, for idempotent replays.
+    pub fingerprint: Vec<u8>,
+}
+
+pub fn email(field: &str, raw: &str) -> Result<String, FieldError> {
+    let bad = || FieldError::new(field, "must be an email address");
+    let value = raw.trim();
+    if value.len() > 254 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = value.rsplit_once('@').ok_or_else(bad)?;
+    let labels_ok = domain.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_alphanumeric() || c == '-') && !l.starts_with('-') && !l.ends_with('-'));
+    if local.is_empty() || local.len() > 64 || local.contains('@') || !domain.contains('.') || !labels_ok {
+        return Err(bad());
+    }
+    Ok(value.to_owned())
+}
+
+impl CheckoutBody {
+    pub fn parse(self) -> Result<CheckoutRequest, ApiError> {
+        let mut errors = Vec::new();
+        let fingerprint = Sha256::digest(serde_json::to_vec(&self).unwrap_or_default()).to_vec();
+        let customer_email = email("customer_email", &self.customer_email).map_err(|e| errors.push(e)).ok();
+        let customer_name = match self.customer_name.as_deref().map(str::trim) {
+            Some(n) if n.chars().count() > 200 || n.chars().any(char::is_control) => {
+                errors.push(FieldError::new("customer_name", "must be at most 200 characters of text"));
+                None
+            }
+            Some("") | None => None,
+            Some(n) => Some(n.to_owned()),
+        };
+        if self.items.is_empty() || self.items.len() > MAX_ITEMS {
+            errors.push(FieldError::new("items", format!("must hold 1 to {MAX_ITEMS} items")));
+        }
+        let mut lines: Vec<Line> = Vec::new();
+        for (index, item) in self.items.iter().enumerate() {
+            if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+                errors.push(FieldError::new(format!("items[{index}].quantity"), format!("must be from 1 to {MAX_QUANTITY}")));
+                continue;
+            }
+            match lines.iter_mut().find(|l| l.product_id == item.product_id) {
+                Some(line) => line.quantity += item.quantity,
+                None => lines.push(Line {
+                    product_id: item.product_id,
+                    quantity: item.quantity,
+                    index,
+                }),
+            }
+        }
+        for line in &lines {
+            if line.quantity > MAX_QUANTITY {
+                errors.push(FieldError::new(format!("items[{}].quantity", line.index), format!("all items of one product together must not exceed {MAX_QUANTITY}")));
+            }
+        }
+        match customer_email {
+            Some(customer_email) if errors.is_empty() => Ok(CheckoutRequest {
+                customer_email,
+                customer_name,
+                lines,
+                fingerprint,
+            }),
+            _ => Err(ApiError::Validation(errors)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "pending" => Self::Pending,
+            "paid" => Self::Paid,
+            "shipped" => Self::Shipped,
+            "delivered" => Self::Delivered,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Paid => "paid",
+            Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// pending → paid → shipped → delivered; pending or paid → cancelled.
+    pub fn can_become(self, next: Self) -> bool {
+        use OrderStatus::*;
+        matches!((self, next), (Pending, Paid) | (Paid, Shipped) | (Shipped, Delivered) | (Pending | Paid, Cancelled))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusBody {
+    pub status: String,
+}
+
+impl StatusBody {
+    /// The target of a transition: `pending` is where orders start, never where they go.
+    pub fn parse(self) -> Result<OrderStatus, ApiError> {
+        match OrderStatus::parse(&self.status) {
+            Some(s) if s != OrderStatus::Pending => Ok(s),
+            _ => Err(ApiError::invalid("status", "must be paid, shipped, delivered or cancelled")),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct OrderListParams {
+    pub status: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub sort: Option<String>,
+    #[serde(flatten)]
+    pub page: crate::domain::listing::PageParams,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrderFilter {
+    pub status: Option<OrderStatus>,
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive upper bound.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// An RFC 3339 instant, or a calendar day (UTC): `from` takes its start, `to` its whole day.
+fn instant(field: &str, raw: &str, end_of_day: bool) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        let t = t.with_timezone(&Utc);
+        return Ok(if end_of_day { t + chrono::Duration::microseconds(1) } else { t });
+    }
+    let day = NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| ApiError::bad_field(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time"))?;
+    let day = if end_of_day { day.succ_opt().ok_or_else(|| ApiError::bad_field(field, "is out of range"))? } else { day };
+    Ok(day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).ok_or_else(|| ApiError::bad_field(field, "is out of range"))?)
+}
+
+impl OrderListParams {
+    pub fn filter(&self) -> Result<OrderFilter, ApiError> {
+        if let Some(sort) = &self.sort {
+            if sort != "-created_at" {
+                return Err(ApiError::bad_field("sort", "must be -created_at"));
+            }
+        }
+        let status = match &self.status {
+            Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| ApiError::bad_field("status", "must be pending, paid, shipped, delivered or cancelled"))?),
+            None => None,
+        };
+        let from = self.from.as_deref().map(|v| instant("from", v, false)).transpose()?;
+        let until = self.to.as_deref().map(|v| instant("to", v, true)).transpose()?;
+        if let (Some(a), Some(b)) = (from, until) {
+            if a >= b {
+                return Err(ApiError::bad_field("from", "must be before to"));
+            }
+        }
+        Ok(OrderFilter { status, from, until })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_machine_allows_only_the_documented_transitions() {
+        use OrderStatus::*;
+        let all = [Pending, Paid, Shipped, Delivered, Cancelled];
+        let allowed = [(Pending, Paid), (Paid, Shipped), (Shipped, Delivered), (Pending, Cancelled), (Paid, Cancelled)];
+        for from in all {
+            for to in all {
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_products_merge_into_one_line() {
+        let p = Uuid::now_v7();
+        let q = Uuid::now_v7();
+        let body = CheckoutBody {
+            customer_email: "a@b.co".into(),
+            customer_name: None,
+            items: vec![ItemBody { product_id: p, quantity: 2 }, ItemBody { product_id: q, quantity: 1 }, ItemBody { product_id: p, quantity: 3 }],
+        };
+        let parsed = body.parse().unwrap();
+        assert_eq!(parsed.lines.len(), 2);
+        assert_eq!(parsed.lines[0].quantity, 5);
+        assert_eq!(parsed.lines[1].index, 1);
+    }
+
+    #[test]
+    fn emails_are_checked_for_shape() {
+        for ok in ["a@b.co", "first.last+tag@shop.example.com"] {
+            assert!(email("e", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a", "a@b", "@b.co", "a@.co", "a b@c.co", "a@b..co", "'; DROP TABLE orders;--@x.co"] {
+            assert!(email("e", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The merchant's orders: `/api/v1/orders`.
+
+use crate::domain::listing::CursorScope;
+use crate::domain::order::{OrderListParams, StatusBody};
+use crate::error::ApiError;
+use crate::http::{Json, MerchantAuth};
+use crate::routes::support::{listing, path_id};
+use crate::state::AppState;
+use crate::store::orders::{self, ChangeStatus, Order, OrderQuery, StatusOutcome};
+use actix_web::{web, HttpResponse};
+
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders",
+    params(("status" = Option<String>, Query), ("from" = Option<String>, Query, description = "YYYY-MM-DD (UTC, inclusive) or RFC 3339"), ("to" = Option<String>, Query, description = "YYYY-MM-DD (UTC, inclusive) or RFC 3339"),
+        ("sort" = Option<String>, Query, description = "-created_at"), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query)),
+    responses((status = 200, description = "orders, newest first, paginated"), (status = 400)), security(("api_key" = [])))]
+pub async fn list(auth: MerchantAuth, state: web::Data<AppState>, params: web::Query<OrderListParams>) -> Result<HttpResponse, ApiError> {
+    let filter = params.filter()?;
+    let scope = CursorScope {
+        listing: "orders",
+        merchant_id: auth.merchant_id,
+        sort: "-created_at",
+        filters: format!("{filter:?}"),
+    };
+    let page = params.page.parse(&state.cursor_key, &scope)?;
+    let query = OrderQuery {
+        merchant_id: auth.merchant_id,
+        filter,
+        page: page.clone(),
+    };
+    let result = state.db.run(orders::List(query)).await?;
+    Ok(listing(result.rows, result.has_more, result.total, &page, (&state.cursor_key, &scope), Order::position))
+}
+
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = Order), (status = 404)), security(("api_key" = [])))]
+pub async fn get(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id)?;
+    let order = state
+        .db
+        .run(orders::Get {
+            merchant_id: auth.merchant_id,
+            id,
+        })
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(order))
+}
+
+#[utoipa::path(post, path = "/api/v1/orders/{id}/status", tag = "orders", params(("id" = uuid::Uuid, Path)),
+    request_body(content = Object, description = "{\"status\": \"paid\" | \"shipped\" | \"delivered\" | \"cancelled\"}"),
+    responses((status = 200, body = Order), (status = 404), (status = 409, description = "transition not allowed"), (status = 422)), security(("api_key" = [])))]
+pub async fn change_status(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>, Json(body): Json<StatusBody>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id)?;
+    let to = body.parse()?;
+    let outcome = state
+        .db
+        .run(ChangeStatus {
+            merchant_id: auth.merchant_id,
+            id,
+            to,
+            max_attempts: state.settings.jobs.max_attempts as i32,
+        })
+        .await?;
+    match outcome {
+        StatusOutcome::Changed(order) => Ok(HttpResponse::Ok().json(order)),
+        StatusOutcome::NotFound => Err(ApiError::NotFound),
+        StatusOutcome::NotAllowed { from } => Err(ApiError::Conflict {
+            kind: "invalid-transition",
+            title: "Invalid status transition",
+            detail: format!("an order that is {from} cannot become {}", to.as_str()),
+        }),
+    }
+}

@@ -1,0 +1,158 @@
+//! The merchant's catalog: `/api/v1/products`.
+
+use crate::domain::listing::CursorScope;
+use crate::domain::product::{NewProductBody, ProductListParams, ProductPatchBody, Sort, StockDeltaBody};
+use crate::error::ApiError;
+use crate::http::{Json, MerchantAuth};
+use crate::routes::support::{if_match_version, listing, not_modified, path_id};
+use crate::state::AppState;
+use crate::store::products::{self, Product, ProductQuery, Write};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use rampart_actors::DbError;
+
+fn duplicate_sku(e: DbError) -> ApiError {
+    match e {
+        DbError::Constraint { name, .. } if name == "products_merchant_sku_key" => ApiError::Conflict {
+            kind: "duplicate-sku",
+            title: "Duplicate SKU",
+            detail: "another product of this merchant has that sku".into(),
+        },
+        other => other.into(),
+    }
+}
+
+fn with_tag(mut response: HttpResponse, product: &Product) -> HttpResponse {
+    if let Ok(v) = header::HeaderValue::from_str(&product.etag()) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+fn written(outcome: Write) -> Result<HttpResponse, ApiError> {
+    match outcome {
+        Write::Done(p) => Ok(with_tag(HttpResponse::Ok().json(&p), &p)),
+        Write::NotFound => Err(ApiError::NotFound),
+        Write::Stale => Err(ApiError::PreconditionFailed),
+        Write::Insufficient => Err(ApiError::Conflict {
+            kind: "insufficient-stock",
+            title: "Insufficient stock",
+            detail: "the stock would go below zero".into(),
+        }),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/products", tag = "catalog", request_body(content = Object, description = "sku, name, description?, price_cents, currency, stock?, category?"),
+    responses((status = 201, body = Product, headers(("Location"), ("ETag"))), (status = 409, description = "duplicate sku"), (status = 422)), security(("api_key" = [])))]
+pub async fn create(auth: MerchantAuth, state: web::Data<AppState>, Json(body): Json<NewProductBody>) -> Result<HttpResponse, ApiError> {
+    let product = body.parse()?;
+    let created = state
+        .db
+        .run(products::Insert {
+            merchant_id: auth.merchant_id,
+            product,
+        })
+        .await
+        .map_err(duplicate_sku)?;
+    let response = HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/products/{}", created.id)))
+        .json(&created);
+    Ok(with_tag(response, &created))
+}
+
+#[utoipa::path(get, path = "/api/v1/products", tag = "catalog",
+    params(("status" = Option<String>, Query), ("category" = Option<String>, Query), ("q" = Option<String>, Query, description = "full-text over name and description"),
+        ("min_price" = Option<i64>, Query), ("max_price" = Option<i64>, Query), ("sort" = Option<String>, Query, description = "created_at, -created_at (default), price, -price, name, -name"),
+        ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query)),
+    responses((status = 200, description = "{data, next_cursor, has_more} or {data, page, per_page, total}"), (status = 400)), security(("api_key" = [])))]
+pub async fn list(auth: MerchantAuth, state: web::Data<AppState>, params: web::Query<ProductListParams>) -> Result<HttpResponse, ApiError> {
+    let filter = params.filter(false)?;
+    let sort = Sort::parse(params.sort.as_deref())?;
+    let scope = CursorScope {
+        listing: "catalog",
+        merchant_id: auth.merchant_id,
+        sort: sort.as_str(),
+        filters: filter.fingerprint(),
+    };
+    let page = params.page.parse(&state.cursor_key, &scope)?;
+    let query = ProductQuery {
+        merchant_id: auth.merchant_id,
+        storefront: false,
+        filter,
+        sort,
+        page: page.clone(),
+    };
+    let result = state.db.run(products::List(query)).await?;
+    Ok(listing(result.rows, result.has_more, result.total, &page, (&state.cursor_key, &scope), |p| p.position(sort)))
+}
+
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = Product, headers(("ETag"))), (status = 304), (status = 404)), security(("api_key" = [])))]
+pub async fn get(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id)?;
+    let product = state
+        .db
+        .run(products::Get {
+            merchant_id: auth.merchant_id,
+            id,
+            active_only: false,
+        })
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if not_modified(req.headers(), &product.etag()) {
+        return Ok(with_tag(HttpResponse::NotModified().finish(), &product));
+    }
+    Ok(with_tag(HttpResponse::Ok().json(&product), &product))
+}
+
+#[utoipa::path(patch, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path), ("If-Match" = Option<String>, Header)),
+    request_body(content = Object, description = "any of sku, name, description, price_cents, currency, stock, category, status"),
+    responses((status = 200, body = Product), (status = 404), (status = 409), (status = 412), (status = 422)), security(("api_key" = [])))]
+pub async fn update(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>, req: HttpRequest, Json(body): Json<ProductPatchBody>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id)?;
+    let if_version = if_match_version(req.headers())?;
+    let patch = body.parse()?;
+    let outcome = state
+        .db
+        .run(products::Update {
+            merchant_id: auth.merchant_id,
+            id,
+            patch,
+            if_version,
+        })
+        .await
+        .map_err(duplicate_sku)?;
+    written(outcome)
+}
+
+#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "archived"), (status = 404)), security(("api_key" = [])))]
+pub async fn archive(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id)?;
+    if state.db.run(products::Archive { merchant_id: auth.merchant_id, id }).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/products/{id}/stock", tag = "catalog", params(("id" = uuid::Uuid, Path)),
+    request_body(content = Object, description = "{\"delta\": int}"),
+    responses((status = 200, body = Product), (status = 404), (status = 409, description = "stock would go below zero"), (status = 422)), security(("api_key" = [])))]
+pub async fn adjust_stock(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>, Json(body): Json<StockDeltaBody>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id)?;
+    let delta = body.parse()?;
+    let outcome = state
+        .db
+        .run(products::AdjustStock {
+            merchant_id: auth.merchant_id,
+            id,
+            delta,
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::Constraint { .. } => ApiError::invalid("delta", "would take the stock past its limit"),
+            other => other.into(),
+        })?;
+    written(outcome)
+}

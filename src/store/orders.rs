@@ -1,0 +1,490 @@
+//! Orders: the checkout transaction, reads, lists and status changes.
+
+use crate::domain::listing::{KeyValue, Page, Position};
+use crate::domain::order::{CheckoutRequest, OrderFilter, OrderStatus};
+use crate::store::jobs::{enqueue, for_order_event};
+use crate::store::products::{as_refs, Param};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Client, Transaction};
+use rampart_actors::{DbCommand, DbError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderItem {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub unit_price_cents: i64,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Order {
+    pub id: Uuid,
+    pub number: i64,
+    pub status: String,
+    pub customer_email: String,
+    pub customer_name: Option<String>,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const ORDER_COLUMNS: &str = "o.id, o.number, o.status, o.customer_email, o.customer_name, o.total_cents, o.currency, o.created_at, o.updated_at,
+    coalesce((SELECT json_agg(json_build_object('product_id', i.product_id, 'sku', i.sku, 'name', i.name,
+        'unit_price_cents', i.unit_price_cents, 'quantity', i.quantity) ORDER BY i.line)
+        FROM order_items i WHERE i.order_id = o.id), '[]'::json)";
+
+impl Order {
+    fn from_row(row: &Row) -> Result<Self, DbError> {
+        let items: serde_json::Value = row.get(9);
+        Ok(Self {
+            id: row.get(0),
+            number: row.get(1),
+            status: row.get(2),
+            customer_email: row.get(3),
+            customer_name: row.get(4),
+            total_cents: row.get(5),
+            currency: row.get(6),
+            created_at: row.get(7),
+            updated_at: row.get(8),
+            items: serde_json::from_value(items).map_err(|e| DbError::Other(format!("order items: {e}")))?,
+        })
+    }
+
+    pub fn position(&self) -> Position {
+        Position {
+            key: KeyValue::Time(self.created_at),
+            id: self.id,
+        }
+    }
+}
+
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+}
+
+pub struct Checkout {
+    pub merchant_id: Uuid,
+    pub request: CheckoutRequest,
+    pub idempotency: Option<IdempotencyKey>,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug)]
+pub enum CheckoutOutcome {
+    /// The order, serialized once: the same bytes are what an idempotent replay returns.
+    Created { body: Vec<u8>, order_id: Uuid },
+    Replayed { body: Vec<u8>, order_id: Uuid },
+    /// Another request with this key is running.
+    InFlight,
+    /// This key was used with another body.
+    KeyReused,
+    StoreNotFound,
+    /// The item at this index names no active product of this store.
+    UnknownProduct { index: usize },
+    CurrencyMismatch { index: usize },
+    Insufficient { product_id: Uuid, available: i64, requested: i64 },
+}
+
+fn key_lock(merchant_id: Uuid, key: &str) -> i64 {
+    let digest = Sha256::new().chain_update(merchant_id.as_bytes()).chain_update(key.as_bytes()).finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+struct Locked {
+    id: Uuid,
+    sku: String,
+    name: String,
+    price_cents: i64,
+    currency: String,
+    stock: i64,
+    active: bool,
+}
+
+impl Checkout {
+    async fn attempt(&self, tx: &Transaction<'_>) -> Result<CheckoutOutcome, DbError> {
+        let merchant = tx
+            .query_opt(&tx.prepare_cached("SELECT order_sequence, webhook_url IS NOT NULL FROM merchants WHERE id = $1").await?, &[&self.merchant_id])
+            .await?;
+        let Some(merchant) = merchant else {
+            return Ok(CheckoutOutcome::StoreNotFound);
+        };
+        let (sequence, has_webhook): (String, bool) = (merchant.get(0), merchant.get(1));
+
+        if let Some(idem) = &self.idempotency {
+            // One request per key at a time: a second one finds the lock taken and is told so
+            // at once instead of waiting.
+            let lock = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key_lock(self.merchant_id, &idem.key)]).await?;
+            if !lock.get::<_, bool>(0) {
+                return Ok(CheckoutOutcome::InFlight);
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT request_hash, response_body, created_at > now() - interval '24 hours'
+                     FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
+                )
+                .await?;
+            if let Some(row) = tx.query_opt(&stmt, &[&self.merchant_id, &idem.key]).await? {
+                if row.get::<_, bool>(2) {
+                    if row.get::<_, Vec<u8>>(0) != idem.fingerprint {
+                        return Ok(CheckoutOutcome::KeyReused);
+                    }
+                    let body: Vec<u8> = row.get(1);
+                    let order_id = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["id"].as_str().and_then(|s| s.parse().ok()))
+                        .unwrap_or_default();
+                    return Ok(CheckoutOutcome::Replayed { body, order_id });
+                }
+                tx.execute("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2", &[&self.merchant_id, &idem.key]).await?;
+            }
+        }
+
+        // Lock every product in id order: two checkouts over the same products always take
+        // their locks in the same order, so they queue instead of deadlocking.
+        let ids: Vec<Uuid> = self.request.lines.iter().map(|l| l.product_id).collect();
+        let stmt = tx
+            .prepare_cached(
+                "SELECT id, sku, name, price_cents, currency, stock, status = 'active'
+                 FROM products WHERE merchant_id = $1 AND id = ANY($2) ORDER BY id FOR NO KEY UPDATE",
+            )
+            .await?;
+        let locked: Vec<Locked> = tx
+            .query(&stmt, &[&self.merchant_id, &ids])
+            .await?
+            .iter()
+            .map(|r| Locked {
+                id: r.get(0),
+                sku: r.get(1),
+                name: r.get(2),
+                price_cents: r.get(3),
+                currency: r.get(4),
+                stock: r.get(5),
+                active: r.get(6),
+            })
+            .collect();
+
+        let mut currency: Option<&str> = None;
+        let mut total: i64 = 0;
+        let mut items = Vec::with_capacity(self.request.lines.len());
+        for line in &self.request.lines {
+            let Some(p) = locked.iter().find(|p| p.id == line.product_id && p.active) else {
+                return Ok(CheckoutOutcome::UnknownProduct { index: line.index });
+            };
+            match currency {
+                Some(c) if c != p.currency => return Ok(CheckoutOutcome::CurrencyMismatch { index: line.index }),
+                _ => currency = Some(&p.currency),
+            }
+            if p.stock < line.quantity {
+                return Ok(CheckoutOutcome::Insufficient {
+                    product_id: p.id,
+                    available: p.stock,
+                    requested: line.quantity,
+                });
+            }
+            total += p.price_cents * line.quantity;
+            items.push(OrderItem {
+                product_id: p.id,
+                sku: p.sku.clone(),
+                name: p.name.clone(),
+                unit_price_cents: p.price_cents,
+                quantity: line.quantity as i32,
+            });
+        }
+        let currency = currency.unwrap_or_default().to_owned();
+
+        let quantities: Vec<i64> = self.request.lines.iter().map(|l| l.quantity).collect();
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE products SET stock = stock - d.q, version = version + 1, updated_at = now()
+                 FROM unnest($1::uuid[], $2::bigint[]) AS d(id, q) WHERE products.id = d.id",
+            )
+            .await?;
+        tx.execute(&stmt, &[&ids, &quantities]).await?;
+
+        // The number and the creation time are taken together, after the stock locks: numbers
+        // then increase with `created_at` (a transaction's `now()` is its start, before any wait).
+        let order_id = Uuid::now_v7();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO orders (id, merchant_id, number, customer_email, customer_name, total_cents, currency, created_at, updated_at)
+                 VALUES ($1, $2, nextval($3::text::regclass), $4, $5, $6, $7, clock_timestamp(), clock_timestamp())
+                 RETURNING number, created_at, updated_at",
+            )
+            .await?;
+        let row = tx
+            .query_one(&stmt, &[&order_id, &self.merchant_id, &sequence, &self.request.customer_email, &self.request.customer_name, &total, &currency])
+            .await?;
+        let number: i64 = row.get(0);
+        let lines: Vec<i32> = (1..=items.len() as i32).collect();
+        let skus: Vec<&str> = items.iter().map(|i| i.sku.as_str()).collect();
+        let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        let prices: Vec<i64> = items.iter().map(|i| i.unit_price_cents).collect();
+        let qty: Vec<i32> = items.iter().map(|i| i.quantity).collect();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO order_items (order_id, line, product_id, sku, name, unit_price_cents, quantity)
+                 SELECT $1, * FROM unnest($2::int[], $3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::int[])",
+            )
+            .await?;
+        tx.execute(&stmt, &[&order_id, &lines, &ids, &skus, &names, &prices, &qty]).await?;
+        enqueue(tx, self.merchant_id, for_order_event("order.created", order_id, has_webhook, "storefront"), self.max_attempts).await?;
+
+        let order = Order {
+            id: order_id,
+            number,
+            status: OrderStatus::Pending.as_str().to_owned(),
+            customer_email: self.request.customer_email.clone(),
+            customer_name: self.request.customer_name.clone(),
+            items,
+            total_cents: total,
+            currency,
+            created_at: row.get(1),
+            updated_at: row.get(2),
+        };
+        let body = serde_json::to_vec(&order).map_err(|e| DbError::Other(e.to_string()))?;
+        if let Some(idem) = &self.idempotency {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO idempotency_keys (merchant_id, key, request_hash, response_status, response_body, location)
+                     VALUES ($1, $2, $3, 201, $4, $5)",
+                )
+                .await?;
+            tx.execute(&stmt, &[&self.merchant_id, &idem.key, &idem.fingerprint, &body, &format!("/api/v1/orders/{order_id}")]).await?;
+        }
+        Ok(CheckoutOutcome::Created { body, order_id })
+    }
+}
+
+/// Runs `attempt` in a transaction, committing only what it reports as done, and retries the
+/// whole transaction after a deadlock or serialization failure.
+async fn retrying<T>(client: &mut Client, mut attempt: impl AsyncFnMut(&Transaction<'_>) -> Result<(T, bool), DbError>) -> Result<T, DbError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let tx = client.transaction().await?;
+        match attempt(&tx).await {
+            Ok((value, commit)) => {
+                if commit {
+                    match tx.commit().await {
+                        Ok(()) => return Ok(value),
+                        Err(e) => {
+                            let e = DbError::from(e);
+                            if e.is_retryable() && tries < 4 {
+                                continue;
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                tx.rollback().await?;
+                return Ok(value);
+            }
+            Err(e) if e.is_retryable() && tries < 4 => {
+                let _ = tx.rollback().await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl DbCommand for Checkout {
+    type Output = CheckoutOutcome;
+
+    async fn run(self, client: &mut Client) -> Result<CheckoutOutcome, DbError> {
+        retrying(client, async |tx| {
+            let outcome = self.attempt(tx).await?;
+            let commit = matches!(outcome, CheckoutOutcome::Created { .. });
+            Ok((outcome, commit))
+        })
+        .await
+    }
+}
+
+pub struct Get {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+}
+
+async fn get_order(client: &impl deadpool_postgres::GenericClient, merchant_id: Uuid, id: Uuid) -> Result<Option<Order>, DbError> {
+    let stmt = client
+        .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = $1 AND o.merchant_id = $2"))
+        .await?;
+    client.query_opt(&stmt, &[&id, &merchant_id]).await?.as_ref().map(Order::from_row).transpose()
+}
+
+impl DbCommand for Get {
+    type Output = Option<Order>;
+
+    async fn run(self, client: &mut Client) -> Result<Option<Order>, DbError> {
+        get_order(&*client, self.merchant_id, self.id).await
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderQuery {
+    pub merchant_id: Uuid,
+    pub filter: OrderFilter,
+    pub page: Page,
+}
+
+/// The page query and, for offset pages, the count query of an order list.
+pub fn list_sql(q: &OrderQuery) -> Result<(String, Vec<Param>, Option<(String, Vec<Param>)>), DbError> {
+    let filters = || {
+        let mut params: Vec<Param> = vec![Box::new(q.merchant_id)];
+        let mut conditions = vec!["o.merchant_id = $1".to_owned()];
+        if let Some(s) = q.filter.status {
+            params.push(Box::new(s.as_str()));
+            conditions.push(format!("o.status = ${}", params.len()));
+        }
+        if let Some(from) = q.filter.from {
+            params.push(Box::new(from));
+            conditions.push(format!("o.created_at >= ${}", params.len()));
+        }
+        if let Some(until) = q.filter.until {
+            params.push(Box::new(until));
+            conditions.push(format!("o.created_at < ${}", params.len()));
+        }
+        (conditions, params)
+    };
+    let (mut conditions, mut params) = filters();
+    let count = match q.page {
+        Page::Offset { .. } => {
+            let (c, p) = filters();
+            Some((format!("SELECT count(*) FROM orders o WHERE {}", c.join(" AND ")), p))
+        }
+        Page::Keyset { .. } => None,
+    };
+    let tail = match &q.page {
+        Page::Keyset { limit, after } => {
+            if let Some(pos) = after {
+                let KeyValue::Time(t) = pos.key else {
+                    return Err(DbError::Other("cursor does not match the sort".into()));
+                };
+                params.push(Box::new(t));
+                params.push(Box::new(pos.id));
+                let n = params.len();
+                conditions.push(format!("(o.created_at, o.id) < (${}, ${n})", n - 1));
+            }
+            format!("LIMIT {}", limit + 1)
+        }
+        Page::Offset { page, per_page } => format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page),
+    };
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM orders o WHERE {} ORDER BY o.created_at DESC, o.id DESC {tail}",
+        conditions.join(" AND ")
+    );
+    Ok((sql, params, count))
+}
+
+pub struct List(pub OrderQuery);
+
+pub struct OrderPage {
+    pub rows: Vec<Order>,
+    pub has_more: bool,
+    pub total: Option<i64>,
+}
+
+impl DbCommand for List {
+    type Output = OrderPage;
+
+    async fn run(self, client: &mut Client) -> Result<OrderPage, DbError> {
+        let (sql, params, count) = list_sql(&self.0)?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let mut rows = client.query(&stmt, &as_refs(&params)).await?.iter().map(Order::from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut has_more = false;
+        if let Page::Keyset { limit, .. } = self.0.page {
+            if rows.len() as i64 > limit {
+                rows.truncate(limit as usize);
+                has_more = true;
+            }
+        }
+        let total = match count {
+            Some((sql, params)) => Some(client.query_one(&client.prepare_cached(&sql).await?, &as_refs(&params)).await?.get(0)),
+            None => None,
+        };
+        if let (Page::Offset { page, per_page }, Some(total)) = (&self.0.page, total) {
+            has_more = page * per_page < total;
+        }
+        Ok(OrderPage { rows, has_more, total })
+    }
+}
+
+pub struct ChangeStatus {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+    pub to: OrderStatus,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug)]
+pub enum StatusOutcome {
+    Changed(Order),
+    NotFound,
+    NotAllowed { from: String },
+}
+
+impl ChangeStatus {
+    async fn attempt(&self, tx: &Transaction<'_>) -> Result<StatusOutcome, DbError> {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT o.status, m.webhook_url IS NOT NULL FROM orders o JOIN merchants m ON m.id = o.merchant_id
+                 WHERE o.id = $1 AND o.merchant_id = $2 FOR UPDATE OF o",
+            )
+            .await?;
+        let Some(row) = tx.query_opt(&stmt, &[&self.id, &self.merchant_id]).await? else {
+            return Ok(StatusOutcome::NotFound);
+        };
+        let from: String = row.get(0);
+        let has_webhook: bool = row.get(1);
+        if !OrderStatus::parse(&from).is_some_and(|f| f.can_become(self.to)) {
+            return Ok(StatusOutcome::NotAllowed { from });
+        }
+        if self.to == OrderStatus::Cancelled {
+            // Stock goes back in the same transaction, products locked in id order as checkout does.
+            let stmt = tx
+                .prepare_cached("SELECT product_id, sum(quantity)::bigint FROM order_items WHERE order_id = $1 GROUP BY product_id ORDER BY product_id")
+                .await?;
+            let rows = tx.query(&stmt, &[&self.id]).await?;
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+            let qty: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+            tx.execute("SELECT 1 FROM products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE", &[&ids]).await?;
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE products SET stock = stock + d.q, version = version + 1, updated_at = now()
+                     FROM unnest($1::uuid[], $2::bigint[]) AS d(id, q) WHERE products.id = d.id",
+                )
+                .await?;
+            tx.execute(&stmt, &[&ids, &qty]).await?;
+        }
+        tx.execute("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1", &[&self.id, &self.to.as_str()]).await?;
+        let event = format!("order.{}", self.to.as_str());
+        enqueue(tx, self.merchant_id, for_order_event(&event, self.id, has_webhook, "merchant"), self.max_attempts).await?;
+        match get_order(tx, self.merchant_id, self.id).await? {
+            Some(order) => Ok(StatusOutcome::Changed(order)),
+            None => Ok(StatusOutcome::NotFound),
+        }
+    }
+}
+
+impl DbCommand for ChangeStatus {
+    type Output = StatusOutcome;
+
+    async fn run(self, client: &mut Client) -> Result<StatusOutcome, DbError> {
+        retrying(client, async |tx| {
+            let outcome = self.attempt(tx).await?;
+            let commit = matches!(outcome, StatusOutcome::Changed(_));
+            Ok((outcome, commit))
+        })
+        .await
+    }
+}

@@ -1,0 +1,346 @@
+//! Products: create, read, patch, archive, stock deltas, and the list queries of the catalog
+//! and the storefront (one SQL builder for both, so tests can `EXPLAIN` exactly what runs).
+
+use crate::domain::listing::{KeyValue, Page, Position};
+use crate::domain::product::{NewProduct, ProductFilter, ProductPatch, Sort};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
+use rampart_actors::{DbCommand, DbError};
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+pub const COLUMNS: &str = "id, sku, name, description, price_cents, currency, stock, category, status, version, created_at, updated_at";
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Product {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub price_cents: i64,
+    pub currency: String,
+    pub stock: i64,
+    pub category: Option<String>,
+    /// `active` or `archived`.
+    pub status: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Product {
+    pub fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            sku: row.get(1),
+            name: row.get(2),
+            description: row.get(3),
+            price_cents: row.get(4),
+            currency: row.get(5),
+            stock: row.get(6),
+            category: row.get(7),
+            status: row.get(8),
+            version: row.get(9),
+            created_at: row.get(10),
+            updated_at: row.get(11),
+        }
+    }
+
+    /// The strong entity tag: the version changes with every write, stock included.
+    pub fn etag(&self) -> String {
+        format!("\"v{}\"", self.version)
+    }
+
+    pub fn position(&self, sort: Sort) -> Position {
+        let key = match sort {
+            Sort::CreatedAsc | Sort::CreatedDesc => KeyValue::Time(self.created_at),
+            Sort::PriceAsc | Sort::PriceDesc => KeyValue::Int(self.price_cents),
+            Sort::NameAsc | Sort::NameDesc => KeyValue::Text(self.name.clone()),
+        };
+        Position { key, id: self.id }
+    }
+}
+
+pub struct Insert {
+    pub merchant_id: Uuid,
+    pub product: NewProduct,
+}
+
+impl DbCommand for Insert {
+    type Output = Product;
+
+    async fn run(self, client: &mut Client) -> Result<Product, DbError> {
+        let p = self.product;
+        let stmt = client
+            .prepare_cached(&format!(
+                "INSERT INTO products (id, merchant_id, sku, name, description, price_cents, currency, stock, category)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+            ))
+            .await?;
+        let row = client
+            .query_one(&stmt, &[&Uuid::now_v7(), &self.merchant_id, &p.sku, &p.name, &p.description, &p.price_cents, &p.currency, &p.stock, &p.category])
+            .await?;
+        Ok(Product::from_row(&row))
+    }
+}
+
+/// One product of one merchant; with `active_only`, archived ones are not found.
+pub struct Get {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+    pub active_only: bool,
+}
+
+impl DbCommand for Get {
+    type Output = Option<Product>;
+
+    async fn run(self, client: &mut Client) -> Result<Option<Product>, DbError> {
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM products WHERE id = $1 AND merchant_id = $2 AND (NOT $3 OR status = 'active')"
+            ))
+            .await?;
+        Ok(client.query_opt(&stmt, &[&self.id, &self.merchant_id, &self.active_only]).await?.as_ref().map(Product::from_row))
+    }
+}
+
+#[derive(Debug)]
+pub enum Write {
+    Done(Product),
+    NotFound,
+    /// `If-Match` named another version.
+    Stale,
+    /// The stock would go below zero.
+    Insufficient,
+}
+
+async fn exists(client: &Client, merchant_id: Uuid, id: Uuid) -> Result<bool, DbError> {
+    let stmt = client.prepare_cached("SELECT 1 FROM products WHERE id = $1 AND merchant_id = $2").await?;
+    Ok(client.query_opt(&stmt, &[&id, &merchant_id]).await?.is_some())
+}
+
+pub struct Update {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+    pub patch: ProductPatch,
+    pub if_version: Option<i64>,
+}
+
+impl DbCommand for Update {
+    type Output = Write;
+
+    async fn run(self, client: &mut Client) -> Result<Write, DbError> {
+        let p = &self.patch;
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE products SET
+                    sku = coalesce($3, sku), name = coalesce($4, name),
+                    description = CASE WHEN $5 THEN $6 ELSE description END,
+                    price_cents = coalesce($7, price_cents), currency = coalesce($8, currency),
+                    stock = coalesce($9, stock),
+                    category = CASE WHEN $10 THEN $11 ELSE category END,
+                    status = coalesce($12, status),
+                    version = version + 1, updated_at = now()
+                 WHERE id = $1 AND merchant_id = $2 AND ($13::bigint IS NULL OR version = $13)
+                 RETURNING {COLUMNS}"
+            ))
+            .await?;
+        let description = p.description.clone().flatten();
+        let category = p.category.clone().flatten();
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &self.id,
+                    &self.merchant_id,
+                    &p.sku,
+                    &p.name,
+                    &p.description.is_some(),
+                    &description,
+                    &p.price_cents,
+                    &p.currency,
+                    &p.stock,
+                    &p.category.is_some(),
+                    &category,
+                    &p.status,
+                    &self.if_version,
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(Write::Done(Product::from_row(&row))),
+            None if exists(client, self.merchant_id, self.id).await? => Ok(Write::Stale),
+            None => Ok(Write::NotFound),
+        }
+    }
+}
+
+pub struct Archive {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+}
+
+impl DbCommand for Archive {
+    type Output = bool;
+
+    async fn run(self, client: &mut Client) -> Result<bool, DbError> {
+        let stmt = client
+            .prepare_cached(
+                "UPDATE products SET status = 'archived',
+                    version = version + CASE WHEN status = 'archived' THEN 0 ELSE 1 END,
+                    updated_at = CASE WHEN status = 'archived' THEN updated_at ELSE now() END
+                 WHERE id = $1 AND merchant_id = $2",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&self.id, &self.merchant_id]).await? == 1)
+    }
+}
+
+pub struct AdjustStock {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+    pub delta: i64,
+}
+
+impl DbCommand for AdjustStock {
+    type Output = Write;
+
+    async fn run(self, client: &mut Client) -> Result<Write, DbError> {
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE products SET stock = stock + $3, version = version + 1, updated_at = now()
+                 WHERE id = $1 AND merchant_id = $2 AND stock + $3 >= 0 RETURNING {COLUMNS}"
+            ))
+            .await?;
+        match client.query_opt(&stmt, &[&self.id, &self.merchant_id, &self.delta]).await {
+            Ok(Some(row)) => Ok(Write::Done(Product::from_row(&row))),
+            Ok(None) if exists(client, self.merchant_id, self.id).await? => Ok(Write::Insufficient),
+            Ok(None) => Ok(Write::NotFound),
+            // Past the stock ceiling the CHECK or the bigint refuses: treat it as a bad delta.
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A product list request: whose, which rows, in what order, which page.
+#[derive(Debug, Clone)]
+pub struct ProductQuery {
+    pub merchant_id: Uuid,
+    pub storefront: bool,
+    pub filter: ProductFilter,
+    pub sort: Sort,
+    pub page: Page,
+}
+
+pub type Param = Box<dyn ToSql + Sync + Send>;
+
+/// The WHERE conditions of a list and their parameters ($1 is the merchant).
+fn filters(q: &ProductQuery) -> (Vec<String>, Vec<Param>) {
+    let mut params: Vec<Param> = vec![Box::new(q.merchant_id)];
+    let mut conditions = vec!["merchant_id = $1".to_owned()];
+    if q.storefront {
+        // A literal, so the partial indexes of active products apply.
+        conditions.push("status = 'active'".to_owned());
+    }
+    let f = &q.filter;
+    let mut push = |cond: &str, param: Param| {
+        params.push(param);
+        conditions.push(cond.replace('?', &format!("${}", params.len())));
+    };
+    if let Some(s) = &f.status {
+        push("status = ?", Box::new(s.clone()));
+    }
+    if let Some(c) = &f.category {
+        push("category = ?", Box::new(c.clone()));
+    }
+    if let Some(text) = &f.q {
+        push("search @@ plainto_tsquery('simple', ?)", Box::new(text.clone()));
+    }
+    if let Some(lo) = f.min_price {
+        push("price_cents >= ?", Box::new(lo));
+    }
+    if let Some(hi) = f.max_price {
+        push("price_cents <= ?", Box::new(hi));
+    }
+    (conditions, params)
+}
+
+/// The SQL the list runs: the page query (one row more than the page, to know if there is more)
+/// and, for offset pages, the count.
+pub fn list_sql(q: &ProductQuery) -> Result<(String, Vec<Param>, Option<(String, Vec<Param>)>), DbError> {
+    let (mut conditions, mut params) = filters(q);
+    let count = match q.page {
+        Page::Offset { .. } => {
+            let (conditions, params) = filters(q);
+            Some((format!("SELECT count(*) FROM products WHERE {}", conditions.join(" AND ")), params))
+        }
+        Page::Keyset { .. } => None,
+    };
+    let column = q.sort.column();
+    let (dir, cmp) = if q.sort.descending() { ("DESC", "<") } else { ("ASC", ">") };
+    let tail = match &q.page {
+        Page::Keyset { limit, after } => {
+            if let Some(pos) = after {
+                let key: Param = match (&pos.key, q.sort) {
+                    (KeyValue::Time(t), Sort::CreatedAsc | Sort::CreatedDesc) => Box::new(*t),
+                    (KeyValue::Int(n), Sort::PriceAsc | Sort::PriceDesc) => Box::new(*n),
+                    (KeyValue::Text(s), Sort::NameAsc | Sort::NameDesc) => Box::new(s.clone()),
+                    _ => return Err(DbError::Other("cursor does not match the sort".into())),
+                };
+                params.push(key);
+                params.push(Box::new(pos.id));
+                let n = params.len();
+                conditions.push(format!("({column}, id) {cmp} (${}, ${n})", n - 1));
+            }
+            format!("LIMIT {}", limit + 1)
+        }
+        Page::Offset { page, per_page } => format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM products WHERE {} ORDER BY {column} {dir}, id {dir} {tail}",
+        conditions.join(" AND ")
+    );
+    Ok((sql, params, count))
+}
+
+pub fn as_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+pub struct ListPage {
+    pub rows: Vec<Product>,
+    pub has_more: bool,
+    pub total: Option<i64>,
+}
+
+pub struct List(pub ProductQuery);
+
+impl DbCommand for List {
+    type Output = ListPage;
+
+    async fn run(self, client: &mut Client) -> Result<ListPage, DbError> {
+        let (sql, params, count) = list_sql(&self.0)?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let mut rows: Vec<Product> = client.query(&stmt, &as_refs(&params)).await?.iter().map(Product::from_row).collect();
+        let mut has_more = false;
+        if let Page::Keyset { limit, .. } = self.0.page {
+            if rows.len() as i64 > limit {
+                rows.truncate(limit as usize);
+                has_more = true;
+            }
+        }
+        let total = match count {
+            Some((sql, params)) => {
+                let stmt = client.prepare_cached(&sql).await?;
+                Some(client.query_one(&stmt, &as_refs(&params)).await?.get(0))
+            }
+            None => None,
+        };
+        if let (Page::Offset { page, per_page }, Some(total)) = (&self.0.page, total) {
+            has_more = page * per_page < total;
+        }
+        Ok(ListPage { rows, has_more, total })
+    }
+}
