@@ -73,9 +73,17 @@ async fn restarts_beyond_the_intensity_mark_db_failed_and_readiness_says_so() {
     for _ in 0..3 {
         assert!(matches!(app.db.run(Panics).await, Err(DbError::Internal)));
     }
+    // Readiness turns unready once supervision has marked the actor failed.
+    let mut ready = app.get("/health/ready").await;
+    for _ in 0..50 {
+        if ready.status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        ready = app.get("/health/ready").await;
+    }
+    assert_eq!(ready.status, 503, "{:?}", app.db.stats().snapshot());
     assert_eq!(app.db.stats().state(), ActorState::Failed);
-    let ready = app.get("/health/ready").await;
-    assert_eq!(ready.status, 503);
     let body = ready.json();
     assert_eq!(body["status"], "unready");
     assert_eq!(body["checks"]["actor.db"]["state"], "failed");

@@ -4,6 +4,9 @@
 mod support;
 
 mod actors;
+mod catalog;
+mod orders;
+mod pagination;
 mod checkout;
 mod idempotency;
 mod cli;
