@@ -183,7 +183,9 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(metrics.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
-                .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(format!("query string: {e}")).into()))
+                .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::bad_request(format!("query string: {e}")).into()
+                }))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
                 .wrap(http::problems::fallback())

@@ -25,8 +25,8 @@ use deadpool_postgres::{
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use std::time::Duration;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -197,13 +197,20 @@ impl Db {
     }
 
     fn inflight(&self) -> usize {
-        self.settings.max_inflight.max(1).saturating_sub(self.slots.available_permits())
+        self.settings
+            .max_inflight
+            .max(1)
+            .saturating_sub(self.slots.available_permits())
     }
 }
 
 /// Runs `command` as a task of its own holding `slot`; a panic inside it resumes in the caller's
 /// future, where [`serve`] catches it.
-async fn run_in_task<C: DbCommand>(pool: Pool, command: C, slot: OwnedSemaphorePermit) -> Result<C::Output, DbError> {
+async fn run_in_task<C: DbCommand>(
+    pool: Pool,
+    command: C,
+    slot: OwnedSemaphorePermit,
+) -> Result<C::Output, DbError> {
     let task = actix_rt::spawn(async move {
         let _slot = slot;
         let mut client = pool.get().await?;
@@ -257,7 +264,9 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
                         .into_actor(db),
                     );
                     let work = async move {
-                        let slot = slot.await.map_err(|_| DbError::Unavailable("db actor closed".into()))?;
+                        let slot = slot
+                            .await
+                            .map_err(|_| DbError::Unavailable("db actor closed".into()))?;
                         run_in_task(pool, command, slot).await
                     };
                     Reply::Spawn(Box::pin(work.into_actor(db)))

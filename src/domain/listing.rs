@@ -58,7 +58,12 @@ pub struct CursorScope {
 impl CursorScope {
     fn digest(&self) -> String {
         let mut h = Sha256::new();
-        for part in [self.listing, &self.merchant_id.to_string(), self.sort, &self.filters] {
+        for part in [
+            self.listing,
+            &self.merchant_id.to_string(),
+            self.sort,
+            &self.filters,
+        ] {
             h.update(part.as_bytes());
             h.update([0]);
         }
@@ -81,7 +86,8 @@ impl CursorKey {
     }
 
     fn mac(&self, payload: &[u8]) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(payload);
         mac
     }
@@ -93,7 +99,11 @@ impl CursorKey {
         };
         let payload = serde_json::to_vec(&body).unwrap_or_default();
         let tag = self.mac(&payload).finalize().into_bytes();
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(&tag[..16]))
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&payload),
+            URL_SAFE_NO_PAD.encode(&tag[..16])
+        )
     }
 
     pub fn decode(&self, scope: &CursorScope, cursor: &str) -> Result<Position, ApiError> {
@@ -104,7 +114,9 @@ impl CursorKey {
         let (payload, tag) = cursor.split_once('.').ok_or_else(bad)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad())?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| bad())?;
-        self.mac(&payload).verify_truncated_left(&tag).map_err(|_| bad())?;
+        self.mac(&payload)
+            .verify_truncated_left(&tag)
+            .map_err(|_| bad())?;
         if tag.len() != 16 {
             return Err(bad());
         }
@@ -116,7 +128,11 @@ impl CursorKey {
     }
 }
 
-fn int_param(field: &str, raw: &Option<String>, range: std::ops::RangeInclusive<i64>) -> Result<Option<i64>, ApiError> {
+fn int_param(
+    field: &str,
+    raw: &Option<String>,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<Option<i64>, ApiError> {
     match raw {
         None => Ok(None),
         Some(v) => v
@@ -125,7 +141,16 @@ fn int_param(field: &str, raw: &Option<String>, range: std::ops::RangeInclusive<
             .ok()
             .filter(|n| range.contains(n))
             .map(Some)
-            .ok_or_else(|| ApiError::bad_field(field, format!("must be an integer from {} to {}", range.start(), range.end()))),
+            .ok_or_else(|| {
+                ApiError::bad_field(
+                    field,
+                    format!(
+                        "must be an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
     }
 }
 
@@ -134,11 +159,14 @@ impl PageParams {
     pub fn parse(&self, key: &CursorKey, scope: &CursorScope) -> Result<Page, ApiError> {
         let offset_style = self.page.is_some() || self.per_page.is_some();
         if offset_style && (self.cursor.is_some() || self.limit.is_some()) {
-            return Err(ApiError::bad_request("use either limit/cursor or page/per_page, not both"));
+            return Err(ApiError::bad_request(
+                "use either limit/cursor or page/per_page, not both",
+            ));
         }
         if offset_style {
             let page = int_param("page", &self.page, 1..=1_000_000)?.unwrap_or(1);
-            let per_page = int_param("per_page", &self.per_page, 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+            let per_page =
+                int_param("per_page", &self.per_page, 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
             return Ok(Page::Offset { page, per_page });
         }
         let limit = int_param("limit", &self.limit, 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
@@ -154,8 +182,17 @@ impl PageParams {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Listing<T: Serialize> {
-    Keyset { data: Vec<T>, next_cursor: Option<String>, has_more: bool },
-    Offset { data: Vec<T>, page: i64, per_page: i64, total: i64 },
+    Keyset {
+        data: Vec<T>,
+        next_cursor: Option<String>,
+        has_more: bool,
+    },
+    Offset {
+        data: Vec<T>,
+        page: i64,
+        per_page: i64,
+        total: i64,
+    },
 }
 
 #[cfg(test)]
@@ -181,12 +218,26 @@ mod tests {
         };
         let cursor = key.encode(&scope(m, "price"), &pos);
         assert_eq!(key.decode(&scope(m, "price"), &cursor).unwrap(), pos);
-        assert!(key.decode(&scope(m, "-price"), &cursor).is_err(), "another sort");
-        assert!(key.decode(&scope(Uuid::now_v7(), "price"), &cursor).is_err(), "another merchant");
-        assert!(CursorKey::new(b"other").decode(&scope(m, "price"), &cursor).is_err(), "another key");
+        assert!(
+            key.decode(&scope(m, "-price"), &cursor).is_err(),
+            "another sort"
+        );
+        assert!(
+            key.decode(&scope(Uuid::now_v7(), "price"), &cursor)
+                .is_err(),
+            "another merchant"
+        );
+        assert!(
+            CursorKey::new(b"other")
+                .decode(&scope(m, "price"), &cursor)
+                .is_err(),
+            "another key"
+        );
         let mut tampered = cursor.clone().into_bytes();
         tampered[3] ^= 1;
-        assert!(key.decode(&scope(m, "price"), &String::from_utf8_lossy(&tampered)).is_err());
+        assert!(key
+            .decode(&scope(m, "price"), &String::from_utf8_lossy(&tampered))
+            .is_err());
         assert!(key.decode(&scope(m, "price"), "garbage").is_err());
     }
 
@@ -202,7 +253,19 @@ mod tests {
         assert!(p(Some("5"), Some("1")).parse(&key, &s).is_err());
         assert!(p(Some("0"), None).parse(&key, &s).is_err());
         assert!(p(Some("101"), None).parse(&key, &s).is_err());
-        assert_eq!(p(None, None).parse(&key, &s).unwrap(), Page::Keyset { limit: 20, after: None });
-        assert_eq!(p(None, Some("3")).parse(&key, &s).unwrap(), Page::Offset { page: 3, per_page: 20 });
+        assert_eq!(
+            p(None, None).parse(&key, &s).unwrap(),
+            Page::Keyset {
+                limit: 20,
+                after: None
+            }
+        );
+        assert_eq!(
+            p(None, Some("3")).parse(&key, &s).unwrap(),
+            Page::Offset {
+                page: 3,
+                per_page: 20
+            }
+        );
     }
 }

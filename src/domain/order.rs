@@ -49,8 +49,19 @@ pub fn email(field: &str, raw: &str) -> Result<String, FieldError> {
         return Err(bad());
     }
     let (local, domain) = value.rsplit_once('@').ok_or_else(bad)?;
-    let labels_ok = domain.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_alphanumeric() || c == '-') && !l.starts_with('-') && !l.ends_with('-'));
-    if local.is_empty() || local.len() > 64 || local.contains('@') || !domain.contains('.') || !labels_ok {
+    let labels_ok = domain.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    });
+    if local.is_empty()
+        || local.len() > 64
+        || local.contains('@')
+        || !domain.contains('.')
+        || !labels_ok
+    {
         return Err(bad());
     }
     Ok(value.to_owned())
@@ -60,22 +71,33 @@ impl CheckoutBody {
     pub fn parse(self) -> Result<CheckoutRequest, ApiError> {
         let mut errors = Vec::new();
         let fingerprint = Sha256::digest(serde_json::to_vec(&self).unwrap_or_default()).to_vec();
-        let customer_email = email("customer_email", &self.customer_email).map_err(|e| errors.push(e)).ok();
+        let customer_email = email("customer_email", &self.customer_email)
+            .map_err(|e| errors.push(e))
+            .ok();
         let customer_name = match self.customer_name.as_deref().map(str::trim) {
             Some(n) if n.chars().count() > 200 || n.chars().any(char::is_control) => {
-                errors.push(FieldError::new("customer_name", "must be at most 200 characters of text"));
+                errors.push(FieldError::new(
+                    "customer_name",
+                    "must be at most 200 characters of text",
+                ));
                 None
             }
             Some("") | None => None,
             Some(n) => Some(n.to_owned()),
         };
         if self.items.is_empty() || self.items.len() > MAX_ITEMS {
-            errors.push(FieldError::new("items", format!("must hold 1 to {MAX_ITEMS} items")));
+            errors.push(FieldError::new(
+                "items",
+                format!("must hold 1 to {MAX_ITEMS} items"),
+            ));
         }
         let mut lines: Vec<Line> = Vec::new();
         for (index, item) in self.items.iter().enumerate() {
             if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-                errors.push(FieldError::new(format!("items[{index}].quantity"), format!("must be from 1 to {MAX_QUANTITY}")));
+                errors.push(FieldError::new(
+                    format!("items[{index}].quantity"),
+                    format!("must be from 1 to {MAX_QUANTITY}"),
+                ));
                 continue;
             }
             match lines.iter_mut().find(|l| l.product_id == item.product_id) {
@@ -89,7 +111,10 @@ impl CheckoutBody {
         }
         for line in &lines {
             if line.quantity > MAX_QUANTITY {
-                errors.push(FieldError::new(format!("items[{}].quantity", line.index), format!("all items of one product together must not exceed {MAX_QUANTITY}")));
+                errors.push(FieldError::new(
+                    format!("items[{}].quantity", line.index),
+                    format!("all items of one product together must not exceed {MAX_QUANTITY}"),
+                ));
             }
         }
         match customer_email {
@@ -138,7 +163,10 @@ impl OrderStatus {
     /// pending → paid → shipped → delivered; pending or paid → cancelled.
     pub fn can_become(self, next: Self) -> bool {
         use OrderStatus::*;
-        matches!((self, next), (Pending, Paid) | (Paid, Shipped) | (Shipped, Delivered) | (Pending | Paid, Cancelled))
+        matches!(
+            (self, next),
+            (Pending, Paid) | (Paid, Shipped) | (Shipped, Delivered) | (Pending | Paid, Cancelled)
+        )
     }
 }
 
@@ -153,7 +181,10 @@ impl StatusBody {
     pub fn parse(self) -> Result<OrderStatus, ApiError> {
         match OrderStatus::parse(&self.status) {
             Some(s) if s != OrderStatus::Pending => Ok(s),
-            _ => Err(ApiError::invalid("status", "must be paid, shipped, delivered or cancelled")),
+            _ => Err(ApiError::invalid(
+                "status",
+                "must be paid, shipped, delivered or cancelled",
+            )),
         }
     }
 }
@@ -180,11 +211,24 @@ pub struct OrderFilter {
 fn instant(field: &str, raw: &str, end_of_day: bool) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
         let t = t.with_timezone(&Utc);
-        return Ok(if end_of_day { t + chrono::Duration::microseconds(1) } else { t });
+        return Ok(if end_of_day {
+            t + chrono::Duration::microseconds(1)
+        } else {
+            t
+        });
     }
-    let day = NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| ApiError::bad_field(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time"))?;
-    let day = if end_of_day { day.succ_opt().ok_or_else(|| ApiError::bad_field(field, "is out of range"))? } else { day };
-    Ok(day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).ok_or_else(|| ApiError::bad_field(field, "is out of range"))?)
+    let day = NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
+        ApiError::bad_field(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time")
+    })?;
+    let day = if end_of_day {
+        day.succ_opt()
+            .ok_or_else(|| ApiError::bad_field(field, "is out of range"))?
+    } else {
+        day
+    };
+    day.and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .ok_or_else(|| ApiError::bad_field(field, "is out of range"))
 }
 
 impl OrderListParams {
@@ -195,17 +239,34 @@ impl OrderListParams {
             }
         }
         let status = match &self.status {
-            Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| ApiError::bad_field("status", "must be pending, paid, shipped, delivered or cancelled"))?),
+            Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_field(
+                    "status",
+                    "must be pending, paid, shipped, delivered or cancelled",
+                )
+            })?),
             None => None,
         };
-        let from = self.from.as_deref().map(|v| instant("from", v, false)).transpose()?;
-        let until = self.to.as_deref().map(|v| instant("to", v, true)).transpose()?;
+        let from = self
+            .from
+            .as_deref()
+            .map(|v| instant("from", v, false))
+            .transpose()?;
+        let until = self
+            .to
+            .as_deref()
+            .map(|v| instant("to", v, true))
+            .transpose()?;
         if let (Some(a), Some(b)) = (from, until) {
             if a >= b {
                 return Err(ApiError::bad_field("from", "must be before to"));
             }
         }
-        Ok(OrderFilter { status, from, until })
+        Ok(OrderFilter {
+            status,
+            from,
+            until,
+        })
     }
 }
 
@@ -217,10 +278,20 @@ mod tests {
     fn the_state_machine_allows_only_the_documented_transitions() {
         use OrderStatus::*;
         let all = [Pending, Paid, Shipped, Delivered, Cancelled];
-        let allowed = [(Pending, Paid), (Paid, Shipped), (Shipped, Delivered), (Pending, Cancelled), (Paid, Cancelled)];
+        let allowed = [
+            (Pending, Paid),
+            (Paid, Shipped),
+            (Shipped, Delivered),
+            (Pending, Cancelled),
+            (Paid, Cancelled),
+        ];
         for from in all {
             for to in all {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
             }
         }
     }
@@ -232,7 +303,20 @@ mod tests {
         let body = CheckoutBody {
             customer_email: "a@b.co".into(),
             customer_name: None,
-            items: vec![ItemBody { product_id: p, quantity: 2 }, ItemBody { product_id: q, quantity: 1 }, ItemBody { product_id: p, quantity: 3 }],
+            items: vec![
+                ItemBody {
+                    product_id: p,
+                    quantity: 2,
+                },
+                ItemBody {
+                    product_id: q,
+                    quantity: 1,
+                },
+                ItemBody {
+                    product_id: p,
+                    quantity: 3,
+                },
+            ],
         };
         let parsed = body.parse().unwrap();
         assert_eq!(parsed.lines.len(), 2);
@@ -245,7 +329,16 @@ mod tests {
         for ok in ["a@b.co", "first.last+tag@shop.example.com"] {
             assert!(email("e", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a", "a@b", "@b.co", "a@.co", "a b@c.co", "a@b..co", "'; DROP TABLE orders;--@x.co"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.co",
+            "a@.co",
+            "a b@c.co",
+            "a@b..co",
+            "'; DROP TABLE orders;--@x.co",
+        ] {
             assert!(email("e", bad).is_err(), "{bad}");
         }
     }

@@ -8,14 +8,29 @@ use serde::{Deserialize, Deserializer};
 pub const MAX_PRICE_CENTS: i64 = 10_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
-fn text(errors: &mut Vec<FieldError>, field: &str, raw: &str, min: usize, max: usize) -> Option<String> {
+fn text(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    raw: &str,
+    min: usize,
+    max: usize,
+) -> Option<String> {
     let len = raw.chars().count();
     if len < min || len > max {
-        errors.push(FieldError::new(field, format!("must be {min} to {max} characters")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be {min} to {max} characters"),
+        ));
         return None;
     }
-    if raw.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
-        errors.push(FieldError::new(field, "must not contain control characters"));
+    if raw
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        errors.push(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
         return None;
     }
     Some(raw.to_owned())
@@ -34,16 +49,28 @@ pub fn currency(errors: &mut Vec<FieldError>, field: &str, raw: &str) -> Option<
     if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
         Some(raw.to_owned())
     } else {
-        errors.push(FieldError::new(field, "must be an ISO 4217 code: 3 upper-case letters"));
+        errors.push(FieldError::new(
+            field,
+            "must be an ISO 4217 code: 3 upper-case letters",
+        ));
         None
     }
 }
 
-fn bounded(errors: &mut Vec<FieldError>, field: &str, value: i64, min: i64, max: i64) -> Option<i64> {
+fn bounded(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: i64,
+    min: i64,
+    max: i64,
+) -> Option<i64> {
     if (min..=max).contains(&value) {
         Some(value)
     } else {
-        errors.push(FieldError::new(field, format!("must be from {min} to {max}")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be from {min} to {max}"),
+        ));
         None
     }
 }
@@ -83,28 +110,37 @@ impl NewProductBody {
         let mut e = Vec::new();
         let sku = sku(&mut e, "sku", &self.sku);
         let name = text(&mut e, "name", &self.name, 1, 200);
-        let description = self.description.as_deref().map(|d| text(&mut e, "description", d, 0, 5000));
+        let description = self
+            .description
+            .as_deref()
+            .map(|d| text(&mut e, "description", d, 0, 5000));
         let price = bounded(&mut e, "price_cents", self.price_cents, 0, MAX_PRICE_CENTS);
         let currency = currency(&mut e, "currency", &self.currency);
         let stock = bounded(&mut e, "stock", self.stock, 0, MAX_STOCK);
         let category = self.category.as_deref().map(|c| category(&mut e, c));
         match (sku, name, price, currency, stock) {
-            (Some(sku), Some(name), Some(price_cents), Some(currency), Some(stock)) if e.is_empty() => Ok(NewProduct {
-                sku,
-                name,
-                description: description.flatten(),
-                price_cents,
-                currency,
-                stock,
-                category: category.flatten(),
-            }),
+            (Some(sku), Some(name), Some(price_cents), Some(currency), Some(stock))
+                if e.is_empty() =>
+            {
+                Ok(NewProduct {
+                    sku,
+                    name,
+                    description: description.flatten(),
+                    price_cents,
+                    currency,
+                    stock,
+                    category: category.flatten(),
+                })
+            }
             _ => Err(ApiError::Validation(e)),
         }
     }
 }
 
 /// Absent stays `None`; an explicit `null` becomes `Some(None)`.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -146,11 +182,23 @@ impl ProductPatchBody {
         let mut e = Vec::new();
         let patch = ProductPatch {
             sku: self.sku.as_deref().and_then(|v| sku(&mut e, "sku", v)),
-            name: self.name.as_deref().and_then(|v| text(&mut e, "name", v, 1, 200)),
-            description: self.description.map(|d| d.and_then(|v| text(&mut e, "description", &v, 0, 5000))),
-            price_cents: self.price_cents.and_then(|v| bounded(&mut e, "price_cents", v, 0, MAX_PRICE_CENTS)),
-            currency: self.currency.as_deref().and_then(|v| currency(&mut e, "currency", v)),
-            stock: self.stock.and_then(|v| bounded(&mut e, "stock", v, 0, MAX_STOCK)),
+            name: self
+                .name
+                .as_deref()
+                .and_then(|v| text(&mut e, "name", v, 1, 200)),
+            description: self
+                .description
+                .map(|d| d.and_then(|v| text(&mut e, "description", &v, 0, 5000))),
+            price_cents: self
+                .price_cents
+                .and_then(|v| bounded(&mut e, "price_cents", v, 0, MAX_PRICE_CENTS)),
+            currency: self
+                .currency
+                .as_deref()
+                .and_then(|v| currency(&mut e, "currency", v)),
+            stock: self
+                .stock
+                .and_then(|v| bounded(&mut e, "stock", v, 0, MAX_STOCK)),
             category: self.category.map(|c| c.and_then(|v| category(&mut e, &v))),
             status: match self.status.as_deref() {
                 None => None,
@@ -211,7 +259,12 @@ impl Sort {
             "-price" => Sort::PriceDesc,
             "name" => Sort::NameAsc,
             "-name" => Sort::NameDesc,
-            _ => return Err(ApiError::bad_field("sort", "must be one of created_at, -created_at, price, -price, name, -name")),
+            _ => {
+                return Err(ApiError::bad_field(
+                    "sort",
+                    "must be one of created_at, -created_at, price, -price, name, -name",
+                ))
+            }
         })
     }
 
@@ -277,7 +330,12 @@ fn price_param(field: &str, raw: &Option<String>) -> Result<Option<i64>, ApiErro
             .ok()
             .filter(|n| (0..=MAX_PRICE_CENTS).contains(n))
             .map(Some)
-            .ok_or_else(|| ApiError::bad_field(field, format!("must be an integer from 0 to {MAX_PRICE_CENTS}"))),
+            .ok_or_else(|| {
+                ApiError::bad_field(
+                    field,
+                    format!("must be an integer from 0 to {MAX_PRICE_CENTS}"),
+                )
+            }),
     }
 }
 
@@ -286,16 +344,27 @@ impl ProductListParams {
     pub fn filter(&self, storefront: bool) -> Result<ProductFilter, ApiError> {
         let status = match (self.status.as_deref(), storefront) {
             (None, _) => None,
-            (Some(_), true) => return Err(ApiError::bad_field("status", "is not a storefront filter")),
+            (Some(_), true) => {
+                return Err(ApiError::bad_field("status", "is not a storefront filter"))
+            }
             (Some(s @ ("active" | "archived")), false) => Some(s.to_owned()),
-            (Some(_), false) => return Err(ApiError::bad_field("status", "must be active or archived")),
+            (Some(_), false) => {
+                return Err(ApiError::bad_field("status", "must be active or archived"))
+            }
         };
         let category = match &self.category {
-            Some(c) if c.is_empty() || c.chars().count() > 100 => return Err(ApiError::bad_field("category", "must be 1 to 100 characters")),
+            Some(c) if c.is_empty() || c.chars().count() > 100 => {
+                return Err(ApiError::bad_field(
+                    "category",
+                    "must be 1 to 100 characters",
+                ))
+            }
             other => other.clone(),
         };
         let q = match &self.q {
-            Some(q) if q.chars().count() > 200 => return Err(ApiError::bad_field("q", "must be at most 200 characters")),
+            Some(q) if q.chars().count() > 200 => {
+                return Err(ApiError::bad_field("q", "must be at most 200 characters"))
+            }
             Some(q) if q.trim().is_empty() => None,
             other => other.clone(),
         };
@@ -303,7 +372,10 @@ impl ProductListParams {
         let max_price = price_param("max_price", &self.max_price)?;
         if let (Some(lo), Some(hi)) = (min_price, max_price) {
             if lo > hi {
-                return Err(ApiError::bad_field("min_price", "must not exceed max_price"));
+                return Err(ApiError::bad_field(
+                    "min_price",
+                    "must not exceed max_price",
+                ));
             }
         }
         Ok(ProductFilter {

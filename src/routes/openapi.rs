@@ -11,8 +11,18 @@ struct Security;
 impl Modify for Security {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
         let components = api.components.get_or_insert_with(Default::default);
-        let bearer = |what: &str| SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(what.to_owned())).build());
-        components.add_security_scheme("api_key", bearer("a merchant API key (rk_live_...), shown once at creation"));
+        let bearer = |what: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(what.to_owned()))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            "api_key",
+            bearer("a merchant API key (rk_live_...), shown once at creation"),
+        );
         components.add_security_scheme("admin_token", bearer("the admin token from configuration"));
     }
 }

@@ -13,7 +13,11 @@ use actix_web::{web, HttpResponse};
     params(("status" = Option<String>, Query), ("from" = Option<String>, Query, description = "YYYY-MM-DD (UTC, inclusive) or RFC 3339"), ("to" = Option<String>, Query, description = "YYYY-MM-DD (UTC, inclusive) or RFC 3339"),
         ("sort" = Option<String>, Query, description = "-created_at"), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query)),
     responses((status = 200, description = "orders, newest first, paginated"), (status = 400)), security(("api_key" = [])))]
-pub async fn list(auth: MerchantAuth, state: web::Data<AppState>, params: web::Query<OrderListParams>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    params: web::Query<OrderListParams>,
+) -> Result<HttpResponse, ApiError> {
     let filter = params.filter()?;
     let scope = CursorScope {
         listing: "orders",
@@ -28,12 +32,23 @@ pub async fn list(auth: MerchantAuth, state: web::Data<AppState>, params: web::Q
         page: page.clone(),
     };
     let result = state.db.run(orders::List(query)).await?;
-    Ok(listing(result.rows, result.has_more, result.total, &page, (&state.cursor_key, &scope), Order::position))
+    Ok(listing(
+        result.rows,
+        result.has_more,
+        result.total,
+        &page,
+        (&state.cursor_key, &scope),
+        Order::position,
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = Order), (status = 404)), security(("api_key" = [])))]
-pub async fn get(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id)?;
     let order = state
         .db
@@ -49,7 +64,12 @@ pub async fn get(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<S
 #[utoipa::path(post, path = "/api/v1/orders/{id}/status", tag = "orders", params(("id" = uuid::Uuid, Path)),
     request_body(content = Object, description = "{\"status\": \"paid\" | \"shipped\" | \"delivered\" | \"cancelled\"}"),
     responses((status = 200, body = Order), (status = 404), (status = 409, description = "transition not allowed"), (status = 422)), security(("api_key" = [])))]
-pub async fn change_status(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>, Json(body): Json<StatusBody>) -> Result<HttpResponse, ApiError> {
+pub async fn change_status(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    Json(body): Json<StatusBody>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id)?;
     let to = body.parse()?;
     let outcome = state

@@ -1,7 +1,9 @@
 //! The merchant's catalog: `/api/v1/products`.
 
 use crate::domain::listing::CursorScope;
-use crate::domain::product::{NewProductBody, ProductListParams, ProductPatchBody, Sort, StockDeltaBody};
+use crate::domain::product::{
+    NewProductBody, ProductListParams, ProductPatchBody, Sort, StockDeltaBody,
+};
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
 use crate::routes::support::{if_match_version, listing, not_modified, path_id};
@@ -13,11 +15,13 @@ use rampart_actors::DbError;
 
 fn duplicate_sku(e: DbError) -> ApiError {
     match e {
-        DbError::Constraint { name, .. } if name == "products_merchant_sku_key" => ApiError::Conflict {
-            kind: "duplicate-sku",
-            title: "Duplicate SKU",
-            detail: "another product of this merchant has that sku".into(),
-        },
+        DbError::Constraint { name, .. } if name == "products_merchant_sku_key" => {
+            ApiError::Conflict {
+                kind: "duplicate-sku",
+                title: "Duplicate SKU",
+                detail: "another product of this merchant has that sku".into(),
+            }
+        }
         other => other.into(),
     }
 }
@@ -44,7 +48,11 @@ fn written(outcome: Write) -> Result<HttpResponse, ApiError> {
 
 #[utoipa::path(post, path = "/api/v1/products", tag = "catalog", request_body(content = Object, description = "sku, name, description?, price_cents, currency, stock?, category?"),
     responses((status = 201, body = Product, headers(("Location"), ("ETag"))), (status = 409, description = "duplicate sku"), (status = 422)), security(("api_key" = [])))]
-pub async fn create(auth: MerchantAuth, state: web::Data<AppState>, Json(body): Json<NewProductBody>) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    Json(body): Json<NewProductBody>,
+) -> Result<HttpResponse, ApiError> {
     let product = body.parse()?;
     let created = state
         .db
@@ -65,7 +73,11 @@ pub async fn create(auth: MerchantAuth, state: web::Data<AppState>, Json(body): 
         ("min_price" = Option<i64>, Query), ("max_price" = Option<i64>, Query), ("sort" = Option<String>, Query, description = "created_at, -created_at (default), price, -price, name, -name"),
         ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query)),
     responses((status = 200, description = "{data, next_cursor, has_more} or {data, page, per_page, total}"), (status = 400)), security(("api_key" = [])))]
-pub async fn list(auth: MerchantAuth, state: web::Data<AppState>, params: web::Query<ProductListParams>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    params: web::Query<ProductListParams>,
+) -> Result<HttpResponse, ApiError> {
     let filter = params.filter(false)?;
     let sort = Sort::parse(params.sort.as_deref())?;
     let scope = CursorScope {
@@ -83,12 +95,24 @@ pub async fn list(auth: MerchantAuth, state: web::Data<AppState>, params: web::Q
         page: page.clone(),
     };
     let result = state.db.run(products::List(query)).await?;
-    Ok(listing(result.rows, result.has_more, result.total, &page, (&state.cursor_key, &scope), |p| p.position(sort)))
+    Ok(listing(
+        result.rows,
+        result.has_more,
+        result.total,
+        &page,
+        (&state.cursor_key, &scope),
+        |p| p.position(sort),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = Product, headers(("ETag"))), (status = 304), (status = 404)), security(("api_key" = [])))]
-pub async fn get(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id)?;
     let product = state
         .db
@@ -108,7 +132,13 @@ pub async fn get(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<S
 #[utoipa::path(patch, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path), ("If-Match" = Option<String>, Header)),
     request_body(content = Object, description = "any of sku, name, description, price_cents, currency, stock, category, status"),
     responses((status = 200, body = Product), (status = 404), (status = 409), (status = 412), (status = 422)), security(("api_key" = [])))]
-pub async fn update(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>, req: HttpRequest, Json(body): Json<ProductPatchBody>) -> Result<HttpResponse, ApiError> {
+pub async fn update(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+    Json(body): Json<ProductPatchBody>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id)?;
     let if_version = if_match_version(req.headers())?;
     let patch = body.parse()?;
@@ -127,9 +157,20 @@ pub async fn update(auth: MerchantAuth, state: web::Data<AppState>, id: web::Pat
 
 #[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path)),
     responses((status = 204, description = "archived"), (status = 404)), security(("api_key" = [])))]
-pub async fn archive(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn archive(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id)?;
-    if state.db.run(products::Archive { merchant_id: auth.merchant_id, id }).await? {
+    if state
+        .db
+        .run(products::Archive {
+            merchant_id: auth.merchant_id,
+            id,
+        })
+        .await?
+    {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound)
@@ -139,7 +180,12 @@ pub async fn archive(auth: MerchantAuth, state: web::Data<AppState>, id: web::Pa
 #[utoipa::path(post, path = "/api/v1/products/{id}/stock", tag = "catalog", params(("id" = uuid::Uuid, Path)),
     request_body(content = Object, description = "{\"delta\": int}"),
     responses((status = 200, body = Product), (status = 404), (status = 409, description = "stock would go below zero"), (status = 422)), security(("api_key" = [])))]
-pub async fn adjust_stock(auth: MerchantAuth, state: web::Data<AppState>, id: web::Path<String>, Json(body): Json<StockDeltaBody>) -> Result<HttpResponse, ApiError> {
+pub async fn adjust_stock(
+    auth: MerchantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    Json(body): Json<StockDeltaBody>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id)?;
     let delta = body.parse()?;
     let outcome = state
@@ -151,7 +197,9 @@ pub async fn adjust_stock(auth: MerchantAuth, state: web::Data<AppState>, id: we
         })
         .await
         .map_err(|e| match e {
-            DbError::Constraint { .. } => ApiError::invalid("delta", "would take the stock past its limit"),
+            DbError::Constraint { .. } => {
+                ApiError::invalid("delta", "would take the stock past its limit")
+            }
             other => other.into(),
         })?;
     written(outcome)

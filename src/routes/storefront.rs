@@ -27,7 +27,11 @@ fn cache_headers(response: &mut HttpResponse, product: &Product, max_age: u64) {
     params(("merchant_id" = uuid::Uuid, Path), ("category" = Option<String>, Query), ("q" = Option<String>, Query), ("min_price" = Option<i64>, Query), ("max_price" = Option<i64>, Query),
         ("sort" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query)),
     responses((status = 200, description = "active products, paginated"), (status = 400, description = "bad filter, sort or cursor; `status` is not a storefront filter"), (status = 404)))]
-pub async fn list(state: web::Data<AppState>, merchant: web::Path<String>, params: web::Query<ProductListParams>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    merchant: web::Path<String>,
+    params: web::Query<ProductListParams>,
+) -> Result<HttpResponse, ApiError> {
     let merchant_id = path_id(&merchant)?;
     let filter = params.filter(true)?;
     let sort = Sort::parse(params.sort.as_deref())?;
@@ -50,13 +54,24 @@ pub async fn list(state: web::Data<AppState>, merchant: web::Path<String>, param
     if result.rows.is_empty() && !state.db.run(Exists(merchant_id)).await? {
         return Err(ApiError::NotFound);
     }
-    Ok(listing(result.rows, result.has_more, result.total, &page, (&state.cursor_key, &scope), |p| p.position(sort)))
+    Ok(listing(
+        result.rows,
+        result.has_more,
+        result.total,
+        &page,
+        (&state.cursor_key, &scope),
+        |p| p.position(sort),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products/{id}", tag = "storefront",
     params(("merchant_id" = uuid::Uuid, Path), ("id" = uuid::Uuid, Path), ("If-None-Match" = Option<String>, Header)),
     responses((status = 200, body = Product, headers(("ETag"), ("Cache-Control"))), (status = 304), (status = 404, description = "no such active product in this store")))]
-pub async fn get(state: web::Data<AppState>, path: web::Path<(String, String)>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let (merchant_id, id) = (path_id(&path.0)?, path_id(&path.1)?);
     let product = state
         .db
@@ -82,8 +97,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     let key = value.to_str().ok().map(str::trim).unwrap_or("");
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-        return Err(ApiError::bad_field("Idempotency-Key", "must be 1 to 255 visible ASCII characters"));
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        return Err(ApiError::bad_field(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        ));
     }
     Ok(Some(key.to_owned()))
 }
@@ -106,7 +125,12 @@ fn order_response(body: Vec<u8>, order_id: uuid::Uuid, replayed: bool) -> HttpRe
         (status = 404, description = "no such store"),
         (status = 409, description = "insufficient stock (nothing changed), or a request with this Idempotency-Key is in flight"),
         (status = 422, description = "invalid body, unknown or archived product, mixed currencies, or an Idempotency-Key reused with another body")))]
-pub async fn checkout(state: web::Data<AppState>, merchant: web::Path<String>, req: HttpRequest, Json(body): Json<CheckoutBody>) -> Result<HttpResponse, ApiError> {
+pub async fn checkout(
+    state: web::Data<AppState>,
+    merchant: web::Path<String>,
+    req: HttpRequest,
+    Json(body): Json<CheckoutBody>,
+) -> Result<HttpResponse, ApiError> {
     let merchant_id = path_id(&merchant)?;
     let key = idempotency_key(req.headers())?;
     let request = body.parse()?;
@@ -129,7 +153,8 @@ pub async fn checkout(state: web::Data<AppState>, merchant: web::Path<String>, r
         CheckoutOutcome::InFlight => Err(ApiError::Conflict {
             kind: "idempotency-in-flight",
             title: "Request in flight",
-            detail: "a request with this Idempotency-Key is still being processed; retry later".into(),
+            detail: "a request with this Idempotency-Key is still being processed; retry later"
+                .into(),
         }),
         CheckoutOutcome::KeyReused => Err(ApiError::Unprocessable {
             kind: "idempotency-key-reused",
@@ -137,14 +162,18 @@ pub async fn checkout(state: web::Data<AppState>, merchant: web::Path<String>, r
             detail: "this Idempotency-Key was used with a different request body".into(),
         }),
         CheckoutOutcome::StoreNotFound => Err(ApiError::NotFound),
-        CheckoutOutcome::UnknownProduct { index } => Err(ApiError::Validation(vec![FieldError::new(
-            format!("items[{index}].product_id"),
-            "names no active product of this store",
-        )])),
-        CheckoutOutcome::CurrencyMismatch { index } => Err(ApiError::Validation(vec![FieldError::new(
-            format!("items[{index}].product_id"),
-            "is priced in another currency than the other items",
-        )])),
+        CheckoutOutcome::UnknownProduct { index } => {
+            Err(ApiError::Validation(vec![FieldError::new(
+                format!("items[{index}].product_id"),
+                "names no active product of this store",
+            )]))
+        }
+        CheckoutOutcome::CurrencyMismatch { index } => {
+            Err(ApiError::Validation(vec![FieldError::new(
+                format!("items[{index}].product_id"),
+                "is priced in another currency than the other items",
+            )]))
+        }
         CheckoutOutcome::Insufficient {
             product_id,
             available,

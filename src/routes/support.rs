@@ -55,7 +55,12 @@ pub fn listing<T: Serialize>(
     use crate::domain::listing::Page;
     let body = match *page {
         Page::Keyset { .. } => {
-            let next_cursor = if has_more { rows.last().map(|r| cursors.0.encode(cursors.1, &position(r))) } else { None };
+            let next_cursor = if has_more {
+                rows.last()
+                    .map(|r| cursors.0.encode(cursors.1, &position(r)))
+            } else {
+                None
+            };
             Listing::Keyset {
                 data: rows,
                 next_cursor,

@@ -13,7 +13,12 @@ pub struct NewJob {
     pub dedup_key: String,
 }
 
-pub async fn enqueue(tx: &Transaction<'_>, merchant_id: Uuid, jobs: Vec<NewJob>, max_attempts: i32) -> Result<(), DbError> {
+pub async fn enqueue(
+    tx: &Transaction<'_>,
+    merchant_id: Uuid,
+    jobs: Vec<NewJob>,
+    max_attempts: i32,
+) -> Result<(), DbError> {
     if jobs.is_empty() {
         return Ok(());
     }
@@ -30,8 +35,21 @@ pub async fn enqueue(tx: &Transaction<'_>, merchant_id: Uuid, jobs: Vec<NewJob>,
              ON CONFLICT (queue, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
         )
         .await?;
-    tx.execute(&stmt, &[&ids, &merchant_id, &max_attempts, &queues, &kinds, &payloads, &dedup]).await?;
-    tx.execute("SELECT pg_notify('rampart_jobs', '')", &[]).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &ids,
+            &merchant_id,
+            &max_attempts,
+            &queues,
+            &kinds,
+            &payloads,
+            &dedup,
+        ],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify('rampart_jobs', '')", &[])
+        .await?;
     Ok(())
 }
 

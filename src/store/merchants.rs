@@ -112,7 +112,9 @@ impl DbCommand for Exists {
     type Output = bool;
 
     async fn run(self, client: &mut Client) -> Result<bool, DbError> {
-        let stmt = client.prepare_cached("SELECT EXISTS (SELECT 1 FROM merchants WHERE id = $1)").await?;
+        let stmt = client
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM merchants WHERE id = $1)")
+            .await?;
         Ok(client.query_one(&stmt, &[&self.0]).await?.get(0))
     }
 }

@@ -2,6 +2,6 @@
 
 pub mod jobs;
 pub mod merchants;
+pub mod migrate;
 pub mod orders;
 pub mod products;
-pub mod migrate;

@@ -3,7 +3,7 @@
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::domain::order::{CheckoutRequest, OrderFilter, OrderStatus};
 use crate::store::jobs::{enqueue, for_order_event};
-use crate::store::products::{as_refs, Param};
+use crate::store::products::{as_refs, Param, Sql};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Client, Transaction};
 use rampart_actors::{DbCommand, DbError};
@@ -53,7 +53,8 @@ impl Order {
             currency: row.get(6),
             created_at: row.get(7),
             updated_at: row.get(8),
-            items: serde_json::from_value(items).map_err(|e| DbError::Other(format!("order items: {e}")))?,
+            items: serde_json::from_value(items)
+                .map_err(|e| DbError::Other(format!("order items: {e}")))?,
         })
     }
 
@@ -80,21 +81,38 @@ pub struct Checkout {
 #[derive(Debug)]
 pub enum CheckoutOutcome {
     /// The order, serialized once: the same bytes are what an idempotent replay returns.
-    Created { body: Vec<u8>, order_id: Uuid },
-    Replayed { body: Vec<u8>, order_id: Uuid },
+    Created {
+        body: Vec<u8>,
+        order_id: Uuid,
+    },
+    Replayed {
+        body: Vec<u8>,
+        order_id: Uuid,
+    },
     /// Another request with this key is running.
     InFlight,
     /// This key was used with another body.
     KeyReused,
     StoreNotFound,
     /// The item at this index names no active product of this store.
-    UnknownProduct { index: usize },
-    CurrencyMismatch { index: usize },
-    Insufficient { product_id: Uuid, available: i64, requested: i64 },
+    UnknownProduct {
+        index: usize,
+    },
+    CurrencyMismatch {
+        index: usize,
+    },
+    Insufficient {
+        product_id: Uuid,
+        available: i64,
+        requested: i64,
+    },
 }
 
 fn key_lock(merchant_id: Uuid, key: &str) -> i64 {
-    let digest = Sha256::new().chain_update(merchant_id.as_bytes()).chain_update(key.as_bytes()).finalize();
+    let digest = Sha256::new()
+        .chain_update(merchant_id.as_bytes())
+        .chain_update(key.as_bytes())
+        .finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(first)
@@ -113,7 +131,13 @@ struct Locked {
 impl Checkout {
     async fn attempt(&self, tx: &Transaction<'_>) -> Result<CheckoutOutcome, DbError> {
         let merchant = tx
-            .query_opt(&tx.prepare_cached("SELECT order_sequence, webhook_url IS NOT NULL FROM merchants WHERE id = $1").await?, &[&self.merchant_id])
+            .query_opt(
+                &tx.prepare_cached(
+                    "SELECT order_sequence, webhook_url IS NOT NULL FROM merchants WHERE id = $1",
+                )
+                .await?,
+                &[&self.merchant_id],
+            )
             .await?;
         let Some(merchant) = merchant else {
             return Ok(CheckoutOutcome::StoreNotFound);
@@ -123,7 +147,12 @@ impl Checkout {
         if let Some(idem) = &self.idempotency {
             // One request per key at a time: a second one finds the lock taken and is told so
             // at once instead of waiting.
-            let lock = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key_lock(self.merchant_id, &idem.key)]).await?;
+            let lock = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock($1)",
+                    &[&key_lock(self.merchant_id, &idem.key)],
+                )
+                .await?;
             if !lock.get::<_, bool>(0) {
                 return Ok(CheckoutOutcome::InFlight);
             }
@@ -145,7 +174,11 @@ impl Checkout {
                         .unwrap_or_default();
                     return Ok(CheckoutOutcome::Replayed { body, order_id });
                 }
-                tx.execute("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2", &[&self.merchant_id, &idem.key]).await?;
+                tx.execute(
+                    "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
+                    &[&self.merchant_id, &idem.key],
+                )
+                .await?;
             }
         }
 
@@ -181,7 +214,9 @@ impl Checkout {
                 return Ok(CheckoutOutcome::UnknownProduct { index: line.index });
             };
             match currency {
-                Some(c) if c != p.currency => return Ok(CheckoutOutcome::CurrencyMismatch { index: line.index }),
+                Some(c) if c != p.currency => {
+                    return Ok(CheckoutOutcome::CurrencyMismatch { index: line.index })
+                }
                 _ => currency = Some(&p.currency),
             }
             if p.stock < line.quantity {
@@ -222,7 +257,18 @@ impl Checkout {
             )
             .await?;
         let row = tx
-            .query_one(&stmt, &[&order_id, &self.merchant_id, &sequence, &self.request.customer_email, &self.request.customer_name, &total, &currency])
+            .query_one(
+                &stmt,
+                &[
+                    &order_id,
+                    &self.merchant_id,
+                    &sequence,
+                    &self.request.customer_email,
+                    &self.request.customer_name,
+                    &total,
+                    &currency,
+                ],
+            )
             .await?;
         let number: i64 = row.get(0);
         let lines: Vec<i32> = (1..=items.len() as i32).collect();
@@ -236,8 +282,18 @@ impl Checkout {
                  SELECT $1, * FROM unnest($2::int[], $3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::int[])",
             )
             .await?;
-        tx.execute(&stmt, &[&order_id, &lines, &ids, &skus, &names, &prices, &qty]).await?;
-        enqueue(tx, self.merchant_id, for_order_event("order.created", order_id, has_webhook, "storefront"), self.max_attempts).await?;
+        tx.execute(
+            &stmt,
+            &[&order_id, &lines, &ids, &skus, &names, &prices, &qty],
+        )
+        .await?;
+        enqueue(
+            tx,
+            self.merchant_id,
+            for_order_event("order.created", order_id, has_webhook, "storefront"),
+            self.max_attempts,
+        )
+        .await?;
 
         let order = Order {
             id: order_id,
@@ -259,7 +315,17 @@ impl Checkout {
                      VALUES ($1, $2, $3, 201, $4, $5)",
                 )
                 .await?;
-            tx.execute(&stmt, &[&self.merchant_id, &idem.key, &idem.fingerprint, &body, &format!("/api/v1/orders/{order_id}")]).await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &self.merchant_id,
+                    &idem.key,
+                    &idem.fingerprint,
+                    &body,
+                    &format!("/api/v1/orders/{order_id}"),
+                ],
+            )
+            .await?;
         }
         Ok(CheckoutOutcome::Created { body, order_id })
     }
@@ -267,7 +333,10 @@ impl Checkout {
 
 /// Runs `attempt` in a transaction, committing only what it reports as done, and retries the
 /// whole transaction after a deadlock or serialization failure.
-async fn retrying<T>(client: &mut Client, mut attempt: impl AsyncFnMut(&Transaction<'_>) -> Result<(T, bool), DbError>) -> Result<T, DbError> {
+async fn retrying<T>(
+    client: &mut Client,
+    mut attempt: impl AsyncFnMut(&Transaction<'_>) -> Result<(T, bool), DbError>,
+) -> Result<T, DbError> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -315,11 +384,22 @@ pub struct Get {
     pub id: Uuid,
 }
 
-async fn get_order(client: &impl deadpool_postgres::GenericClient, merchant_id: Uuid, id: Uuid) -> Result<Option<Order>, DbError> {
+async fn get_order(
+    client: &impl deadpool_postgres::GenericClient,
+    merchant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Order>, DbError> {
     let stmt = client
-        .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = $1 AND o.merchant_id = $2"))
+        .prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = $1 AND o.merchant_id = $2"
+        ))
         .await?;
-    client.query_opt(&stmt, &[&id, &merchant_id]).await?.as_ref().map(Order::from_row).transpose()
+    client
+        .query_opt(&stmt, &[&id, &merchant_id])
+        .await?
+        .as_ref()
+        .map(Order::from_row)
+        .transpose()
 }
 
 impl DbCommand for Get {
@@ -338,7 +418,7 @@ pub struct OrderQuery {
 }
 
 /// The page query and, for offset pages, the count query of an order list.
-pub fn list_sql(q: &OrderQuery) -> Result<(String, Vec<Param>, Option<(String, Vec<Param>)>), DbError> {
+pub fn list_sql(q: &OrderQuery) -> Result<(String, Vec<Param>, Option<Sql>), DbError> {
     let filters = || {
         let mut params: Vec<Param> = vec![Box::new(q.merchant_id)];
         let mut conditions = vec!["o.merchant_id = $1".to_owned()];
@@ -360,7 +440,10 @@ pub fn list_sql(q: &OrderQuery) -> Result<(String, Vec<Param>, Option<(String, V
     let count = match q.page {
         Page::Offset { .. } => {
             let (c, p) = filters();
-            Some((format!("SELECT count(*) FROM orders o WHERE {}", c.join(" AND ")), p))
+            Some((
+                format!("SELECT count(*) FROM orders o WHERE {}", c.join(" AND ")),
+                p,
+            ))
         }
         Page::Keyset { .. } => None,
     };
@@ -377,7 +460,9 @@ pub fn list_sql(q: &OrderQuery) -> Result<(String, Vec<Param>, Option<(String, V
             }
             format!("LIMIT {}", limit + 1)
         }
-        Page::Offset { page, per_page } => format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page),
+        Page::Offset { page, per_page } => {
+            format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page)
+        }
     };
     let sql = format!(
         "SELECT {ORDER_COLUMNS} FROM orders o WHERE {} ORDER BY o.created_at DESC, o.id DESC {tail}",
@@ -400,7 +485,12 @@ impl DbCommand for List {
     async fn run(self, client: &mut Client) -> Result<OrderPage, DbError> {
         let (sql, params, count) = list_sql(&self.0)?;
         let stmt = client.prepare_cached(&sql).await?;
-        let mut rows = client.query(&stmt, &as_refs(&params)).await?.iter().map(Order::from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut rows = client
+            .query(&stmt, &as_refs(&params))
+            .await?
+            .iter()
+            .map(Order::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut has_more = false;
         if let Page::Keyset { limit, .. } = self.0.page {
             if rows.len() as i64 > limit {
@@ -409,13 +499,22 @@ impl DbCommand for List {
             }
         }
         let total = match count {
-            Some((sql, params)) => Some(client.query_one(&client.prepare_cached(&sql).await?, &as_refs(&params)).await?.get(0)),
+            Some((sql, params)) => Some(
+                client
+                    .query_one(&client.prepare_cached(&sql).await?, &as_refs(&params))
+                    .await?
+                    .get(0),
+            ),
             None => None,
         };
         if let (Page::Offset { page, per_page }, Some(total)) = (&self.0.page, total) {
             has_more = page * per_page < total;
         }
-        Ok(OrderPage { rows, has_more, total })
+        Ok(OrderPage {
+            rows,
+            has_more,
+            total,
+        })
     }
 }
 
@@ -457,7 +556,11 @@ impl ChangeStatus {
             let rows = tx.query(&stmt, &[&self.id]).await?;
             let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
             let qty: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-            tx.execute("SELECT 1 FROM products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE", &[&ids]).await?;
+            tx.execute(
+                "SELECT 1 FROM products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+                &[&ids],
+            )
+            .await?;
             let stmt = tx
                 .prepare_cached(
                     "UPDATE products SET stock = stock + d.q, version = version + 1, updated_at = now()
@@ -466,9 +569,19 @@ impl ChangeStatus {
                 .await?;
             tx.execute(&stmt, &[&ids, &qty]).await?;
         }
-        tx.execute("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1", &[&self.id, &self.to.as_str()]).await?;
+        tx.execute(
+            "UPDATE orders SET status = $2, updated_at = now() WHERE id = $1",
+            &[&self.id, &self.to.as_str()],
+        )
+        .await?;
         let event = format!("order.{}", self.to.as_str());
-        enqueue(tx, self.merchant_id, for_order_event(&event, self.id, has_webhook, "merchant"), self.max_attempts).await?;
+        enqueue(
+            tx,
+            self.merchant_id,
+            for_order_event(&event, self.id, has_webhook, "merchant"),
+            self.max_attempts,
+        )
+        .await?;
         match get_order(tx, self.merchant_id, self.id).await? {
             Some(order) => Ok(StatusOutcome::Changed(order)),
             None => Ok(StatusOutcome::NotFound),

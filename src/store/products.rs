@@ -80,7 +80,20 @@ impl DbCommand for Insert {
             ))
             .await?;
         let row = client
-            .query_one(&stmt, &[&Uuid::now_v7(), &self.merchant_id, &p.sku, &p.name, &p.description, &p.price_cents, &p.currency, &p.stock, &p.category])
+            .query_one(
+                &stmt,
+                &[
+                    &Uuid::now_v7(),
+                    &self.merchant_id,
+                    &p.sku,
+                    &p.name,
+                    &p.description,
+                    &p.price_cents,
+                    &p.currency,
+                    &p.stock,
+                    &p.category,
+                ],
+            )
             .await?;
         Ok(Product::from_row(&row))
     }
@@ -102,13 +115,17 @@ impl DbCommand for Get {
                 "SELECT {COLUMNS} FROM products WHERE id = $1 AND merchant_id = $2 AND (NOT $3 OR status = 'active')"
             ))
             .await?;
-        Ok(client.query_opt(&stmt, &[&self.id, &self.merchant_id, &self.active_only]).await?.as_ref().map(Product::from_row))
+        Ok(client
+            .query_opt(&stmt, &[&self.id, &self.merchant_id, &self.active_only])
+            .await?
+            .as_ref()
+            .map(Product::from_row))
     }
 }
 
 #[derive(Debug)]
 pub enum Write {
-    Done(Product),
+    Done(Box<Product>),
     NotFound,
     /// `If-Match` named another version.
     Stale,
@@ -117,8 +134,13 @@ pub enum Write {
 }
 
 async fn exists(client: &Client, merchant_id: Uuid, id: Uuid) -> Result<bool, DbError> {
-    let stmt = client.prepare_cached("SELECT 1 FROM products WHERE id = $1 AND merchant_id = $2").await?;
-    Ok(client.query_opt(&stmt, &[&id, &merchant_id]).await?.is_some())
+    let stmt = client
+        .prepare_cached("SELECT 1 FROM products WHERE id = $1 AND merchant_id = $2")
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&id, &merchant_id])
+        .await?
+        .is_some())
 }
 
 pub struct Update {
@@ -170,7 +192,7 @@ impl DbCommand for Update {
             )
             .await?;
         match row {
-            Some(row) => Ok(Write::Done(Product::from_row(&row))),
+            Some(row) => Ok(Write::Done(Box::new(Product::from_row(&row)))),
             None if exists(client, self.merchant_id, self.id).await? => Ok(Write::Stale),
             None => Ok(Write::NotFound),
         }
@@ -194,7 +216,10 @@ impl DbCommand for Archive {
                  WHERE id = $1 AND merchant_id = $2",
             )
             .await?;
-        Ok(client.execute(&stmt, &[&self.id, &self.merchant_id]).await? == 1)
+        Ok(client
+            .execute(&stmt, &[&self.id, &self.merchant_id])
+            .await?
+            == 1)
     }
 }
 
@@ -214,8 +239,11 @@ impl DbCommand for AdjustStock {
                  WHERE id = $1 AND merchant_id = $2 AND stock + $3 >= 0 RETURNING {COLUMNS}"
             ))
             .await?;
-        match client.query_opt(&stmt, &[&self.id, &self.merchant_id, &self.delta]).await {
-            Ok(Some(row)) => Ok(Write::Done(Product::from_row(&row))),
+        match client
+            .query_opt(&stmt, &[&self.id, &self.merchant_id, &self.delta])
+            .await
+        {
+            Ok(Some(row)) => Ok(Write::Done(Box::new(Product::from_row(&row)))),
             Ok(None) if exists(client, self.merchant_id, self.id).await? => Ok(Write::Insufficient),
             Ok(None) => Ok(Write::NotFound),
             // Past the stock ceiling the CHECK or the bigint refuses: treat it as a bad delta.
@@ -235,6 +263,9 @@ pub struct ProductQuery {
 }
 
 pub type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A statement and its parameters.
+pub type Sql = (String, Vec<Param>);
 
 /// The WHERE conditions of a list and their parameters ($1 is the merchant).
 fn filters(q: &ProductQuery) -> (Vec<String>, Vec<Param>) {
@@ -256,7 +287,10 @@ fn filters(q: &ProductQuery) -> (Vec<String>, Vec<Param>) {
         push("category = ?", Box::new(c.clone()));
     }
     if let Some(text) = &f.q {
-        push("search @@ plainto_tsquery('simple', ?)", Box::new(text.clone()));
+        push(
+            "search @@ plainto_tsquery('simple', ?)",
+            Box::new(text.clone()),
+        );
     }
     if let Some(lo) = f.min_price {
         push("price_cents >= ?", Box::new(lo));
@@ -269,17 +303,27 @@ fn filters(q: &ProductQuery) -> (Vec<String>, Vec<Param>) {
 
 /// The SQL the list runs: the page query (one row more than the page, to know if there is more)
 /// and, for offset pages, the count.
-pub fn list_sql(q: &ProductQuery) -> Result<(String, Vec<Param>, Option<(String, Vec<Param>)>), DbError> {
+pub fn list_sql(q: &ProductQuery) -> Result<(String, Vec<Param>, Option<Sql>), DbError> {
     let (mut conditions, mut params) = filters(q);
     let count = match q.page {
         Page::Offset { .. } => {
             let (conditions, params) = filters(q);
-            Some((format!("SELECT count(*) FROM products WHERE {}", conditions.join(" AND ")), params))
+            Some((
+                format!(
+                    "SELECT count(*) FROM products WHERE {}",
+                    conditions.join(" AND ")
+                ),
+                params,
+            ))
         }
         Page::Keyset { .. } => None,
     };
     let column = q.sort.column();
-    let (dir, cmp) = if q.sort.descending() { ("DESC", "<") } else { ("ASC", ">") };
+    let (dir, cmp) = if q.sort.descending() {
+        ("DESC", "<")
+    } else {
+        ("ASC", ">")
+    };
     let tail = match &q.page {
         Page::Keyset { limit, after } => {
             if let Some(pos) = after {
@@ -296,7 +340,9 @@ pub fn list_sql(q: &ProductQuery) -> Result<(String, Vec<Param>, Option<(String,
             }
             format!("LIMIT {}", limit + 1)
         }
-        Page::Offset { page, per_page } => format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page),
+        Page::Offset { page, per_page } => {
+            format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page)
+        }
     };
     let sql = format!(
         "SELECT {COLUMNS} FROM products WHERE {} ORDER BY {column} {dir}, id {dir} {tail}",
@@ -306,7 +352,10 @@ pub fn list_sql(q: &ProductQuery) -> Result<(String, Vec<Param>, Option<(String,
 }
 
 pub fn as_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
-    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 pub struct ListPage {
@@ -323,7 +372,12 @@ impl DbCommand for List {
     async fn run(self, client: &mut Client) -> Result<ListPage, DbError> {
         let (sql, params, count) = list_sql(&self.0)?;
         let stmt = client.prepare_cached(&sql).await?;
-        let mut rows: Vec<Product> = client.query(&stmt, &as_refs(&params)).await?.iter().map(Product::from_row).collect();
+        let mut rows: Vec<Product> = client
+            .query(&stmt, &as_refs(&params))
+            .await?
+            .iter()
+            .map(Product::from_row)
+            .collect();
         let mut has_more = false;
         if let Page::Keyset { limit, .. } = self.0.page {
             if rows.len() as i64 > limit {
@@ -341,6 +395,10 @@ impl DbCommand for List {
         if let (Page::Offset { page, per_page }, Some(total)) = (&self.0.page, total) {
             has_more = page * per_page < total;
         }
-        Ok(ListPage { rows, has_more, total })
+        Ok(ListPage {
+            rows,
+            has_more,
+            total,
+        })
     }
 }

@@ -17,27 +17,56 @@ async fn two_hundred_concurrent_checkouts_of_one_unit_against_stock_50_sell_exac
     let body = one(&product, 1);
 
     let replies = join_all((0..200).map(|_| app.checkout(&merchant.id, &body, None))).await;
-    let created: Vec<Value> = replies.iter().filter(|r| r.status == 201).map(|r| r.json()).collect();
+    let created: Vec<Value> = replies
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.json())
+        .collect();
     let sold_out = replies.iter().filter(|r| r.status == 409).count();
     let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
-    assert_eq!(created.len(), 50, "exactly the stock is sold: {statuses:?} {}", String::from_utf8_lossy(&replies.iter().find(|r| r.status == 409).map(|r| r.body.clone()).unwrap_or_default()));
+    assert_eq!(
+        created.len(),
+        50,
+        "exactly the stock is sold: {statuses:?} {}",
+        String::from_utf8_lossy(
+            &replies
+                .iter()
+                .find(|r| r.status == 409)
+                .map(|r| r.body.clone())
+                .unwrap_or_default()
+        )
+    );
     assert_eq!(sold_out, 150, "every other answer is insufficient stock");
     for reply in replies.iter().filter(|r| r.status == 409) {
         assert_eq!(reply.problem(409)["type"], "/problems/insufficient-stock");
     }
 
-    let mut numbers: Vec<i64> = created.iter().map(|o| o["number"].as_i64().expect("number")).collect();
+    let mut numbers: Vec<i64> = created
+        .iter()
+        .map(|o| o["number"].as_i64().expect("number"))
+        .collect();
     numbers.sort();
     numbers.dedup();
     assert_eq!(numbers.len(), 50, "distinct order numbers");
 
     let sql = app.sql().await;
-    let stock: i64 = sql.query_one("SELECT stock FROM products", &[]).await.expect("row").get(0);
+    let stock: i64 = sql
+        .query_one("SELECT stock FROM products", &[])
+        .await
+        .expect("row")
+        .get(0);
     assert_eq!(stock, 0);
-    let orders: i64 = sql.query_one("SELECT count(*) FROM orders", &[]).await.expect("row").get(0);
+    let orders: i64 = sql
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("row")
+        .get(0);
     assert_eq!(orders, 50);
     // Numbers increase in the order the orders were created.
-    let rows = sql.query("SELECT number FROM orders ORDER BY created_at, number", &[]).await.expect("rows");
+    let rows = sql
+        .query("SELECT number FROM orders ORDER BY created_at, number", &[])
+        .await
+        .expect("rows");
     let by_time: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     assert!(by_time.windows(2).all(|w| w[0] < w[1]), "{by_time:?}");
 }
@@ -48,7 +77,10 @@ async fn concurrent_multi_item_checkouts_over_overlapping_products_never_oversel
     let merchant = app.create_merchant("Overlap").await;
     let mut products = Vec::new();
     for i in 0..4 {
-        products.push(app.create_product(&merchant, &format!("P{i}"), 100 + i, 30).await);
+        products.push(
+            app.create_product(&merchant, &format!("P{i}"), 100 + i, 30)
+                .await,
+        );
     }
     // Orders name their items in different orders, so naive locking would deadlock.
     let bodies: Vec<Value> = (0..120)
@@ -65,7 +97,12 @@ async fn concurrent_multi_item_checkouts_over_overlapping_products_never_oversel
         .collect();
     let replies = join_all(bodies.iter().map(|b| app.checkout(&merchant.id, b, None))).await;
     for reply in &replies {
-        assert!(reply.status == 201 || reply.status == 409, "only created or insufficient: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
+        assert!(
+            reply.status == 201 || reply.status == 409,
+            "only created or insufficient: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
     }
 
     let sql = app.sql().await;
@@ -80,7 +117,11 @@ async fn concurrent_multi_item_checkouts_over_overlapping_products_never_oversel
     for row in rows {
         let (stock, sold): (i64, i64) = (row.get(1), row.get(2));
         assert!(stock >= 0);
-        assert_eq!(stock + sold, 30, "units sold plus stock left equal the starting stock");
+        assert_eq!(
+            stock + sold,
+            30,
+            "units sold plus stock left equal the starting stock"
+        );
     }
     let created = replies.iter().filter(|r| r.status == 201).count();
     assert!(created > 0);
@@ -97,13 +138,28 @@ async fn a_short_item_fails_the_whole_checkout_naming_the_product_and_changes_no
     let reply = app.checkout(&merchant.id, &body, None).await;
     let problem = reply.problem(409);
     assert_eq!(problem["type"], "/problems/insufficient-stock");
-    assert!(problem["detail"].as_str().expect("detail").contains(scarce["id"].as_str().expect("id")));
+    assert!(problem["detail"]
+        .as_str()
+        .expect("detail")
+        .contains(scarce["id"].as_str().expect("id")));
 
     let sql = app.sql().await;
-    let stocks: Vec<i64> = sql.query("SELECT stock FROM products ORDER BY sku", &[]).await.expect("rows").iter().map(|r| r.get(0)).collect();
+    let stocks: Vec<i64> = sql
+        .query("SELECT stock FROM products ORDER BY sku", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(stocks, vec![10, 1], "nothing changed");
     let counts: (i64, i64) = {
-        let row = sql.query_one("SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM jobs)", &[]).await.expect("row");
+        let row = sql
+            .query_one(
+                "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM jobs)",
+                &[],
+            )
+            .await
+            .expect("row");
         (row.get(0), row.get(1))
     };
     assert_eq!(counts, (0, 0));
@@ -113,7 +169,11 @@ async fn a_short_item_fails_the_whole_checkout_naming_the_product_and_changes_no
 async fn a_checkout_snapshots_prices_merges_repeated_products_and_enqueues_its_jobs() {
     let app = TestApp::spawn().await;
     let merchant = app
-        .post_json("/api/v1/admin/merchants", Some(crate::support::ADMIN_TOKEN), &json!({"name": "Hooked", "webhook_url": "https://hooks.example.com/rampart"}))
+        .post_json(
+            "/api/v1/admin/merchants",
+            Some(crate::support::ADMIN_TOKEN),
+            &json!({"name": "Hooked", "webhook_url": "https://hooks.example.com/rampart"}),
+        )
         .await
         .json();
     let merchant = crate::support::Merchant {
@@ -124,29 +184,61 @@ async fn a_checkout_snapshots_prices_merges_repeated_products_and_enqueues_its_j
     let body = json!({"customer_email": "buyer@example.com", "customer_name": "Ada", "items": [
         {"product_id": a["id"], "quantity": 1}, {"product_id": a["id"], "quantity": 2}]});
     let reply = app.checkout(&merchant.id, &body, None).await;
-    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let order = reply.json();
-    assert_eq!(reply.header("location"), Some(format!("/api/v1/orders/{}", order["id"].as_str().expect("id")).as_str()));
+    assert_eq!(
+        reply.header("location"),
+        Some(format!("/api/v1/orders/{}", order["id"].as_str().expect("id")).as_str())
+    );
     assert_eq!(order["status"], "pending");
     assert_eq!(order["total_cents"], 750);
     assert_eq!(order["currency"], "EUR");
     assert_eq!(order["customer_name"], "Ada");
-    assert_eq!(order["items"].as_array().expect("items").len(), 1, "repeated product ids merge into one line");
+    assert_eq!(
+        order["items"].as_array().expect("items").len(),
+        1,
+        "repeated product ids merge into one line"
+    );
     assert_eq!(order["items"][0]["quantity"], 3);
     assert_eq!(order["items"][0]["unit_price_cents"], 250);
 
     // A later price change does not touch the order.
     let patched = app
-        .json_request(awc::http::Method::PATCH, &format!("/api/v1/products/{}", a["id"].as_str().expect("id")), Some(&merchant.api_key), &json!({"price_cents": 999}))
+        .json_request(
+            awc::http::Method::PATCH,
+            &format!("/api/v1/products/{}", a["id"].as_str().expect("id")),
+            Some(&merchant.api_key),
+            &json!({"price_cents": 999}),
+        )
         .await;
     assert_eq!(patched.status, 200);
-    let again = app.get_as(&merchant.api_key, &format!("/api/v1/orders/{}", order["id"].as_str().expect("id"))).await.json();
+    let again = app
+        .get_as(
+            &merchant.api_key,
+            &format!("/api/v1/orders/{}", order["id"].as_str().expect("id")),
+        )
+        .await
+        .json();
     assert_eq!(again["items"][0]["unit_price_cents"], 250);
     assert_eq!(again["total_cents"], 750);
 
     let sql = app.sql().await;
-    let queues: HashSet<String> = sql.query("SELECT queue FROM jobs", &[]).await.expect("rows").iter().map(|r| r.get(0)).collect();
-    let expected: HashSet<String> = ["email", "webhooks", "analytics", "audit"].iter().map(|s| s.to_string()).collect();
+    let queues: HashSet<String> = sql
+        .query("SELECT queue FROM jobs", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: HashSet<String> = ["email", "webhooks", "analytics", "audit"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(queues, expected);
 }
 
@@ -160,16 +252,35 @@ async fn unknown_archived_and_mixed_currency_items_are_422_naming_the_item() {
         .await
         .json();
     let archived = app.create_product(&merchant, "OLD", 100, 5).await;
-    let del = app.send(app.client.delete(app.url(&format!("/api/v1/products/{}", archived["id"].as_str().expect("id")))).bearer_auth(&merchant.api_key), None).await;
+    let del = app
+        .send(
+            app.client
+                .delete(app.url(&format!(
+                    "/api/v1/products/{}",
+                    archived["id"].as_str().expect("id")
+                )))
+                .bearer_auth(&merchant.api_key),
+            None,
+        )
+        .await;
     assert_eq!(del.status, 204);
     let other = app.create_merchant("Other").await;
     let foreign = app.create_product(&other, "THEIRS", 100, 5).await;
 
-    for (second, what) in [(&archived, "archived"), (&foreign, "another store's"), (&usd, "other currency")] {
+    for (second, what) in [
+        (&archived, "archived"),
+        (&foreign, "another store's"),
+        (&usd, "other currency"),
+    ] {
         let body = json!({"customer_email": "x@example.com", "items": [{"product_id": eur["id"], "quantity": 1}, {"product_id": second["id"], "quantity": 1}]});
         let problem = app.checkout(&merchant.id, &body, None).await.problem(422);
-        assert_eq!(problem["errors"][0]["field"], "items[1].product_id", "{what}");
+        assert_eq!(
+            problem["errors"][0]["field"], "items[1].product_id",
+            "{what}"
+        );
     }
-    let missing_store = app.checkout(&uuid::Uuid::now_v7().to_string(), &one(&eur, 1), None).await;
+    let missing_store = app
+        .checkout(&uuid::Uuid::now_v7().to_string(), &one(&eur, 1), None)
+        .await;
     missing_store.problem(404);
 }

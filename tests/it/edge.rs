@@ -216,3 +216,18 @@ async fn metrics_expose_requests_by_route_and_status_actor_stats_and_the_pool() 
     assert!(text.contains("db_pool_max_connections 16"));
     assert!(text.contains("process_resident_memory_bytes"));
 }
+
+#[actix_rt::test]
+async fn a_graceful_stop_stops_the_actors_after_the_server() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/health/ready").await.status, 200);
+    let db = app.db.clone();
+    app.stop().await;
+    assert_eq!(db.stats().state(), rampart_actors::ActorState::Stopped);
+    assert_eq!(
+        db.run(rampart_actors::Ping)
+            .await
+            .map_err(|e| e.to_string()),
+        Err("database unavailable: db actor not running".to_owned())
+    );
+}

@@ -11,26 +11,44 @@ async fn a_hundred_concurrent_identical_posts_with_one_key_make_exactly_one_orde
     let product = app.create_product(&merchant, "IDEM", 1000, 500).await;
     let body = json!({"customer_email": "retry@example.com", "items": [{"product_id": product["id"], "quantity": 1}]});
 
-    let replies = join_all((0..100).map(|_| app.checkout(&merchant.id, &body, Some("order-attempt-1")))).await;
+    let replies =
+        join_all((0..100).map(|_| app.checkout(&merchant.id, &body, Some("order-attempt-1"))))
+            .await;
     let created: Vec<_> = replies.iter().filter(|r| r.status == 201).collect();
     assert!(!created.is_empty());
     let first = &created[0].body;
     for reply in &replies {
         match reply.status.as_u16() {
             201 => assert_eq!(&reply.body, first, "every success is the first response"),
-            409 => assert_eq!(reply.problem(409)["type"], "/problems/idempotency-in-flight"),
-            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&reply.body)),
+            409 => assert_eq!(
+                reply.problem(409)["type"],
+                "/problems/idempotency-in-flight"
+            ),
+            other => panic!(
+                "unexpected {other}: {}",
+                String::from_utf8_lossy(&reply.body)
+            ),
         }
     }
     let sql = app.sql().await;
-    let orders: i64 = sql.query_one("SELECT count(*) FROM orders", &[]).await.expect("row").get(0);
+    let orders: i64 = sql
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("row")
+        .get(0);
     assert_eq!(orders, 1);
 
-    let replay = app.checkout(&merchant.id, &body, Some("order-attempt-1")).await;
+    let replay = app
+        .checkout(&merchant.id, &body, Some("order-attempt-1"))
+        .await;
     assert_eq!(replay.status, 201);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(&replay.body, first, "byte-identical replay");
-    let stock: i64 = sql.query_one("SELECT stock FROM products", &[]).await.expect("row").get(0);
+    let stock: i64 = sql
+        .query_one("SELECT stock FROM products", &[])
+        .await
+        .expect("row")
+        .get(0);
     assert_eq!(stock, 499);
 }
 
@@ -43,9 +61,17 @@ async fn the_same_key_with_another_body_is_422_and_keys_are_scoped_to_the_store(
     let pb = app.create_product(&b, "PB", 100, 10).await;
     let body = |p: &serde_json::Value, q: i64| json!({"customer_email": "k@example.com", "items": [{"product_id": p["id"], "quantity": q}]});
 
-    assert_eq!(app.checkout(&a.id, &body(&pa, 1), Some("shared-key")).await.status, 201);
+    assert_eq!(
+        app.checkout(&a.id, &body(&pa, 1), Some("shared-key"))
+            .await
+            .status,
+        201
+    );
     let reused = app.checkout(&a.id, &body(&pa, 2), Some("shared-key")).await;
-    assert_eq!(reused.problem(422)["type"], "/problems/idempotency-key-reused");
+    assert_eq!(
+        reused.problem(422)["type"],
+        "/problems/idempotency-key-reused"
+    );
     // Another store has its own key space.
     let other_store = app.checkout(&b.id, &body(&pb, 2), Some("shared-key")).await;
     assert_eq!(other_store.status, 201);
@@ -58,13 +84,25 @@ async fn a_failed_first_attempt_stores_nothing_so_the_client_may_retry_with_the_
     let merchant = app.create_merchant("Retry after failure").await;
     let product = app.create_product(&merchant, "LOW", 100, 1).await;
     let body = json!({"customer_email": "k@example.com", "items": [{"product_id": product["id"], "quantity": 2}]});
-    app.checkout(&merchant.id, &body, Some("k-1")).await.problem(409);
+    app.checkout(&merchant.id, &body, Some("k-1"))
+        .await
+        .problem(409);
 
     let sql = app.sql().await;
-    let keys: i64 = sql.query_one("SELECT count(*) FROM idempotency_keys", &[]).await.expect("row").get(0);
+    let keys: i64 = sql
+        .query_one("SELECT count(*) FROM idempotency_keys", &[])
+        .await
+        .expect("row")
+        .get(0);
     assert_eq!(keys, 0);
     let id = product["id"].as_str().expect("id");
-    let restock = app.post_json(&format!("/api/v1/products/{id}/stock"), Some(&merchant.api_key), &json!({"delta": 5})).await;
+    let restock = app
+        .post_json(
+            &format!("/api/v1/products/{id}/stock"),
+            Some(&merchant.api_key),
+            &json!({"delta": 5}),
+        )
+        .await;
     assert_eq!(restock.status, 200);
     let retried = app.checkout(&merchant.id, &body, Some("k-1")).await;
     assert_eq!(retried.status, 201);
@@ -77,7 +115,11 @@ async fn an_oversized_or_empty_key_is_400() {
     let merchant = app.create_merchant("Keys").await;
     let product = app.create_product(&merchant, "K", 100, 10).await;
     let body = json!({"customer_email": "k@example.com", "items": [{"product_id": product["id"], "quantity": 1}]});
-    app.checkout(&merchant.id, &body, Some(&"x".repeat(256))).await.problem(400);
-    let ok = app.checkout(&merchant.id, &body, Some(&"x".repeat(255))).await;
+    app.checkout(&merchant.id, &body, Some(&"x".repeat(256)))
+        .await
+        .problem(400);
+    let ok = app
+        .checkout(&merchant.id, &body, Some(&"x".repeat(255)))
+        .await;
     assert_eq!(ok.status, 201, "{}", String::from_utf8_lossy(&ok.body));
 }

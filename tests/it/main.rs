@@ -4,11 +4,14 @@
 mod support;
 
 mod actors;
+mod bad_input;
 mod catalog;
-mod orders;
-mod pagination;
 mod checkout;
-mod idempotency;
 mod cli;
 mod db_actor;
 mod edge;
+mod explain;
+mod idempotency;
+mod orders;
+mod pagination;
+mod tenancy;

@@ -5,7 +5,12 @@ use crate::support::TestApp;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
-async fn walk(app: &TestApp, first: &str, key: Option<&str>, mut between: impl AsyncFnMut(usize)) -> Vec<Value> {
+async fn walk(
+    app: &TestApp,
+    first: &str,
+    key: Option<&str>,
+    mut between: impl AsyncFnMut(usize),
+) -> Vec<Value> {
     let mut rows = Vec::new();
     let mut url = first.to_owned();
     let mut pages = 0;
@@ -14,7 +19,12 @@ async fn walk(app: &TestApp, first: &str, key: Option<&str>, mut between: impl A
             Some(k) => app.get_as(k, &url).await,
             None => app.get(&url).await,
         };
-        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         let body = reply.json();
         rows.extend(body["data"].as_array().expect("data").iter().cloned());
         pages += 1;
@@ -38,10 +48,18 @@ async fn walking_cursors_while_others_insert_returns_every_existing_row_once_in_
     let app = TestApp::spawn().await;
     let m = app.create_merchant("Walk").await;
     for i in 0..45 {
-        app.create_product(&m, &format!("W{i:02}"), 100 + (i * 37) % 11, 1).await;
+        app.create_product(&m, &format!("W{i:02}"), 100 + (i * 37) % 11, 1)
+            .await;
     }
     let before: HashSet<String> = (0..45).map(|i| format!("W{i:02}")).collect();
-    for sort in ["-created_at", "created_at", "price", "-price", "name", "-name"] {
+    for sort in [
+        "-created_at",
+        "created_at",
+        "price",
+        "-price",
+        "name",
+        "-name",
+    ] {
         let first = format!("/api/v1/stores/{}/products?limit=7&sort={sort}", m.id);
         let mut inserted = 0;
         let rows = walk(&app, &first, None, async |page| {
@@ -50,23 +68,42 @@ async fn walking_cursors_while_others_insert_returns_every_existing_row_once_in_
             inserted += 1;
         })
         .await;
-        let skus: Vec<String> = rows.iter().map(|r| r["sku"].as_str().expect("sku").to_owned()).collect();
+        let skus: Vec<String> = rows
+            .iter()
+            .map(|r| r["sku"].as_str().expect("sku").to_owned())
+            .collect();
         let old: Vec<&String> = skus.iter().filter(|s| before.contains(*s)).collect();
         assert_eq!(old.len(), 45, "{sort}: every existing row once");
-        assert_eq!(old.iter().collect::<HashSet<_>>().len(), 45, "{sort}: no duplicates");
+        assert_eq!(
+            old.iter().collect::<HashSet<_>>().len(),
+            45,
+            "{sort}: no duplicates"
+        );
         let unique: HashSet<&String> = skus.iter().collect();
         assert_eq!(unique.len(), skus.len(), "{sort}: no row twice");
         // In order: the listed keys never go backwards.
         let key = |r: &Value| match sort.trim_start_matches('-') {
-            "price" => (r["price_cents"].as_i64().expect("price").to_string(), r["id"].as_str().expect("id").to_owned()),
-            "name" => (r["name"].as_str().expect("name").to_owned(), r["id"].as_str().expect("id").to_owned()),
-            _ => (r["created_at"].as_str().expect("t").to_owned(), r["id"].as_str().expect("id").to_owned()),
+            "price" => (
+                r["price_cents"].as_i64().expect("price").to_string(),
+                r["id"].as_str().expect("id").to_owned(),
+            ),
+            "name" => (
+                r["name"].as_str().expect("name").to_owned(),
+                r["id"].as_str().expect("id").to_owned(),
+            ),
+            _ => (
+                r["created_at"].as_str().expect("t").to_owned(),
+                r["id"].as_str().expect("id").to_owned(),
+            ),
         };
         let keys: Vec<_> = rows.iter().map(key).collect();
         let numeric = sort.contains("price");
         for w in keys.windows(2) {
             let ordered = if numeric {
-                let (a, b) = (w[0].0.parse::<i64>().expect("n"), w[1].0.parse::<i64>().expect("n"));
+                let (a, b) = (
+                    w[0].0.parse::<i64>().expect("n"),
+                    w[1].0.parse::<i64>().expect("n"),
+                );
                 (a, &w[0].1) <= (b, &w[1].1)
             } else {
                 w[0] <= w[1]
@@ -86,7 +123,10 @@ async fn tampered_foreign_or_mismatched_cursors_are_400() {
         app.create_product(&a, &format!("A{i}"), 100, 1).await;
         app.create_product(&b, &format!("B{i}"), 100, 1).await;
     }
-    let page = app.get(&format!("/api/v1/stores/{}/products?limit=1", a.id)).await.json();
+    let page = app
+        .get(&format!("/api/v1/stores/{}/products?limit=1", a.id))
+        .await
+        .json();
     let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
     let mut tampered = cursor.clone().into_bytes();
     tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
@@ -94,14 +134,32 @@ async fn tampered_foreign_or_mismatched_cursors_are_400() {
     for url in [
         format!("/api/v1/stores/{}/products?limit=1&cursor={tampered}", a.id),
         format!("/api/v1/stores/{}/products?limit=1&cursor={cursor}", b.id),
-        format!("/api/v1/stores/{}/products?limit=1&sort=price&cursor={cursor}", a.id),
-        format!("/api/v1/stores/{}/products?limit=1&category=x&cursor={cursor}", a.id),
-        format!("/api/v1/stores/{}/products?limit=1&cursor=not-a-cursor", a.id),
+        format!(
+            "/api/v1/stores/{}/products?limit=1&sort=price&cursor={cursor}",
+            a.id
+        ),
+        format!(
+            "/api/v1/stores/{}/products?limit=1&category=x&cursor={cursor}",
+            a.id
+        ),
+        format!(
+            "/api/v1/stores/{}/products?limit=1&cursor=not-a-cursor",
+            a.id
+        ),
     ] {
-        assert_eq!(app.get(&url).await.problem(400)["errors"][0]["field"], "cursor", "{url}");
+        assert_eq!(
+            app.get(&url).await.problem(400)["errors"][0]["field"],
+            "cursor",
+            "{url}"
+        );
     }
     // A storefront cursor does not open the merchant's catalog either.
-    app.get_as(&a.api_key, &format!("/api/v1/products?limit=1&cursor={cursor}")).await.problem(400);
+    app.get_as(
+        &a.api_key,
+        &format!("/api/v1/products?limit=1&cursor={cursor}"),
+    )
+    .await
+    .problem(400);
 }
 
 #[actix_rt::test]
@@ -111,16 +169,38 @@ async fn offset_pages_carry_totals_and_the_two_styles_cannot_mix() {
     for i in 0..5 {
         app.create_product(&m, &format!("O{i}"), 100 + i, 1).await;
     }
-    let page = app.get_as(&m.api_key, "/api/v1/products?page=2&per_page=2&sort=price").await.json();
+    let page = app
+        .get_as(&m.api_key, "/api/v1/products?page=2&per_page=2&sort=price")
+        .await
+        .json();
     assert_eq!(page["total"], 5);
     assert_eq!(page["page"], 2);
     assert_eq!(page["per_page"], 2);
-    let skus: Vec<&str> = page["data"].as_array().expect("data").iter().map(|p| p["sku"].as_str().expect("sku")).collect();
+    let skus: Vec<&str> = page["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|p| p["sku"].as_str().expect("sku"))
+        .collect();
     assert_eq!(skus, vec!["O2", "O3"]);
-    app.get_as(&m.api_key, "/api/v1/products?page=1&limit=2").await.problem(400);
-    app.get_as(&m.api_key, "/api/v1/products?limit=0").await.problem(400);
-    app.get_as(&m.api_key, "/api/v1/products?limit=101").await.problem(400);
-    app.get_as(&m.api_key, "/api/v1/products?sort=stock").await.problem(400);
-    let orders = app.get_as(&m.api_key, "/api/v1/orders?page=1&per_page=10").await.json();
-    assert_eq!(orders, json!({"data": [], "page": 1, "per_page": 10, "total": 0}));
+    app.get_as(&m.api_key, "/api/v1/products?page=1&limit=2")
+        .await
+        .problem(400);
+    app.get_as(&m.api_key, "/api/v1/products?limit=0")
+        .await
+        .problem(400);
+    app.get_as(&m.api_key, "/api/v1/products?limit=101")
+        .await
+        .problem(400);
+    app.get_as(&m.api_key, "/api/v1/products?sort=stock")
+        .await
+        .problem(400);
+    let orders = app
+        .get_as(&m.api_key, "/api/v1/orders?page=1&per_page=10")
+        .await
+        .json();
+    assert_eq!(
+        orders,
+        json!({"data": [], "page": 1, "per_page": 10, "total": 0})
+    );
 }

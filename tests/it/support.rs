@@ -127,7 +127,6 @@ impl TestAppBuilder {
                 .timeout(Duration::from_secs(30))
                 .connector(awc::Connector::new().limit(1000))
                 .finish(),
-            pg: self.pg,
         }
     }
 }
@@ -139,7 +138,6 @@ pub struct TestApp {
     pub handle: actix_web::dev::ServerHandle,
     stopped: Option<tokio::sync::oneshot::Receiver<()>>,
     pub client: awc::Client,
-    pub pg: &'static TestPg,
 }
 
 /// A response read whole: status, headers and body.
@@ -305,15 +303,31 @@ impl Drop for TestApp {
 
 impl TestApp {
     /// Creates a product for `merchant` and returns its JSON.
-    pub async fn create_product(&self, merchant: &Merchant, sku: &str, price_cents: i64, stock: i64) -> Value {
+    pub async fn create_product(
+        &self,
+        merchant: &Merchant,
+        sku: &str,
+        price_cents: i64,
+        stock: i64,
+    ) -> Value {
         let body = json!({"sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "currency": "EUR", "stock": stock, "category": "general"});
-        let reply = self.post_json("/api/v1/products", Some(&merchant.api_key), &body).await;
-        assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+        let reply = self
+            .post_json("/api/v1/products", Some(&merchant.api_key), &body)
+            .await;
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         reply.json()
     }
 
     pub async fn checkout(&self, store: &str, body: &Value, key: Option<&str>) -> Reply {
-        let mut req = self.client.post(self.url(&format!("/api/v1/stores/{store}/orders"))).content_type("application/json");
+        let mut req = self
+            .client
+            .post(self.url(&format!("/api/v1/stores/{store}/orders")))
+            .content_type("application/json");
         if let Some(key) = key {
             req = req.insert_header(("Idempotency-Key", key));
         }
