@@ -17,8 +17,12 @@ fn cursors(c: &mut Criterion) {
         id: uuid::Uuid::now_v7(),
     };
     let cursor = key.encode(&scope, &position);
-    c.bench_function("cursor encode", |b| b.iter(|| key.encode(black_box(&scope), black_box(&position))));
-    c.bench_function("cursor decode", |b| b.iter(|| key.decode(black_box(&scope), black_box(&cursor))));
+    c.bench_function("cursor encode", |b| {
+        b.iter(|| key.encode(black_box(&scope), black_box(&position)))
+    });
+    c.bench_function("cursor decode", |b| {
+        b.iter(|| key.decode(black_box(&scope), black_box(&cursor)))
+    });
 }
 
 criterion_group!(benches, cursors);

@@ -3,7 +3,9 @@
 
 use actix::{Actor, ActorContext, Arbiter, Context, Handler};
 use criterion::{criterion_group, criterion_main, Criterion};
-use rampart_actors::{serve, ActorSpec, Envelope, Handle, Reply, Request, Resilient, Stop, Supervision, Tree};
+use rampart_actors::{
+    serve, ActorSpec, Envelope, Handle, Reply, Request, Resilient, Stop, Supervision, Tree,
+};
 
 struct Echo {
     supervision: Supervision,
@@ -41,7 +43,9 @@ impl Handler<Envelope<Ask>> for Echo {
 
 fn start(tree: &mut Tree, arbiter: Option<&Arbiter>, mailbox: usize) -> Handle<Echo> {
     let spec = ActorSpec::new("echo").mailbox(mailbox);
-    tree.start(&spec, arbiter.map(|a| a.handle()).as_ref(), |supervision| Echo { supervision })
+    tree.start(&spec, arbiter.map(|a| a.handle()).as_ref(), |supervision| {
+        Echo { supervision }
+    })
 }
 
 fn calls(c: &mut Criterion) {
@@ -49,10 +53,18 @@ fn calls(c: &mut Criterion) {
     let (same, cross, arbiter) = system.block_on(async {
         let mut tree = Tree::new();
         let arbiter = Arbiter::new();
-        (start(&mut tree, None, 1024), start(&mut tree, Some(&arbiter), 1024), arbiter)
+        (
+            start(&mut tree, None, 1024),
+            start(&mut tree, Some(&arbiter), 1024),
+            arbiter,
+        )
     });
-    c.bench_function("actor call, same thread", |b| b.iter(|| system.block_on(same.call(Ask(1)))));
-    c.bench_function("actor call, cross thread", |b| b.iter(|| system.block_on(cross.call(Ask(1)))));
+    c.bench_function("actor call, same thread", |b| {
+        b.iter(|| system.block_on(same.call(Ask(1))))
+    });
+    c.bench_function("actor call, cross thread", |b| {
+        b.iter(|| system.block_on(cross.call(Ask(1))))
+    });
     // A full mailbox: the actor's thread is parked on a blocked arbiter, so every call is refused.
     let blocked = Arbiter::new();
     let full = system.block_on(async {
