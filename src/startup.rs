@@ -140,6 +140,22 @@ fn cursor_key(settings: &Settings) -> CursorKey {
     CursorKey::new(&random)
 }
 
+/// Every ten minutes, keys past their 24 hours are deleted. Until the jobs queue lands this runs
+/// on each instance; the DELETE is idempotent, so several instances do no harm.
+fn prune_idempotency_keys(db: Handle<Db>) {
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            match db.run(crate::store::orders::PruneIdempotencyKeys).await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, "expired idempotency keys pruned"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning idempotency keys"),
+            }
+        }
+    });
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -207,6 +223,7 @@ impl Application {
                 source,
             })?
             .run();
+        prune_idempotency_keys(backend.db.clone());
         Ok(Self {
             port,
             server,

@@ -601,3 +601,19 @@ impl DbCommand for ChangeStatus {
         .await
     }
 }
+
+/// Deletes idempotency keys older than 24 hours; they no longer replay anyway.
+pub struct PruneIdempotencyKeys;
+
+impl DbCommand for PruneIdempotencyKeys {
+    type Output = u64;
+
+    async fn run(self, client: &mut Client) -> Result<u64, DbError> {
+        Ok(client
+            .execute(
+                "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
+                &[],
+            )
+            .await?)
+    }
+}

@@ -231,3 +231,37 @@ async fn a_graceful_stop_stops_the_actors_after_the_server() {
         Err("database unavailable: db actor not running".to_owned())
     );
 }
+
+#[actix_rt::test]
+async fn the_openapi_document_describes_every_endpoint() {
+    let app = TestApp::spawn().await;
+    let doc = app.get("/api-docs/openapi.json").await.json();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, methods) in [
+        ("/api/v1/admin/merchants", &["post"][..]),
+        ("/api/v1/products", &["get", "post"]),
+        ("/api/v1/products/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/products/{id}/stock", &["post"]),
+        ("/api/v1/stores/{merchant_id}/products", &["get"]),
+        ("/api/v1/stores/{merchant_id}/products/{id}", &["get"]),
+        ("/api/v1/stores/{merchant_id}/orders", &["post"]),
+        ("/api/v1/orders", &["get"]),
+        ("/api/v1/orders/{id}", &["get"]),
+        ("/api/v1/orders/{id}/status", &["post"]),
+        ("/health", &["get"]),
+        ("/health/ready", &["get"]),
+        ("/metrics", &["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(*method)).is_some(),
+                "{method} {path}"
+            );
+        }
+    }
+    assert!(doc["components"]["schemas"].get("Product").is_some());
+    assert!(doc["components"]["securitySchemes"]
+        .get("api_key")
+        .is_some());
+}

@@ -123,3 +123,43 @@ async fn an_oversized_or_empty_key_is_400() {
         .await;
     assert_eq!(ok.status, 201, "{}", String::from_utf8_lossy(&ok.body));
 }
+
+#[actix_rt::test]
+async fn keys_older_than_24_hours_no_longer_replay_and_are_pruned() {
+    let app = TestApp::spawn().await;
+    let merchant = app.create_merchant("Old keys").await;
+    let product = app.create_product(&merchant, "OLD", 100, 10).await;
+    let body = json!({"customer_email": "k@example.com", "items": [{"product_id": product["id"], "quantity": 1}]});
+    assert_eq!(
+        app.checkout(&merchant.id, &body, Some("yesterday"))
+            .await
+            .status,
+        201
+    );
+    let sql = app.sql().await;
+    sql.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'",
+        &[],
+    )
+    .await
+    .expect("age the key");
+
+    let again = app.checkout(&merchant.id, &body, Some("yesterday")).await;
+    assert_eq!(again.status, 201);
+    assert!(
+        again.header("idempotent-replayed").is_none(),
+        "an expired key creates a new order"
+    );
+    sql.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'",
+        &[],
+    )
+    .await
+    .expect("age the key");
+    let pruned = app
+        .db
+        .run(rampart::store::orders::PruneIdempotencyKeys)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 1);
+}
