@@ -13,7 +13,7 @@ run: servers
 
 ## Everything CI checks: formatting, lints, then the whole test suite against real servers.
 test: servers lint
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --lib --bins --tests
 
 servers:
 	@bash scripts/ensure-servers.sh
