@@ -30,4 +30,4 @@ check:
 
 ## Load and micro benchmarks; see BENCHMARKS.md. make bench SCENARIO=product DURATION=20
 bench: servers
-	bash bench/run.sh "$(SCENARIO)" "$(DURATION)"
+	SOAK_SECS=$${SOAK_SECS:-600} bash bench/run.sh "$(SCENARIO)" "$(DURATION)"

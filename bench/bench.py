@@ -1,0 +1,536 @@
+#!/usr/bin/env python3
+"""Rampart's load benchmarks, in one command (`make bench`).
+
+Provisions a private PostgreSQL and Redis on free loopback ports, builds and starts the service
+and its ceilings in release mode, seeds a merchant with 10,000 products, runs the scenarios,
+stops everything it started and writes bench/results/<timestamp>/: results.json (raw),
+report.md and charts (SVG).
+
+Every load is bounded in time and aimed at 127.0.0.1 only. Peak throughput comes from
+closed-loop wrk runs; latency at fixed rates from oha with latency correction (no coordinated
+omission). Server RSS and CPU are sampled from /proc during each run.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "soak"]
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+PRODUCTS = 10_000
+HOT = 100
+CHECKOUT_POOL = 1_000
+STOCK = 1_000_000_000
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def raise_fd_limit():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# ---------------------------------------------------------------- servers we start and stop
+
+class Postgres:
+    def __init__(self, workdir):
+        self.dir = Path(workdir) / "pg"
+        self.port = free_port()
+        self.bin = self.find_bin()
+        self.as_postgres = os.geteuid() == 0
+
+    @staticmethod
+    def find_bin():
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+        for c in reversed(candidates):
+            if (c / "pg_ctl").exists():
+                return c
+        if shutil.which("pg_ctl"):
+            return Path(shutil.which("pg_ctl")).resolve().parent
+        sys.exit("bench: PostgreSQL server binaries not found (apt-get install postgresql)")
+
+    def cmd(self, prog, *args):
+        full = [str(self.bin / prog), *args]
+        return ["runuser", "-u", "postgres", "--", *full] if self.as_postgres else full
+
+    def start(self):
+        self.dir.mkdir(parents=True)
+        if self.as_postgres:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir.parent, pw.pw_uid, pw.pw_gid)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        run(self.cmd("initdb", "-D", str(self.dir), "-U", "rampart", "-A", "trust", "-E", "UTF8", "--no-locale"))
+        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=400 "
+                "-c shared_buffers=512MB -c max_wal_size=4GB")
+        run(self.cmd("pg_ctl", "-D", str(self.dir), "-l", str(self.dir / "server.log"), "-w", "-o", opts, "start"))
+        run(self.psql_cmd("postgres", "-c", "CREATE DATABASE rampart"))
+        log(f"PostgreSQL on 127.0.0.1:{self.port}")
+
+    def psql_cmd(self, db, *args):
+        return ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port), "-U", "rampart", "-d", db, *args]
+
+    def sql(self, query):
+        return run(self.psql_cmd("rampart", "-At", "-c", query)).stdout.strip()
+
+    def url(self):
+        return f"postgres://rampart@127.0.0.1:{self.port}/rampart"
+
+    def stop(self):
+        subprocess.run(self.cmd("pg_ctl", "-D", str(self.dir), "-m", "fast", "-w", "stop"), capture_output=True)
+
+
+class Redis:
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.dir = Path(workdir)
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir)], stdout=subprocess.DEVNULL)
+        log(f"Redis on 127.0.0.1:{self.port}")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Process:
+    """A server binary of ours, started with an environment and stopped with SIGTERM."""
+
+    def __init__(self, name, argv, env, port, logfile):
+        self.name, self.argv, self.env, self.port, self.logfile = name, argv, env, port, logfile
+        self.proc = None
+
+    def start(self, ready_path):
+        out = open(self.logfile, "w")
+        self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=out, stderr=out, cwd=ROOT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{ready_path}", timeout=2) as r:
+                    if r.status == 200:
+                        log(f"{self.name} ready on 127.0.0.1:{self.port}")
+                        return
+            except Exception:
+                time.sleep(0.2)
+        sys.exit(f"bench: {self.name} did not become ready; see {self.logfile}")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# ---------------------------------------------------------------- /proc sampling
+
+class Sampler:
+    """Samples a process's RSS and CPU share every `every` seconds while a load runs."""
+
+    def __init__(self, pid, every=0.5):
+        self.pid, self.every, self.samples = pid, every, []
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.ticks = os.sysconf("SC_CLK_TCK")
+
+    def read(self):
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / self.ticks
+        with open(f"/proc/{self.pid}/status") as f:
+            rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) * 1024
+        return cpu, rss
+
+    def loop(self):
+        start = time.time()
+        last_cpu, last_t = self.read()[0], start
+        while not self.stop_flag.wait(self.every):
+            cpu, rss = self.read()
+            now = time.time()
+            self.samples.append({"t": round(now - start, 2), "rss_bytes": rss,
+                                 "cpu_cores": round((cpu - last_cpu) / (now - last_t), 3)})
+            last_cpu, last_t = cpu, now
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join()
+
+    def summary(self):
+        if not self.samples:
+            return {}
+        rss = [s["rss_bytes"] for s in self.samples]
+        cpu = [s["cpu_cores"] for s in self.samples]
+        return {"rss_start_bytes": rss[0], "rss_end_bytes": rss[-1], "rss_max_bytes": max(rss),
+                "cpu_cores_mean": round(sum(cpu) / len(cpu), 3), "samples": self.samples}
+
+
+# ---------------------------------------------------------------- load generators
+
+def wrk(url, script, args, duration, connections=64, threads=2):
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "5s", "-s", script, url, "--", *args]
+    out = run(cmd, cwd=ROOT).stdout
+    summary = json.loads(out.strip().splitlines()[-1])
+    secs = summary["duration_us"] / 1e6
+    errors = sum(summary["errors"].values())
+    return {"tool": "wrk", "connections": connections, "duration_s": round(secs, 2), "requests": summary["requests"],
+            "rps": round(summary["requests"] / secs, 1), "errors": errors, "error_detail": summary["errors"],
+            "p50_ms": summary["latency_us"]["p50"] / 1000, "p90_ms": summary["latency_us"]["p90"] / 1000,
+            "p99_ms": summary["latency_us"]["p99"] / 1000, "max_ms": summary["latency_us"]["max"] / 1000}
+
+
+def oha(urls_regex, rate, duration, connections=64, method="GET", body=None, headers=()):
+    """A fixed-rate run with latency correction: latency counted from when each request was due."""
+    cmd = ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(connections),
+           "-q", str(max(1, int(rate))), "--latency-correction", "-t", "5s",
+           "--rand-regex-url", urls_regex, "-m", method]
+    for h in headers:
+        cmd += ["-H", h]
+    if body is not None:
+        cmd += ["-d", body]
+    res = subprocess.run(cmd, text=True, capture_output=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise RuntimeError(f"oha failed: {res.stderr[-500:]}")
+    data = json.loads(res.stdout)
+    s = data["summary"]
+    pct = data.get("latencyPercentiles", {})
+    codes = data.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k.startswith("2") or k.startswith("3"))
+    total = sum(codes.values()) + sum(data.get("errorDistribution", {}).values())
+    return {"tool": "oha", "offered_rps": rate, "connections": connections, "duration_s": duration,
+            "rps": round(s.get("requestsPerSec", 0), 1), "requests": total, "ok": ok,
+            "success_rate": round(ok / total, 5) if total else 0.0,
+            "errors": total - ok, "error_detail": data.get("errorDistribution", {}), "status_codes": codes,
+            "p50_ms": round(pct.get("p50", 0) * 1000, 3), "p90_ms": round(pct.get("p90", 0) * 1000, 3),
+            "p99_ms": round(pct.get("p99", 0) * 1000, 3), "max_ms": round(s.get("slowest", 0) * 1000, 3)}
+
+
+def regex_escape(s):
+    return "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in s)
+
+
+# ---------------------------------------------------------------- the suite
+
+class Suite:
+    def __init__(self, args, outdir):
+        self.args, self.out = args, outdir
+        self.work = Path(tempfile.mkdtemp(prefix="rampart-bench-"))
+        self.results = {"machine": machine(), "started_at": datetime.datetime.utcnow().isoformat() + "Z",
+                        "duration_s": args.duration, "scenarios": {}}
+        self.started = []
+
+    # -- setup
+    def setup(self):
+        log("building release binaries")
+        subprocess.run(["cargo", "build", "--release", "--bin", "rampart", "--bin", "rampart-ceiling"], cwd=ROOT, check=True)
+        self.fd_limit = raise_fd_limit()
+        self.pg = Postgres(self.work)
+        self.pg.start()
+        self.started.append(self.pg)
+        self.redis = Redis(self.work)
+        self.redis.start()
+        self.started.append(self.redis)
+        self.port = free_port()
+        env = {"RAMPART_ENV": "production", "RAMPART__SERVER__HOST": "127.0.0.1", "RAMPART__SERVER__PORT": str(self.port),
+               "RAMPART__SERVER__WORKERS": "2", "RAMPART__DATABASE__URL": self.pg.url(),
+               "RAMPART__DATABASE__MAX_CONNECTIONS": "32", "RAMPART__REDIS__URL": f"redis://127.0.0.1:{self.redis.port}",
+               "RAMPART__ADMIN__TOKEN": ADMIN_TOKEN, "RAMPART__RATE_LIMIT__ENABLED": "false",
+               "RAMPART__LOG__FILTER": "warn", "RAMPART__ACTORS__DB__MAILBOX": "4096"}
+        self.service = Process("rampart", [str(ROOT / "target/release/rampart"), "serve"], env, self.port, self.out / "rampart.log")
+        self.service.start("/health/ready")
+        self.started.append(self.service)
+        self.seed()
+        self.ceiling_port = free_port()
+        cenv = {"CEILING_PORT": str(self.ceiling_port), "CEILING_WORKERS": "2", "CEILING_DATABASE_URL": self.pg.url(),
+                "CEILING_BODY_FILE": str(self.work / "product.json"), "CEILING_POOL_SIZE": "32"}
+        self.ceiling = Process("ceiling", [str(ROOT / "target/release/rampart-ceiling")], cenv, self.ceiling_port, self.out / "ceiling.log")
+        self.ceiling.start("/static")
+        self.started.append(self.ceiling)
+
+    def api(self, method, path, body=None, token=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.read()
+
+    def seed(self):
+        created = json.loads(self.api("POST", "/api/v1/admin/merchants", {"name": "Bench Store"}, ADMIN_TOKEN))
+        self.merchant = created["merchant"]["id"]
+        self.key = created["api_key"]
+        self.sequence = self.pg.sql(f"SELECT order_sequence FROM merchants WHERE id = '{self.merchant}'")
+        self.pg.sql(f"""
+            INSERT INTO products (id, merchant_id, sku, name, description, price_cents, currency, stock, category, created_at)
+            SELECT gen_random_uuid(), '{self.merchant}', 'SKU-' || g, 'Product ' || g || ' ' || md5(g::text),
+                   'A fine product number ' || g, 100 + (g * 37) % 99900, 'EUR', {STOCK}, 'cat' || (g % 20),
+                   now() - g * interval '1 second'
+            FROM generate_series(1, {PRODUCTS}) g""")
+        self.pg.sql("VACUUM ANALYZE products")
+        ids = self.pg.sql(f"SELECT id FROM products WHERE merchant_id = '{self.merchant}' ORDER BY sku").split()
+        random.Random(7).shuffle(ids)
+        self.hot = ids[:HOT]
+        self.checkout_ids = ids[HOT:HOT + CHECKOUT_POOL]
+        (self.work / "hot.txt").write_text("\n".join(self.hot) + "\n")
+        (self.work / "checkout.txt").write_text("\n".join(self.checkout_ids) + "\n")
+        self.pg.sql("CREATE TABLE bench_checkout (n int PRIMARY KEY, id uuid NOT NULL)")
+        values = ",".join(f"({i + 1}, '{pid}')" for i, pid in enumerate(self.checkout_ids))
+        self.pg.sql(f"INSERT INTO bench_checkout VALUES {values}")
+        store = f"/api/v1/stores/{self.merchant}"
+        product = self.api("GET", f"{store}/products/{self.hot[0]}")
+        (self.work / "product.json").write_bytes(product)
+        (self.work / "static.txt").write_text("/static\n")
+        self.results["product_body_bytes"] = len(product)
+        urls = []
+        for category in ("cat3", "cat7", "cat11"):
+            path = f"{store}/products?limit=20&category={category}"
+            for _ in range(6):
+                urls.append(path)
+                page = json.loads(self.api("GET", path))
+                if not page["next_cursor"]:
+                    break
+                path = f"{store}/products?limit=20&category={category}&cursor={page['next_cursor']}"
+        urls += [f"{store}/products?limit=20", f"{store}/products?limit=20&sort=price&min_price=1000&max_price=50000"]
+        (self.work / "list.txt").write_text("\n".join(urls) + "\n")
+        self.list_urls = urls
+        log(f"seeded merchant {self.merchant} with {PRODUCTS} products; product body {len(product)} bytes")
+
+    # -- helpers
+    def base(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def measure(self, name, fn, pid=None):
+        with Sampler(pid or self.service.pid) as sampler:
+            result = fn()
+        result["server"] = sampler.summary()
+        log(f"{name}: {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, errors {result.get('errors')}")
+        return result
+
+    def warm(self, url, script, args):
+        wrk(url, script, args, 3)
+
+    def product_regex(self, base):
+        alternatives = "|".join(self.hot)
+        return f"{regex_escape(base)}/api/v1/stores/{self.merchant}/products/({alternatives})"
+
+    # -- scenarios
+    def product(self, d):
+        store = f"/api/v1/stores/{self.merchant}/products/"
+        hot = str(self.work / "hot.txt")
+        ceiling = f"http://127.0.0.1:{self.ceiling_port}"
+        self.warm(self.base(), "bench/lua/product.lua", [store, hot])
+        self.warm(ceiling, "bench/lua/product.lua", [f"/direct/stores/{self.merchant}/products/", hot])
+        r = {}
+        static = str(self.work / "static.txt")
+        r["ceiling_static"] = self.measure("HTTP ceiling (static body)", lambda: wrk(ceiling, "bench/lua/list.lua", ["", static], d), self.ceiling.pid)
+        r["direct"] = self.measure("direct product read (no actors)", lambda: wrk(ceiling, "bench/lua/product.lua", [f"/direct/stores/{self.merchant}/products/", hot], d), self.ceiling.pid)
+        r["service"] = self.measure("product via actors", lambda: wrk(self.base(), "bench/lua/product.lua", [store, hot], d))
+        peak = r["service"]["rps"]
+        rate = round(peak * 0.7)
+        r["fixed_70pct"] = self.measure(f"product at 70% of peak ({rate}/s, corrected)", lambda: oha(self.product_regex(self.base()), rate, d))
+        r["ratio_to_http_ceiling"] = round(peak / r["ceiling_static"]["rps"], 3)
+        r["actor_tax_ratio"] = round(peak / r["direct"]["rps"], 3)
+        return r
+
+    def list(self, d):
+        lst = str(self.work / "list.txt")
+        self.warm(self.base(), "bench/lua/list.lua", ["", lst])
+        return {"service": self.measure("list", lambda: wrk(self.base(), "bench/lua/list.lua", ["", lst], d))}
+
+    def oversell_check(self):
+        row = self.pg.sql(f"""
+            SELECT count(*) FILTER (WHERE p.stock < 0),
+                   count(*) FILTER (WHERE p.stock + coalesce(s.sold, 0) <> {STOCK}),
+                   coalesce(sum(s.sold), 0)
+            FROM products p LEFT JOIN (SELECT product_id, sum(quantity) sold FROM order_items GROUP BY product_id) s
+              ON s.product_id = p.id
+            WHERE p.merchant_id = '{self.merchant}'""")
+        negative, mismatched, sold = (int(x) for x in row.split("|"))
+        return {"negative_stock_products": negative, "stock_mismatches": mismatched, "units_sold": sold,
+                "oversold": negative > 0 or mismatched > 0}
+
+    def checkout(self, d, connections=16):
+        path = f"/api/v1/stores/{self.merchant}/orders"
+        ids = str(self.work / "checkout.txt")
+        r = {}
+        r["service"] = self.measure("checkout", lambda: wrk(self.base(), "bench/lua/checkout.lua", [path, ids], d, connections=connections))
+        r["oversell_check"] = self.oversell_check()
+
+        def pgbench():
+            cmd = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "rampart", "-c", str(connections), "-j", "2",
+                   "-T", str(d), "-D", f"merchant={self.merchant}", "-D", f"seq={self.sequence}", "-D", f"products={CHECKOUT_POOL}",
+                   "-f", str(ROOT / "bench/checkout.sql"), "-r", "rampart"]
+            out = run(cmd).stdout
+            tps = float(next(l for l in out.splitlines() if l.startswith("tps")).split("=")[1].split()[0])
+            lat = next((l for l in out.splitlines() if l.startswith("latency average")), "")
+            return {"tool": "pgbench", "connections": connections, "rps": round(tps, 1), "latency_average": lat.split("=")[-1].strip(), "errors": 0}
+        pg_pid = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
+        r["pgbench_ceiling"] = self.measure("pgbench checkout SQL (database ceiling)", pgbench, pg_pid)
+        r["ratio_to_pgbench"] = round(r["service"]["rps"] / r["pgbench_ceiling"]["rps"], 3)
+        return r
+
+    def mixed_args(self):
+        return [f"/api/v1/stores/{self.merchant}", str(self.work / "hot.txt"), str(self.work / "list.txt"), str(self.work / "checkout.txt")]
+
+    def mixed(self, d):
+        r = {"service": self.measure("mixed 80/15/5", lambda: wrk(self.base(), "bench/lua/mixed.lua", self.mixed_args(), d))}
+        r["oversell_check"] = self.oversell_check()
+        self.mixed_peak = r["service"]["rps"]
+        return r
+
+    def peak_product(self):
+        if "product" in self.results["scenarios"]:
+            return self.results["scenarios"]["product"]["service"]["rps"]
+        return wrk(self.base(), "bench/lua/product.lua", [f"/api/v1/stores/{self.merchant}/products/", str(self.work / "hot.txt")], 10)["rps"]
+
+    def spike(self, d):
+        base = max(50, round(self.peak_product() * 0.08))
+        phases = []
+        for label, rate, secs in (("quiet", base, 20), ("spike 10x", base * 10, 30), ("quiet again", base, 20)):
+            res = self.measure(f"spike phase {label} at {rate}/s", lambda: oha(self.product_regex(self.base()), rate, secs))
+            res["phase"] = label
+            phases.append(res)
+        return {"phases": phases}
+
+    def ramp(self, d):
+        peak = self.peak_product()
+        steps, knee = [], None
+        for frac in (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5):
+            rate = round(peak * frac)
+            res = self.measure(f"ramp {rate}/s", lambda: oha(self.product_regex(self.base()), rate, 10))
+            steps.append(res)
+            if knee is None and res["rps"] < 0.95 * rate:
+                knee = rate
+        return {"steps": steps, "knee_offered_rps": knee, "closed_loop_peak_rps": peak}
+
+    def connections(self, d):
+        conns = min(15000, self.fd_limit - 1000)
+        secs = max(d, 60) if not self.args.quick else d
+        res = self.measure(f"{conns} keep-alive connections at 10000/s for {secs}s",
+                           lambda: oha(self.product_regex(self.base()), 10000, secs, connections=conns))
+        res["connections"] = conns
+        return {"service": res}
+
+    def soak(self, d):
+        secs = self.args.soak_secs
+        peak = getattr(self, "mixed_peak", None) or wrk(self.base(), "bench/lua/mixed.lua", self.mixed_args(), 10)["rps"]
+        rate = round(peak * 0.7)
+        window = min(60, secs)
+        windows = []
+        regex_list = "(" + "|".join(regex_escape(self.base() + u) for u in self.list_urls) + ")"
+        body = json.dumps({"customer_email": "soak@example.com", "items": [{"product_id": self.checkout_ids[0], "quantity": 1}]})
+        with Sampler(self.service.pid, every=2) as sampler:
+            for i in range(max(1, secs // window)):
+                results = {}
+
+                def go(name, *a, **kw):
+                    results[name] = oha(*a, **kw)
+                threads = [threading.Thread(target=go, args=("product", self.product_regex(self.base()), rate * 0.80, window)),
+                           threading.Thread(target=go, args=("list", regex_list, rate * 0.15, window), kwargs={"connections": 16}),
+                           threading.Thread(target=go, args=("checkout", regex_escape(self.base() + f"/api/v1/stores/{self.merchant}/orders"), max(1, rate * 0.05), window),
+                                            kwargs={"connections": 16, "method": "POST", "body": body, "headers": ["Content-Type: application/json"]})]
+                [t.start() for t in threads]
+                [t.join() for t in threads]
+                w = {"window": i, "product_p99_ms": results["product"]["p99_ms"], "list_p99_ms": results["list"]["p99_ms"],
+                     "checkout_p99_ms": results["checkout"]["p99_ms"],
+                     "errors": sum(r["errors"] for r in results.values()), "rps": round(sum(r["rps"] for r in results.values()), 1)}
+                windows.append(w)
+                log(f"soak window {i}: {w}")
+        s = sampler.summary()
+        warm = [x["rss_bytes"] for x in s.get("samples", [])]
+        after_warmup = warm[min(len(warm) - 1, max(0, len(warm) // 10))] if warm else 0
+        growth = round((warm[-1] - after_warmup) / after_warmup, 4) if after_warmup else None
+        first, last = windows[0]["product_p99_ms"], windows[-1]["product_p99_ms"]
+        return {"offered_rps": rate, "seconds": secs, "windows": windows, "server": s,
+                "rss_growth_after_warmup": growth, "p99_drift": round(last / first - 1, 4) if first else None,
+                "errors": sum(w["errors"] for w in windows), "oversell_check": self.oversell_check()}
+
+    # -- run
+    def run(self, names):
+        try:
+            self.setup()
+            for name in names:
+                log(f"scenario {name}")
+                self.results["scenarios"][name] = getattr(self, name)(self.args.duration)
+                self.save()
+        finally:
+            for s in reversed(self.started):
+                s.stop()
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.save()
+
+    def save(self):
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
+        subprocess.run([sys.executable, str(ROOT / "bench/report.py"), str(self.out)], check=False)
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 1024 / 1024, 1),
+            "kernel": os.uname().release, "note": "load generator on the same cores as the server"}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenario", default="all", help="all, or a comma list of " + ", ".join(SCENARIOS))
+    p.add_argument("--duration", type=int, default=30, help="seconds per closed-loop run")
+    p.add_argument("--soak-secs", type=int, default=int(os.environ.get("SOAK_SECS", "600")))
+    p.add_argument("--quick", action="store_true", help="shorter connection run (DURATION instead of 60 s)")
+    args = p.parse_args()
+    names = SCENARIOS if args.scenario == "all" else [s.strip() for s in args.scenario.split(",")]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        sys.exit(f"bench: unknown scenario {unknown}; choose from {SCENARIOS}")
+    for tool in ("wrk", "oha", "pgbench", "redis-server", "psql"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found (bench/run.sh installs what is missing)")
+    out = ROOT / "bench/results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    log(f"results in {out}")
+    Suite(args, out).run(names)
+    log(f"done: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

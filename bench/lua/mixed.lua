@@ -1,0 +1,30 @@
+-- 80% product reads, 15% lists, 5% checkouts.
+-- Args: <store prefix> <product ids file> <list urls file> <checkout ids file>
+dofile("bench/lua/common.lua")
+local store, product_ids, urls, checkout_ids
+local counter = 0
+
+function init(args)
+  store = args[1]
+  product_ids = lines(args[2])
+  urls = lines(args[3])
+  checkout_ids = lines(args[4])
+  seed()
+end
+
+function request()
+  local roll = math.random(100)
+  if roll <= 80 then
+    return wrk.format("GET", store .. "/products/" .. product_ids[math.random(#product_ids)])
+  elseif roll <= 95 then
+    return wrk.format("GET", urls[math.random(#urls)])
+  end
+  counter = counter + 1
+  local items = {}
+  for i = 1, math.random(3) do
+    items[i] = string.format('{"product_id":"%s","quantity":1}', checkout_ids[math.random(#checkout_ids)])
+  end
+  local body = '{"customer_email":"load@example.com","items":[' .. table.concat(items, ",") .. ']}'
+  local key = string.format("mixed-%d-%d-%d", os.time(), thread_id or 0, counter)
+  return wrk.format("POST", store .. "/orders", {["Content-Type"] = "application/json", ["Idempotency-Key"] = key}, body)
+end
