@@ -48,7 +48,10 @@ def free_port():
 
 
 def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+    res = subprocess.run(cmd, text=True, capture_output=True, **kw)
+    if res.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {res.returncode}: {res.stderr[-1500:]}")
+    return res
 
 
 def raise_fd_limit():
@@ -245,7 +248,9 @@ def oha(urls_regex, rate, duration, connections=64, method="GET", body=None, hea
 
 
 def regex_escape(s):
-    return "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in s)
+    """Literal text for oha's --rand-regex-url: special characters as one-character classes
+    (oha mangles backslash escapes in the host part)."""
+    return "".join(f"[{c}]" if c in ".$*+?(){}|" else c for c in s)
 
 
 # ---------------------------------------------------------------- the suite
@@ -418,12 +423,17 @@ class Suite:
         self.mixed_peak = r["service"]["rps"]
         return r
 
+    def warm_product(self):
+        """Fills the pool and each connection's statement cache before a fixed-rate run."""
+        self.warm(self.base(), "bench/lua/product.lua", [f"/api/v1/stores/{self.merchant}/products/", str(self.work / "hot.txt")])
+
     def peak_product(self):
         if "product" in self.results["scenarios"]:
             return self.results["scenarios"]["product"]["service"]["rps"]
         return wrk(self.base(), "bench/lua/product.lua", [f"/api/v1/stores/{self.merchant}/products/", str(self.work / "hot.txt")], 10)["rps"]
 
     def spike(self, d):
+        self.warm_product()
         base = max(50, round(self.peak_product() * 0.08))
         phases = []
         for label, rate, secs in (("quiet", base, 20), ("spike 10x", base * 10, 30), ("quiet again", base, 20)):
@@ -433,6 +443,7 @@ class Suite:
         return {"phases": phases}
 
     def ramp(self, d):
+        self.warm_product()
         peak = self.peak_product()
         steps, knee = [], None
         for frac in (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5):
@@ -444,6 +455,7 @@ class Suite:
         return {"steps": steps, "knee_offered_rps": knee, "closed_loop_peak_rps": peak}
 
     def connections(self, d):
+        self.warm_product()
         conns = min(15000, self.fd_limit - 1000)
         secs = max(d, 60) if not self.args.quick else d
         res = self.measure(f"{conns} keep-alive connections at 10000/s for {secs}s",
@@ -452,6 +464,7 @@ class Suite:
         return {"service": res}
 
     def soak(self, d):
+        self.warm_product()
         secs = self.args.soak_secs
         peak = getattr(self, "mixed_peak", None) or wrk(self.base(), "bench/lua/mixed.lua", self.mixed_args(), 10)["rps"]
         rate = round(peak * 0.7)
