@@ -4,4 +4,5 @@ pub mod jobs;
 pub mod merchants;
 pub mod migrate;
 pub mod orders;
+pub mod paging;
 pub mod products;

@@ -3,7 +3,7 @@
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::domain::order::{CheckoutRequest, OrderFilter, OrderStatus};
 use crate::store::jobs::{enqueue, for_order_event};
-use crate::store::products::{as_refs, Param, Sql};
+use crate::store::paging::{self, page_tail, ListSql, PageOf, Param};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Client, Transaction};
 use rampart_actors::{DbCommand, DbError};
@@ -418,7 +418,7 @@ pub struct OrderQuery {
 }
 
 /// The page query and, for offset pages, the count query of an order list.
-pub fn list_sql(q: &OrderQuery) -> Result<(String, Vec<Param>, Option<Sql>), DbError> {
+pub fn list_sql(q: &OrderQuery) -> Result<ListSql, DbError> {
     let filters = || {
         let mut params: Vec<Param> = vec![Box::new(q.merchant_id)];
         let mut conditions = vec!["o.merchant_id = $1".to_owned()];
@@ -447,23 +447,23 @@ pub fn list_sql(q: &OrderQuery) -> Result<(String, Vec<Param>, Option<Sql>), DbE
         }
         Page::Keyset { .. } => None,
     };
-    let tail = match &q.page {
-        Page::Keyset { limit, after } => {
-            if let Some(pos) = after {
-                let KeyValue::Time(t) = pos.key else {
-                    return Err(DbError::Other("cursor does not match the sort".into()));
-                };
-                params.push(Box::new(t));
-                params.push(Box::new(pos.id));
-                let n = params.len();
-                conditions.push(format!("(o.created_at, o.id) < (${}, ${n})", n - 1));
-            }
-            format!("LIMIT {}", limit + 1)
-        }
-        Page::Offset { page, per_page } => {
-            format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page)
-        }
+    let after_key: Option<Param> = match &q.page {
+        Page::Keyset {
+            after: Some(pos), ..
+        } => match pos.key {
+            KeyValue::Time(t) => Some(Box::new(t)),
+            _ => return Err(DbError::Other("cursor does not match the sort".into())),
+        },
+        _ => None,
     };
+    let tail = page_tail(
+        &q.page,
+        after_key,
+        "(o.created_at, o.id)",
+        true,
+        &mut conditions,
+        &mut params,
+    );
     let sql = format!(
         "SELECT {ORDER_COLUMNS} FROM orders o WHERE {} ORDER BY o.created_at DESC, o.id DESC {tail}",
         conditions.join(" AND ")
@@ -473,48 +473,12 @@ pub fn list_sql(q: &OrderQuery) -> Result<(String, Vec<Param>, Option<Sql>), DbE
 
 pub struct List(pub OrderQuery);
 
-pub struct OrderPage {
-    pub rows: Vec<Order>,
-    pub has_more: bool,
-    pub total: Option<i64>,
-}
-
 impl DbCommand for List {
-    type Output = OrderPage;
+    type Output = PageOf<Order>;
 
-    async fn run(self, client: &mut Client) -> Result<OrderPage, DbError> {
-        let (sql, params, count) = list_sql(&self.0)?;
-        let stmt = client.prepare_cached(&sql).await?;
-        let mut rows = client
-            .query(&stmt, &as_refs(&params))
-            .await?
-            .iter()
-            .map(Order::from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut has_more = false;
-        if let Page::Keyset { limit, .. } = self.0.page {
-            if rows.len() as i64 > limit {
-                rows.truncate(limit as usize);
-                has_more = true;
-            }
-        }
-        let total = match count {
-            Some((sql, params)) => Some(
-                client
-                    .query_one(&client.prepare_cached(&sql).await?, &as_refs(&params))
-                    .await?
-                    .get(0),
-            ),
-            None => None,
-        };
-        if let (Page::Offset { page, per_page }, Some(total)) = (&self.0.page, total) {
-            has_more = page * per_page < total;
-        }
-        Ok(OrderPage {
-            rows,
-            has_more,
-            total,
-        })
+    async fn run(self, client: &mut Client) -> Result<PageOf<Order>, DbError> {
+        let sql = list_sql(&self.0)?;
+        paging::fetch(client, &self.0.page, sql, Order::from_row).await
     }
 }
 

@@ -3,11 +3,11 @@
 
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::domain::product::{NewProduct, ProductFilter, ProductPatch, Sort};
+use crate::store::paging::{self, page_tail, ListSql, PageOf, Param};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
 use rampart_actors::{DbCommand, DbError};
 use serde::Serialize;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -262,11 +262,6 @@ pub struct ProductQuery {
     pub page: Page,
 }
 
-pub type Param = Box<dyn ToSql + Sync + Send>;
-
-/// A statement and its parameters.
-pub type Sql = (String, Vec<Param>);
-
 /// The WHERE conditions of a list and their parameters ($1 is the merchant).
 fn filters(q: &ProductQuery) -> (Vec<String>, Vec<Param>) {
     let mut params: Vec<Param> = vec![Box::new(q.merchant_id)];
@@ -303,7 +298,7 @@ fn filters(q: &ProductQuery) -> (Vec<String>, Vec<Param>) {
 
 /// The SQL the list runs: the page query (one row more than the page, to know if there is more)
 /// and, for offset pages, the count.
-pub fn list_sql(q: &ProductQuery) -> Result<(String, Vec<Param>, Option<Sql>), DbError> {
+pub fn list_sql(q: &ProductQuery) -> Result<ListSql, DbError> {
     let (mut conditions, mut params) = filters(q);
     let count = match q.page {
         Page::Offset { .. } => {
@@ -319,31 +314,26 @@ pub fn list_sql(q: &ProductQuery) -> Result<(String, Vec<Param>, Option<Sql>), D
         Page::Keyset { .. } => None,
     };
     let column = q.sort.column();
-    let (dir, cmp) = if q.sort.descending() {
-        ("DESC", "<")
-    } else {
-        ("ASC", ">")
+    let dir = if q.sort.descending() { "DESC" } else { "ASC" };
+    let after_key: Option<Param> = match &q.page {
+        Page::Keyset {
+            after: Some(pos), ..
+        } => Some(match (&pos.key, q.sort) {
+            (KeyValue::Time(t), Sort::CreatedAsc | Sort::CreatedDesc) => Box::new(*t),
+            (KeyValue::Int(n), Sort::PriceAsc | Sort::PriceDesc) => Box::new(*n),
+            (KeyValue::Text(s), Sort::NameAsc | Sort::NameDesc) => Box::new(s.clone()),
+            _ => return Err(DbError::Other("cursor does not match the sort".into())),
+        }),
+        _ => None,
     };
-    let tail = match &q.page {
-        Page::Keyset { limit, after } => {
-            if let Some(pos) = after {
-                let key: Param = match (&pos.key, q.sort) {
-                    (KeyValue::Time(t), Sort::CreatedAsc | Sort::CreatedDesc) => Box::new(*t),
-                    (KeyValue::Int(n), Sort::PriceAsc | Sort::PriceDesc) => Box::new(*n),
-                    (KeyValue::Text(s), Sort::NameAsc | Sort::NameDesc) => Box::new(s.clone()),
-                    _ => return Err(DbError::Other("cursor does not match the sort".into())),
-                };
-                params.push(key);
-                params.push(Box::new(pos.id));
-                let n = params.len();
-                conditions.push(format!("({column}, id) {cmp} (${}, ${n})", n - 1));
-            }
-            format!("LIMIT {}", limit + 1)
-        }
-        Page::Offset { page, per_page } => {
-            format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page)
-        }
-    };
+    let tail = page_tail(
+        &q.page,
+        after_key,
+        &format!("({column}, id)"),
+        q.sort.descending(),
+        &mut conditions,
+        &mut params,
+    );
     let sql = format!(
         "SELECT {COLUMNS} FROM products WHERE {} ORDER BY {column} {dir}, id {dir} {tail}",
         conditions.join(" AND ")
@@ -351,54 +341,13 @@ pub fn list_sql(q: &ProductQuery) -> Result<(String, Vec<Param>, Option<Sql>), D
     Ok((sql, params, count))
 }
 
-pub fn as_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
-    params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect()
-}
-
-pub struct ListPage {
-    pub rows: Vec<Product>,
-    pub has_more: bool,
-    pub total: Option<i64>,
-}
-
 pub struct List(pub ProductQuery);
 
 impl DbCommand for List {
-    type Output = ListPage;
+    type Output = PageOf<Product>;
 
-    async fn run(self, client: &mut Client) -> Result<ListPage, DbError> {
-        let (sql, params, count) = list_sql(&self.0)?;
-        let stmt = client.prepare_cached(&sql).await?;
-        let mut rows: Vec<Product> = client
-            .query(&stmt, &as_refs(&params))
-            .await?
-            .iter()
-            .map(Product::from_row)
-            .collect();
-        let mut has_more = false;
-        if let Page::Keyset { limit, .. } = self.0.page {
-            if rows.len() as i64 > limit {
-                rows.truncate(limit as usize);
-                has_more = true;
-            }
-        }
-        let total = match count {
-            Some((sql, params)) => {
-                let stmt = client.prepare_cached(&sql).await?;
-                Some(client.query_one(&stmt, &as_refs(&params)).await?.get(0))
-            }
-            None => None,
-        };
-        if let (Page::Offset { page, per_page }, Some(total)) = (&self.0.page, total) {
-            has_more = page * per_page < total;
-        }
-        Ok(ListPage {
-            rows,
-            has_more,
-            total,
-        })
+    async fn run(self, client: &mut Client) -> Result<PageOf<Product>, DbError> {
+        let sql = list_sql(&self.0)?;
+        paging::fetch(client, &self.0.page, sql, |row| Ok(Product::from_row(row))).await
     }
 }

@@ -6,7 +6,8 @@ use rampart::domain::listing::{KeyValue, Page, Position};
 use rampart::domain::order::{OrderFilter, OrderStatus};
 use rampart::domain::product::{ProductFilter, Sort};
 use rampart::store::orders::{self, OrderQuery};
-use rampart::store::products::{self, as_refs, ProductQuery};
+use rampart::store::paging::{as_refs, Param};
+use rampart::store::products::{self, ProductQuery};
 
 #[actix_rt::test]
 async fn every_list_query_uses_an_index() {
@@ -70,7 +71,7 @@ async fn every_list_query_uses_an_index() {
             ..Default::default()
         },
     ];
-    let mut queries: Vec<(String, Vec<products::Param>)> = Vec::new();
+    let mut queries: Vec<(String, Vec<Param>)> = Vec::new();
     for storefront in [true, false] {
         for sort in sorts {
             for filter in &filters {

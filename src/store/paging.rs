@@ -1,0 +1,93 @@
+//! What every list query shares: boxed SQL parameters, the keyset condition with the
+//! LIMIT/OFFSET tail, and fetching a page with its count.
+
+use crate::domain::listing::Page;
+use deadpool_postgres::Client;
+use rampart_actors::DbError;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+pub type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A statement and its parameters.
+pub type Sql = (String, Vec<Param>);
+
+/// A list's page query and, for offset pages, its count query.
+pub type ListSql = (String, Vec<Param>, Option<Sql>);
+
+pub fn as_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// For a keyset page after a position, adds `<row> > (key, id)` (`<` when descending) to the
+/// conditions; returns the page's tail: one row more than the page (to know whether there is
+/// more), or LIMIT/OFFSET.
+pub fn page_tail(
+    page: &Page,
+    after_key: Option<Param>,
+    row: &str,
+    descending: bool,
+    conditions: &mut Vec<String>,
+    params: &mut Vec<Param>,
+) -> String {
+    match page {
+        Page::Keyset { limit, after } => {
+            if let (Some(pos), Some(key)) = (after, after_key) {
+                params.push(key);
+                params.push(Box::new(pos.id));
+                let n = params.len();
+                let cmp = if descending { "<" } else { ">" };
+                conditions.push(format!("{row} {cmp} (${}, ${n})", n - 1));
+            }
+            format!("LIMIT {}", limit + 1)
+        }
+        Page::Offset { page, per_page } => {
+            format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page)
+        }
+    }
+}
+
+pub struct PageOf<T> {
+    pub rows: Vec<T>,
+    pub has_more: bool,
+    pub total: Option<i64>,
+}
+
+/// Runs a list's SQL: the rows of the page, whether more follow, and the total for offset pages.
+pub async fn fetch<T>(
+    client: &Client,
+    page: &Page,
+    (sql, params, count): ListSql,
+    map: impl Fn(&Row) -> Result<T, DbError>,
+) -> Result<PageOf<T>, DbError> {
+    let stmt = client.prepare_cached(&sql).await?;
+    let mut rows = client
+        .query(&stmt, &as_refs(&params))
+        .await?
+        .iter()
+        .map(map)
+        .collect::<Result<Vec<T>, _>>()?;
+    let total = match count {
+        Some((sql, params)) => {
+            let stmt = client.prepare_cached(&sql).await?;
+            Some(client.query_one(&stmt, &as_refs(&params)).await?.get(0))
+        }
+        None => None,
+    };
+    let has_more = match *page {
+        Page::Keyset { limit, .. } => {
+            let more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            more
+        }
+        Page::Offset { page, per_page } => total.is_some_and(|t| page * per_page < t),
+    };
+    Ok(PageOf {
+        rows,
+        has_more,
+        total,
+    })
+}
