@@ -65,6 +65,7 @@ impl Backend {
             pg,
             max_connections: settings.database.max_connections,
             max_inflight: settings.database.max_inflight,
+            max_waiting: limits.mailbox,
             wait_timeout: Settings::ms(settings.database.wait_timeout_ms),
             create_timeout: Settings::ms(settings.database.create_timeout_ms),
             recycle_timeout: Settings::ms(settings.database.recycle_timeout_ms),

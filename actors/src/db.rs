@@ -7,26 +7,28 @@
 //! - [`crate::Stop`]: closes the pool and stops.
 //!
 //! Commands run concurrently, each as its own task on the actor's thread, up to `max_inflight`;
-//! past that the actor holds its mailbox until a slot frees, so the mailbox fills and callers are
-//! refused instead of piling onto the pool's wait queue. (They must be tasks of their own: while
-//! an actor holds its mailbox with `ctx.wait`, actix polls none of its other futures, and a
-//! transaction holding row locks would stall behind the very command waiting for its slot.) Mailbox capacity and restart policy come from the [`crate::ActorSpec`] it is
-//! started with. A panic in a command is caught, the caller gets `DbError::Internal`, and the
+//! past that up to `max_waiting` more wait for a slot in arrival order, and any further command
+//! is refused at once with `DbError::Overloaded` (counted as refused), so nothing queues without
+//! bound on the pool. The actor never holds its mailbox: in actix a `ctx.wait` future is polled
+//! before the actor's other futures, and under steady load those futures, which deliver the
+//! replies of finished commands, would starve. Mailbox capacity and restart policy come from
+//! the [`crate::ActorSpec`] it is started with. A panic in a command is caught, the caller gets `DbError::Internal`, and the
 //! pool is rebuilt from its settings (connections a panic may have left mid-transaction are
 //! dropped with the old pool).
 
 use crate::admission::{serve, CallError, Envelope, Handle, Reply, Request};
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::fut::WrapFuture;
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
+use actix::{Actor, ActorContext, Context, Handler};
 use deadpool_postgres::{
     Client, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use serde::Serialize;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -149,8 +151,10 @@ impl From<CallError> for DbError {
 pub struct DbSettings {
     pub pg: tokio_postgres::Config,
     pub max_connections: usize,
-    /// Commands running at once before the mailbox is held.
+    /// Commands running at once.
     pub max_inflight: usize,
+    /// Commands waiting for a slot before further ones are refused.
+    pub max_waiting: usize,
     pub wait_timeout: Duration,
     pub create_timeout: Duration,
     pub recycle_timeout: Duration,
@@ -181,6 +185,7 @@ pub struct Db {
     settings: DbSettings,
     pool: Pool,
     slots: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
     supervision: Supervision,
 }
 
@@ -192,6 +197,7 @@ impl Db {
             settings,
             pool,
             slots,
+            waiting: Arc::new(AtomicUsize::new(0)),
             supervision,
         }
     }
@@ -246,32 +252,24 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
     type Result = ();
 
     fn handle(&mut self, envelope: Envelope<Exec<C>>, ctx: &mut Context<Self>) {
-        serve(self, ctx, envelope, |db, Exec(command), ctx| {
+        serve(self, ctx, envelope, |db, Exec(command), _| {
             let pool = db.pool.clone();
-            match Arc::clone(&db.slots).try_acquire_owned() {
-                Ok(slot) => Reply::Spawn(Box::pin(run_in_task(pool, command, slot).into_actor(db))),
-                Err(_) => {
-                    // Every slot is taken: hold the mailbox only until one frees (commands
-                    // finish as tasks of their own), then run this command like any other.
-                    let (hand_over, slot) = oneshot::channel();
-                    let slots = Arc::clone(&db.slots);
-                    ctx.wait(
-                        async move {
-                            if let Ok(slot) = slots.acquire_owned().await {
-                                let _ = hand_over.send(slot);
-                            }
-                        }
-                        .into_actor(db),
-                    );
-                    let work = async move {
-                        let slot = slot
-                            .await
-                            .map_err(|_| DbError::Unavailable("db actor closed".into()))?;
-                        run_in_task(pool, command, slot).await
-                    };
-                    Reply::Spawn(Box::pin(work.into_actor(db)))
-                }
+            if let Ok(slot) = Arc::clone(&db.slots).try_acquire_owned() {
+                return Reply::Spawn(Box::pin(run_in_task(pool, command, slot).into_actor(db)));
             }
+            if db.waiting.load(Ordering::Relaxed) >= db.settings.max_waiting {
+                db.supervision.stats().refused();
+                return Reply::Ready(Err(DbError::Overloaded));
+            }
+            db.waiting.fetch_add(1, Ordering::Relaxed);
+            let (slots, waiting) = (Arc::clone(&db.slots), Arc::clone(&db.waiting));
+            let work = async move {
+                let slot = slots.acquire_owned().await;
+                waiting.fetch_sub(1, Ordering::Relaxed);
+                let slot = slot.map_err(|_| DbError::Unavailable("db actor closed".into()))?;
+                run_in_task(pool, command, slot).await
+            };
+            Reply::Spawn(Box::pin(work.into_actor(db)))
         });
     }
 }

@@ -102,7 +102,7 @@ async fn constraint_violations_come_back_typed_with_their_name() {
 }
 
 #[actix_rt::test]
-async fn a_full_db_mailbox_turns_into_503_with_retry_after() {
+async fn a_full_db_queue_refuses_at_once_with_503_and_retry_after() {
     let app = TestApp::builder()
         .configure(|s| {
             s.database.max_inflight = 1;
@@ -122,21 +122,24 @@ async fn a_full_db_mailbox_turns_into_503_with_retry_after() {
             .map(|b| app.post_json("/api/v1/admin/merchants", Some(ADMIN_TOKEN), b)),
     )
     .await;
-    let overloaded: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    let unavailable: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
     let created = replies.iter().filter(|r| r.status == 201).count();
-    assert!(
-        overloaded.len() >= 90,
-        "most are refused at once: {} refused, {created} created",
-        overloaded.len()
-    );
-    assert_eq!(overloaded.len() + created, 100, "only 201 or 503");
-    for reply in overloaded {
+    assert_eq!(unavailable.len() + created, 100, "only 201 or 503");
+    let mut refused = 0;
+    for reply in &unavailable {
         let problem = reply.problem(503);
-        assert_eq!(problem["type"], "/problems/overloaded", "{problem}");
         assert!(reply
             .header("retry-after")
             .is_some_and(|v| v.parse::<u32>().is_ok()));
+        // The few admitted behind the blocker may still run out of their deadline under load.
+        if problem["type"] == "/problems/overloaded" {
+            refused += 1;
+        }
     }
+    assert!(
+        refused >= 90,
+        "most are refused at once: {refused} refused, {created} created"
+    );
     blocker
         .await
         .expect("join")
