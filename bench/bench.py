@@ -371,13 +371,38 @@ class Suite:
         static = str(self.work / "static.txt")
         r["ceiling_static"] = self.measure("HTTP ceiling (static body)", lambda: wrk(ceiling, "bench/lua/list.lua", ["", static], d), self.ceiling.pid)
         r["direct"] = self.measure("direct product read (no actors)", lambda: wrk(ceiling, "bench/lua/product.lua", [f"/direct/stores/{self.merchant}/products/", hot], d), self.ceiling.pid)
+        profiler = self.start_profile(d) if os.environ.get("PROFILE") else None
         r["service"] = self.measure("product via actors", lambda: wrk(self.base(), "bench/lua/product.lua", [store, hot], d))
+        if profiler:
+            r["profile"] = self.finish_profile(profiler)
         peak = r["service"]["rps"]
         rate = round(peak * 0.7)
         r["fixed_70pct"] = self.measure(f"product at 70% of peak ({rate}/s, corrected)", lambda: oha(self.product_regex(self.base()), rate, d))
         r["ratio_to_http_ceiling"] = round(peak / r["ceiling_static"]["rps"], 3)
         r["actor_tax_ratio"] = round(peak / r["direct"]["rps"], 3)
         return r
+
+    def start_profile(self, d):
+        """perf (cpu-clock sampling: no hardware counters needed) over the middle of the run."""
+        data = self.out / "perf.data"
+        return subprocess.Popen(["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", "299", "-o", str(data),
+                                 "--", "sleep", str(max(5, d - 4))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finish_profile(self, profiler):
+        profiler.wait()
+        data = str(self.out / "perf.data")
+        by_process = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "comm", "--percent-limit", "1"]).stdout
+        (self.out / "profile-by-process.txt").write_text(by_process)
+        hot = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--comm", "rampart",
+                   "--sort", "dso,sym", "--percent-limit", "0.7", "-g", "none"]).stdout
+        (self.out / "profile-rampart.txt").write_text(hot)
+        shares = {}
+        for line in by_process.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].endswith("%"):
+                shares[parts[1]] = float(parts[0].rstrip("%"))
+        log(f"CPU share by process during the product run: {shares}")
+        return {"cpu_share_by_process_pct": shares, "files": ["profile-by-process.txt", "profile-rampart.txt"]}
 
     def list(self, d):
         lst = str(self.work / "list.txt")

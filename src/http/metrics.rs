@@ -169,6 +169,10 @@ impl Metrics {
     }
 }
 
+/// The route pattern a resource serves, attached to it as app data for the metrics' labels.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody>,

@@ -8,49 +8,60 @@ pub mod products;
 pub mod storefront;
 mod support;
 
+use crate::http::metrics::RouteLabel;
 use actix_web::web;
 
+/// A resource labelled with its pattern for the metrics, so recording a request does not
+/// re-match the route table (`match_pattern()` re-runs the routing regexes).
+fn route(pattern: &'static str) -> actix_web::Resource {
+    web::resource(pattern).app_data(RouteLabel(pattern))
+}
+
+/// Dynamic path segments are matched by regex, route by route, in registration order: the hot
+/// storefront paths come first and under one scope, so a product read costs two matches rather
+/// than one per route registered before it (it showed as a tenth of the CPU in a profile).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/health").route(web::get().to(health::live)))
-        .service(web::resource("/health/ready").route(web::get().to(health::ready)))
-        .service(web::resource("/metrics").route(web::get().to(health::metrics)))
-        .service(web::resource("/api-docs/openapi.json").route(web::get().to(openapi::document)))
-        .service(
-            web::resource("/api/v1/admin/merchants").route(web::post().to(admin::create_merchant)),
-        )
-        .service(
-            web::resource("/api/v1/products")
-                .route(web::get().to(products::list))
-                .route(web::post().to(products::create)),
-        )
-        .service(
-            web::resource("/api/v1/products/{id}")
-                .route(web::get().to(products::get))
-                .route(web::patch().to(products::update))
-                .route(web::delete().to(products::archive)),
-        )
-        .service(
-            web::resource("/api/v1/products/{id}/stock")
-                .route(web::post().to(products::adjust_stock)),
-        )
-        .service(
-            web::resource("/api/v1/stores/{merchant_id}/products")
-                .route(web::get().to(storefront::list)),
-        )
-        .service(
-            web::resource("/api/v1/stores/{merchant_id}/products/{id}")
+    let store = |tail: &str, label: &'static str| {
+        web::resource(tail.to_owned()).app_data(RouteLabel(label))
+    };
+    cfg.service(
+        web::scope("/api/v1/stores/{merchant_id}")
+            .service(
+                store(
+                    "/products/{id}",
+                    "/api/v1/stores/{merchant_id}/products/{id}",
+                )
                 .route(web::get().to(storefront::get)),
-        )
-        .service(
-            web::resource("/api/v1/stores/{merchant_id}/orders")
-                .route(web::post().to(storefront::checkout)),
-        )
-        .service(web::resource("/api/v1/orders").route(web::get().to(orders::list)))
-        .service(web::resource("/api/v1/orders/{id}").route(web::get().to(orders::get)))
-        .service(
-            web::resource("/api/v1/orders/{id}/status")
-                .route(web::post().to(orders::change_status)),
-        );
+            )
+            .service(
+                store("/products", "/api/v1/stores/{merchant_id}/products")
+                    .route(web::get().to(storefront::list)),
+            )
+            .service(
+                store("/orders", "/api/v1/stores/{merchant_id}/orders")
+                    .route(web::post().to(storefront::checkout)),
+            ),
+    )
+    .service(route("/health").route(web::get().to(health::live)))
+    .service(route("/health/ready").route(web::get().to(health::ready)))
+    .service(route("/metrics").route(web::get().to(health::metrics)))
+    .service(route("/api-docs/openapi.json").route(web::get().to(openapi::document)))
+    .service(route("/api/v1/admin/merchants").route(web::post().to(admin::create_merchant)))
+    .service(
+        route("/api/v1/products")
+            .route(web::get().to(products::list))
+            .route(web::post().to(products::create)),
+    )
+    .service(
+        route("/api/v1/products/{id}")
+            .route(web::get().to(products::get))
+            .route(web::patch().to(products::update))
+            .route(web::delete().to(products::archive)),
+    )
+    .service(route("/api/v1/products/{id}/stock").route(web::post().to(products::adjust_stock)))
+    .service(route("/api/v1/orders").route(web::get().to(orders::list)))
+    .service(route("/api/v1/orders/{id}").route(web::get().to(orders::get)))
+    .service(route("/api/v1/orders/{id}/status").route(web::post().to(orders::change_status)));
 }
 
 /// Unknown routes: a problem+json 404.
