@@ -14,7 +14,8 @@ INSERT INTO orders (id, merchant_id, number, customer_email, customer_name, tota
   VALUES (gen_random_uuid(), ':merchant', nextval(':seq'::text::regclass), 'load@example.com', NULL, 100, 'EUR', clock_timestamp(), clock_timestamp())
   RETURNING id AS order_id \gset
 INSERT INTO order_items (order_id, line, product_id, sku, name, unit_price_cents, quantity)
-  SELECT ':order_id', 1, id, sku, name, price_cents, 1 FROM products WHERE id = ':p1';
+  SELECT ':order_id', row_number() OVER (ORDER BY id), id, sku, name, price_cents, 1
+  FROM products WHERE id = ANY(ARRAY[':p1', ':p2']::uuid[]);
 INSERT INTO jobs (id, merchant_id, queue, kind, payload, max_attempts, dedup_key)
   SELECT gen_random_uuid(), ':merchant', q, 'bench', '{}'::jsonb, 10, q || ':' || ':order_id'
   FROM unnest(ARRAY['email', 'analytics', 'audit']) q;
