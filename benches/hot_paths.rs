@@ -1,4 +1,4 @@
-//! Hot pure functions on the request path: cursor encode and decode.
+//! Hot pure functions on the request path: cursor encode and decode, one GCRA step.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rampart::domain::listing::{CursorKey, CursorScope, KeyValue, Position};
@@ -25,5 +25,21 @@ fn cursors(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cursors);
+fn gcra(c: &mut Criterion) {
+    let limiter = rampart_actors::Gcra::new(600, std::time::Duration::from_secs(60));
+    let mut tat = None;
+    let mut now = 0u64;
+    c.bench_function("gcra step", |b| {
+        b.iter(|| {
+            now += 50_000_000;
+            if let rampart_actors::Decision::Allow { tat: t, .. } =
+                limiter.check(black_box(tat), black_box(now))
+            {
+                tat = Some(t);
+            }
+        })
+    });
+}
+
+criterion_group!(benches, cursors, gcra);
 criterion_main!(benches);

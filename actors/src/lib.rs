@@ -14,12 +14,14 @@
 
 pub mod admission;
 pub mod db;
+pub mod gcra;
 pub mod stats;
 pub mod supervision;
 pub mod tree;
 
 pub use admission::{serve, CallError, Envelope, Handle, Reply, Request};
 pub use db::{Db, DbCommand, DbError, DbSettings, Exec, Ping, PoolStatus};
+pub use gcra::{Decision, Gcra};
 pub use stats::{ActorState, ActorStats, StatsSnapshot};
 pub use supervision::{ActorSpec, Resilient, RestartPolicy, Stop, Supervision};
 pub use tree::Tree;
