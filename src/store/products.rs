@@ -239,15 +239,13 @@ impl DbCommand for AdjustStock {
                  WHERE id = $1 AND merchant_id = $2 AND stock + $3 >= 0 RETURNING {COLUMNS}"
             ))
             .await?;
-        match client
+        let row = client
             .query_opt(&stmt, &[&self.id, &self.merchant_id, &self.delta])
-            .await
-        {
-            Ok(Some(row)) => Ok(Write::Done(Box::new(Product::from_row(&row)))),
-            Ok(None) if exists(client, self.merchant_id, self.id).await? => Ok(Write::Insufficient),
-            Ok(None) => Ok(Write::NotFound),
-            // Past the stock ceiling the CHECK or the bigint refuses: treat it as a bad delta.
-            Err(e) => Err(e.into()),
+            .await?;
+        match row {
+            Some(row) => Ok(Write::Done(Box::new(Product::from_row(&row)))),
+            None if exists(client, self.merchant_id, self.id).await? => Ok(Write::Insufficient),
+            None => Ok(Write::NotFound),
         }
     }
 }
