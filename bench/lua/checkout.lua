@@ -9,15 +9,7 @@ function init(args)
   seed()
 end
 
-function checkout_request()
+function request()
   counter = counter + 1
-  local items = {}
-  for i = 1, math.random(3) do
-    items[i] = string.format('{"product_id":"%s","quantity":1}', ids[math.random(#ids)])
-  end
-  local body = '{"customer_email":"load@example.com","items":[' .. table.concat(items, ",") .. ']}'
-  local key = string.format("bench-%d-%d-%d", os.time(), thread_id or 0, counter)
-  return wrk.format("POST", path, {["Content-Type"] = "application/json", ["Idempotency-Key"] = key}, body)
+  return checkout_request(path, ids, "bench", counter)
 end
-
-request = checkout_request

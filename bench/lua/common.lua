@@ -22,6 +22,18 @@ function seed()
   math.randomseed(os.time() * 1000 + (thread_id or 0) * 7919)
 end
 
+-- A checkout of 1 to 3 units from `ids`, with an Idempotency-Key unique to this thread's
+-- `n`-th request.
+function checkout_request(path, ids, tag, n)
+  local items = {}
+  for i = 1, math.random(3) do
+    items[i] = string.format('{"product_id":"%s","quantity":1}', ids[math.random(#ids)])
+  end
+  local body = '{"customer_email":"load@example.com","items":[' .. table.concat(items, ",") .. ']}'
+  local key = string.format("%s-%d-%d-%d", tag, os.time(), thread_id or 0, n)
+  return wrk.format("POST", path, {["Content-Type"] = "application/json", ["Idempotency-Key"] = key}, body)
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -20,11 +20,5 @@ function request()
     return wrk.format("GET", urls[math.random(#urls)])
   end
   counter = counter + 1
-  local items = {}
-  for i = 1, math.random(3) do
-    items[i] = string.format('{"product_id":"%s","quantity":1}', checkout_ids[math.random(#checkout_ids)])
-  end
-  local body = '{"customer_email":"load@example.com","items":[' .. table.concat(items, ",") .. ']}'
-  local key = string.format("mixed-%d-%d-%d", os.time(), thread_id or 0, counter)
-  return wrk.format("POST", store .. "/orders", {["Content-Type"] = "application/json", ["Idempotency-Key"] = key}, body)
+  return checkout_request(store .. "/orders", checkout_ids, "mixed", counter)
 end

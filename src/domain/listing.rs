@@ -128,7 +128,8 @@ impl CursorKey {
     }
 }
 
-fn int_param(
+/// An optional integer query parameter within `range`; anything else is a 400 naming it.
+pub fn int_param(
     field: &str,
     raw: &Option<String>,
     range: std::ops::RangeInclusive<i64>,

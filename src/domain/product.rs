@@ -1,5 +1,6 @@
 //! Catalog input: new products, patches, list filters and sorts.
 
+use crate::domain::listing::int_param;
 use crate::error::{ApiError, FieldError};
 use serde::{Deserialize, Deserializer};
 
@@ -322,21 +323,7 @@ impl ProductFilter {
 }
 
 fn price_param(field: &str, raw: &Option<String>) -> Result<Option<i64>, ApiError> {
-    match raw {
-        None => Ok(None),
-        Some(v) => v
-            .trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (0..=MAX_PRICE_CENTS).contains(n))
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::bad_field(
-                    field,
-                    format!("must be an integer from 0 to {MAX_PRICE_CENTS}"),
-                )
-            }),
-    }
+    int_param(field, raw, 0..=MAX_PRICE_CENTS)
 }
 
 impl ProductListParams {

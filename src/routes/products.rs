@@ -1,6 +1,6 @@
 //! The merchant's catalog: `/api/v1/products`.
 
-use crate::domain::listing::CursorScope;
+use crate::domain::listing::{CursorKey, CursorScope, Page};
 use crate::domain::product::{
     NewProductBody, ProductListParams, ProductPatchBody, Sort, StockDeltaBody,
 };
@@ -8,10 +8,12 @@ use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
 use crate::routes::support::{if_match_version, listing, not_modified, path_id};
 use crate::state::AppState;
+use crate::store::paging::PageOf;
 use crate::store::products::{self, Product, ProductQuery, Write};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use rampart_actors::DbError;
+use uuid::Uuid;
 
 fn duplicate_sku(e: DbError) -> ApiError {
     match e {
@@ -78,31 +80,66 @@ pub async fn list(
     state: web::Data<AppState>,
     params: web::Query<ProductListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let filter = params.filter(false)?;
-    let sort = Sort::parse(params.sort.as_deref())?;
-    let scope = CursorScope {
-        listing: "catalog",
-        merchant_id: auth.merchant_id,
-        sort: sort.as_str(),
-        filters: filter.fingerprint(),
-    };
-    let page = params.page.parse(&state.cursor_key, &scope)?;
-    let query = ProductQuery {
-        merchant_id: auth.merchant_id,
-        storefront: false,
-        filter,
-        sort,
-        page: page.clone(),
-    };
-    let result = state.db.run(products::List(query)).await?;
-    Ok(listing(
-        result.rows,
-        result.has_more,
-        result.total,
-        &page,
-        (&state.cursor_key, &scope),
-        |p| p.position(sort),
-    ))
+    let page = ProductPage::fetch(&state, auth.merchant_id, false, &params).await?;
+    Ok(page.respond(&state.cursor_key))
+}
+
+/// A page of a product list, the catalog's or the storefront's: parsed, fetched, and answered
+/// with a cursor bound to the same listing, merchant, sort and filters.
+pub(crate) struct ProductPage {
+    result: PageOf<Product>,
+    page: Page,
+    scope: CursorScope,
+    sort: Sort,
+}
+
+impl ProductPage {
+    pub(crate) async fn fetch(
+        state: &AppState,
+        merchant_id: Uuid,
+        storefront: bool,
+        params: &ProductListParams,
+    ) -> Result<Self, ApiError> {
+        let filter = params.filter(storefront)?;
+        let sort = Sort::parse(params.sort.as_deref())?;
+        let scope = CursorScope {
+            listing: if storefront { "storefront" } else { "catalog" },
+            merchant_id,
+            sort: sort.as_str(),
+            filters: filter.fingerprint(),
+        };
+        let page = params.page.parse(&state.cursor_key, &scope)?;
+        let query = ProductQuery {
+            merchant_id,
+            storefront,
+            filter,
+            sort,
+            page: page.clone(),
+        };
+        let result = state.db.run(products::List(query)).await?;
+        Ok(Self {
+            result,
+            page,
+            scope,
+            sort,
+        })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.result.rows.is_empty()
+    }
+
+    pub(crate) fn respond(self, key: &CursorKey) -> HttpResponse {
+        let sort = self.sort;
+        listing(
+            self.result.rows,
+            self.result.has_more,
+            self.result.total,
+            &self.page,
+            (key, &self.scope),
+            |p| p.position(sort),
+        )
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path)),

@@ -1,15 +1,15 @@
 //! The public storefront: `/api/v1/stores/{merchant_id}/...`.
 
-use crate::domain::listing::CursorScope;
 use crate::domain::order::CheckoutBody;
-use crate::domain::product::{ProductListParams, Sort};
+use crate::domain::product::ProductListParams;
 use crate::error::{ApiError, FieldError};
 use crate::http::Json;
-use crate::routes::support::{listing, not_modified, path_id};
+use crate::routes::products::ProductPage;
+use crate::routes::support::{not_modified, path_id};
 use crate::state::AppState;
 use crate::store::merchants::Exists;
 use crate::store::orders::{Checkout, CheckoutOutcome, IdempotencyKey, Order};
-use crate::store::products::{self, Product, ProductQuery};
+use crate::store::products::{self, Product};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -33,35 +33,12 @@ pub async fn list(
     params: web::Query<ProductListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let merchant_id = path_id(&merchant)?;
-    let filter = params.filter(true)?;
-    let sort = Sort::parse(params.sort.as_deref())?;
-    let scope = CursorScope {
-        listing: "storefront",
-        merchant_id,
-        sort: sort.as_str(),
-        filters: filter.fingerprint(),
-    };
-    let page = params.page.parse(&state.cursor_key, &scope)?;
-    let query = ProductQuery {
-        merchant_id,
-        storefront: true,
-        filter,
-        sort,
-        page: page.clone(),
-    };
-    let result = state.db.run(products::List(query)).await?;
+    let page = ProductPage::fetch(&state, merchant_id, true, &params).await?;
     // An empty page may mean there is no such store: only then is it worth asking.
-    if result.rows.is_empty() && !state.db.run(Exists(merchant_id)).await? {
+    if page.is_empty() && !state.db.run(Exists(merchant_id)).await? {
         return Err(ApiError::NotFound);
     }
-    Ok(listing(
-        result.rows,
-        result.has_more,
-        result.total,
-        &page,
-        (&state.cursor_key, &scope),
-        |p| p.position(sort),
-    ))
+    Ok(page.respond(&state.cursor_key))
 }
 
 #[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products/{id}", tag = "storefront",
