@@ -15,7 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rampart::http::metrics::Metrics;
 use rampart::http::{metrics, problems, request_id};
 use rampart::store::products;
-use rampart_actors::DbCommand;
+use rampart_actors::{Caller, Conn, DbCommand};
 use std::str::FromStr;
 
 fn env(name: &str, default: &str) -> String {
@@ -39,15 +39,17 @@ async fn direct(
     ) else {
         return HttpResponse::NotFound().finish();
     };
-    let Ok(mut client) = pool.get().await else {
+    let Ok(client) = pool.get().await else {
         return HttpResponse::ServiceUnavailable().finish();
     };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut conn = Conn::new(client, Caller::new(deadline));
     let read = products::Get {
         merchant_id,
         id,
         active_only: true,
     };
-    match read.run(&mut client).await {
+    match read.run(&mut conn).await {
         Ok(Some(product)) => {
             let etag = product.etag();
             let fresh = req

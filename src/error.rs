@@ -52,6 +52,8 @@ pub enum ApiError {
     },
     #[error("precondition failed")]
     PreconditionFailed,
+    #[error("precondition required")]
+    PreconditionRequired,
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -113,6 +115,11 @@ impl ApiError {
                 "precondition-failed",
                 "Precondition failed",
             ),
+            PreconditionRequired => (
+                StatusCode::PRECONDITION_REQUIRED,
+                "precondition-required",
+                "Precondition required",
+            ),
             PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
@@ -159,6 +166,9 @@ impl ApiError {
             MethodNotAllowed => "this resource does not support that method".into(),
             PreconditionFailed => {
                 "the resource changed: If-Match does not match its current ETag".into()
+            }
+            PreconditionRequired => {
+                "send If-Match with the product's current ETag to set its stock".into()
             }
             PayloadTooLarge => "the request body exceeds the configured limit".into(),
             UnsupportedMediaType => "send `Content-Type: application/json`".into(),
@@ -235,6 +245,12 @@ impl ResponseError for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
+        if let ApiError::Unauthorized = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
         response
     }
 }
@@ -258,11 +274,15 @@ impl From<DbError> for ApiError {
                 detail: "concurrent updates collided; retry".into(),
                 retry_after: 1,
             },
-            DbError::Constraint { name, .. } => ApiError::Conflict {
-                kind: "conflict",
-                title: "Conflict",
-                detail: format!("the request conflicts with existing data ({name})"),
-            },
+            // Expected violations are mapped where they can happen (a duplicate SKU); any other
+            // is a bug, logged with its name and never shown.
+            DbError::Constraint { name, kind } => {
+                ApiError::Internal(format!("unexpected constraint violation: {name} ({kind:?})"))
+            }
+            DbError::InvalidInput(cause) => {
+                tracing::info!(%cause, "database refused a value of the request");
+                ApiError::bad_request("a value in the request cannot be stored or searched (text with a NUL byte?)")
+            }
             DbError::Other(cause) => ApiError::Internal(cause),
             DbError::Internal => ApiError::Internal("database command panicked".into()),
         }

@@ -3,6 +3,15 @@
 //!
 //! PostgreSQL refuses to run as root, so as root every binary runs as the `postgres` user
 //! (through `runuser`) and the data directory is handed to that user.
+//!
+//! Nobody else gets in: the superuser has a generated password (scram-sha-256 on TCP and on the
+//! socket, which lives inside the 0700 data directory), kept beside the data directory in a
+//! 0600 file that only the service's user reads.
+//!
+//! One cluster, several processes: the process that starts the server owns it (its pid is kept
+//! in `rampart.owner`) and stops it when it ends. Another process that finds the server running
+//! under a live owner (`rampart merchant create` beside `make run`) uses it as it is and leaves it
+//! running. A server whose owner is gone (a crash) is adopted.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -34,6 +43,9 @@ pub struct Cluster {
     data: PathBuf,
     port: u16,
     as_postgres: bool,
+    password: Option<String>,
+    /// Whether this process started (or adopted) the server and so stops it.
+    owned: bool,
 }
 
 /// Whether the cluster trades durability for speed (tests) or not (the embedded default).
@@ -61,11 +73,13 @@ impl Cluster {
             Some(p) => p,
             None => free_port().map_err(|e| step("finding a free port", e))?,
         };
-        let cluster = Self {
+        let mut cluster = Self {
             bin,
             data,
             port,
             as_postgres,
+            password: None,
+            owned: true,
         };
         if as_postgres {
             cluster.run(
@@ -76,24 +90,21 @@ impl Cluster {
             )?;
         }
         if !cluster.data.join("PG_VERSION").exists() {
-            let mut initdb = cluster.pg("initdb");
-            initdb.arg("-D").arg(&cluster.data).args([
-                "-U",
-                SUPERUSER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ]);
-            if durability == Durability::Ephemeral {
-                initdb.arg("--no-sync");
-            }
-            cluster.run("initdb", &mut initdb)?;
+            cluster.init(durability)?;
         }
-        // A server left behind by a crash holds the directory: stop it, then start ours.
-        if cluster.data.join("postmaster.pid").exists() {
-            let _ = cluster.stop_with("immediate");
+        cluster.password = std::fs::read_to_string(cluster.password_file())
+            .ok()
+            .map(|p| p.trim().to_owned());
+        if cluster.is_running() {
+            cluster.port = cluster
+                .running_port()
+                .ok_or_else(|| step("reading the running server's port", "postmaster.pid"))?;
+            if owner_alive(&cluster.data) {
+                cluster.owned = false;
+                return Ok(cluster);
+            }
+            cluster.write_owner()?;
+            return Ok(cluster);
         }
         let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
@@ -104,7 +115,86 @@ impl Cluster {
         }
         cluster.options_file(&options)?;
         cluster.start_again()?;
+        cluster.write_owner()?;
         Ok(cluster)
+    }
+
+    /// `initdb` with a generated superuser password, kept 0600 beside the data directory.
+    fn init(&self, durability: Durability) -> Result<(), ClusterError> {
+        let password = hex::encode(rand::random::<[u8; 24]>());
+        // initdb wants the data directory empty, so its password file lives elsewhere briefly.
+        let pwfile = std::env::temp_dir().join(format!("rampart-pw-{}", uuid::Uuid::new_v4()));
+        write_private(&pwfile, &password).map_err(|e| step("writing the password file", e))?;
+        if self.as_postgres {
+            self.run(
+                "chown",
+                Command::new("chown").arg("postgres:postgres").arg(&pwfile),
+            )?;
+        }
+        let mut initdb = self.pg("initdb");
+        initdb
+            .arg("-D")
+            .arg(&self.data)
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        if durability == Durability::Ephemeral {
+            initdb.arg("--no-sync");
+        }
+        let result = self.run("initdb", &mut initdb);
+        let _ = std::fs::remove_file(&pwfile);
+        result?;
+        write_private(&self.password_file(), &password)
+            .map_err(|e| step("keeping the password", e))
+    }
+
+    /// `<data>.password`: beside the data directory, not inside it (the server's user owns that).
+    pub fn password_file(&self) -> PathBuf {
+        let mut name = self.data.file_name().unwrap_or_default().to_owned();
+        name.push(".password");
+        self.data.with_file_name(name)
+    }
+
+    fn is_running(&self) -> bool {
+        let mut pg_ctl = self.pg("pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(&self.data)
+            .arg("status")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        pg_ctl.status().is_ok_and(|s| s.success())
+    }
+
+    /// The port in `postmaster.pid` (its fourth line).
+    fn running_port(&self) -> Option<u16> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .nth(3)?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn write_owner(&self) -> Result<(), ClusterError> {
+        std::fs::write(
+            self.data.join("rampart.owner"),
+            std::process::id().to_string(),
+        )
+        .map_err(|e| step("recording the owner", e))
+    }
+
+    /// Whether this process stops the server when it ends.
+    pub fn is_owned(&self) -> bool {
+        self.owned
     }
 
     fn options_file(&self, options: &str) -> Result<(), ClusterError> {
@@ -150,10 +240,11 @@ impl Cluster {
             ""
         };
         let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runuser}{pg_ctl} -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{data}'",
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runuser}{pg_ctl} -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{data}' '{password}'",
             pid = std::process::id(),
             pg_ctl = pg_ctl.display(),
             data = self.data.display(),
+            password = self.password_file().display(),
         );
         let _ = Command::new("setsid")
             .args(["sh", "-c", &script])
@@ -172,7 +263,10 @@ impl Cluster {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        match &self.password {
+            Some(p) => format!("postgres://{SUPERUSER}:{p}@127.0.0.1:{}/{database}", self.port),
+            None => format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port),
+        }
     }
 
     /// Creates `database` unless it exists.
@@ -269,6 +363,30 @@ pub fn find_binaries() -> Result<PathBuf, ClusterError> {
 
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Writes `contents` to a new file readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+/// Whether the process recorded as the server's owner still runs (and is not us).
+fn owner_alive(data: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(data.join("rampart.owner"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn running_as_root() -> bool {

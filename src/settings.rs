@@ -78,8 +78,10 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     pub keep_alive_secs: u64,
     pub max_connections: usize,
-    /// Signs pagination cursors. Instances behind one load balancer need the same value;
-    /// unset, it is derived from `admin.token`, or random per process without one.
+    /// The deadline of every request: past it the client gets 503 and the work is abandoned.
+    pub request_timeout_ms: u64,
+    /// Signs pagination cursors. Every instance of a deployment needs the same value; required
+    /// in production. Unset elsewhere, a random key per process (cursors die with it).
     #[serde(default)]
     pub cursor_secret: Option<Secret>,
 }
@@ -103,6 +105,11 @@ pub struct DatabaseSettings {
     pub create_timeout_ms: u64,
     pub recycle_timeout_ms: u64,
     pub statement_timeout_ms: u64,
+    /// A session idle inside a transaction this long is ended by the server, releasing its locks.
+    pub idle_in_transaction_timeout_ms: u64,
+    /// TCP keepalive: idle seconds before the first probe; a dead peer is noticed after about
+    /// three times this.
+    pub tcp_keepalive_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +318,12 @@ impl Settings {
         }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
+        if env == "production" && settings.server.cursor_secret.is_none() {
+            return Err(invalid(
+                "server.cursor_secret",
+                "is required in production: every instance must sign cursors with the same key",
+            ));
+        }
         Ok(settings)
     }
 
@@ -318,6 +331,13 @@ impl Settings {
         let positive = |key, v: u64| {
             if v == 0 {
                 Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        let at_most = |key, v: u64, max: u64| {
+            if v > max {
+                Err(invalid(key, format!("must be at most {max}")))
             } else {
                 Ok(())
             }
@@ -333,6 +353,15 @@ impl Settings {
             self.server.body_limit_bytes as u64,
         )?;
         positive("server.max_connections", self.server.max_connections as u64)?;
+        positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
+        if let Some(secret) = &self.server.cursor_secret {
+            if secret.expose().len() < 32 {
+                return Err(invalid(
+                    "server.cursor_secret",
+                    "must be at least 32 characters",
+                ));
+            }
+        }
         if let Some(url) = &self.database.url {
             tokio_postgres::Config::from_str(url.expose())
                 .map_err(|e| invalid("database.url", e.to_string()))?;
@@ -383,7 +412,28 @@ impl Settings {
                 "must not exceed memory.hard_limit_mb",
             ));
         }
+        // Stored as PostgreSQL integers: bounded here so no cast can wrap.
+        at_most("jobs.max_attempts", u64::from(self.jobs.max_attempts), 1000)?;
         positive("jobs.max_attempts", u64::from(self.jobs.max_attempts))?;
+        at_most("jobs.backoff_base_ms", self.jobs.backoff_base_ms, 86_400_000)?;
+        at_most("jobs.lease_secs", self.jobs.lease_secs, 86_400)?;
+        for (queue, n) in &self.jobs.concurrency {
+            if *n == 0 || *n > 1024 {
+                return Err(invalid("jobs.concurrency", format!("{queue}: must be from 1 to 1024")));
+            }
+        }
+        at_most("database.statement_timeout_ms", self.database.statement_timeout_ms, i32::MAX as u64)?;
+        at_most(
+            "database.idle_in_transaction_timeout_ms",
+            self.database.idle_in_transaction_timeout_ms,
+            i32::MAX as u64,
+        )?;
+        positive(
+            "database.idle_in_transaction_timeout_ms",
+            self.database.idle_in_transaction_timeout_ms,
+        )?;
+        positive("database.tcp_keepalive_secs", self.database.tcp_keepalive_secs)?;
+        at_most("server.request_timeout_ms", self.server.request_timeout_ms, i32::MAX as u64)?;
         positive("health.ready_timeout_ms", self.health.ready_timeout_ms)?;
         positive("actors.call_deadline_ms", self.actors.call_deadline_ms)?;
         positive("actors.db.mailbox", self.actors.db.mailbox as u64)?;

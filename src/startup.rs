@@ -15,7 +15,9 @@ use actix::Arbiter;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{from_fn, Compress};
 use actix_web::{web, App, HttpServer};
-use rampart_actors::{ActorSpec, Db, DbError, DbSettings, Handle, RestartPolicy, Tree};
+use rampart_actors::{
+    ActorSpec, Db, DbError, DbGauge, DbProbe, DbSettings, Handle, RestartPolicy, Tree,
+};
 use std::net::TcpListener;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -38,12 +40,27 @@ pub enum StartupError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("a blocking startup step failed to run: {0}")]
+    Blocking(String),
+}
+
+/// Runs blocking work (`pg_ctl`, file I/O) on the blocking pool, off the async runtime's threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StartupError> {
+    actix_web::rt::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StartupError::Blocking(e.to_string()))
 }
 
 /// The database side of the service: the cluster (when local), the supervision tree and `Db`.
 /// `rampart migrate` and `rampart merchant create` use it without the HTTP server.
 pub struct Backend {
     pub db: Handle<Db>,
+    /// Readiness' own lane to PostgreSQL: never queued behind requests.
+    pub probe: Handle<DbProbe>,
+    /// Pool usage, read without a message.
+    pub gauge: DbGauge,
     pub tree: Arc<Tree>,
     db_arbiter: Arbiter,
     cluster: Option<Cluster>,
@@ -62,7 +79,7 @@ impl Backend {
             })
             .call_deadline(Settings::ms(settings.actors.call_deadline_ms));
         let db_settings = DbSettings {
-            pg,
+            pg: pg.clone(),
             max_connections: settings.database.max_connections,
             max_inflight: settings.database.max_inflight,
             max_waiting: limits.mailbox,
@@ -70,10 +87,19 @@ impl Backend {
             create_timeout: Settings::ms(settings.database.create_timeout_ms),
             recycle_timeout: Settings::ms(settings.database.recycle_timeout_ms),
         };
+        let gauge = DbGauge::new(&db_settings);
         // The pool coordinates every worker's queries, so it runs once, on a thread of its own.
         let db_arbiter = Arbiter::new();
+        let db_gauge = gauge.clone();
         let db = tree.start(&spec, Some(&db_arbiter.handle()), move |supervision| {
-            Db::new(db_settings, supervision)
+            Db::new(db_settings, db_gauge, supervision)
+        });
+        // Its own thread too: a Db thread busy with traffic must not delay the probe.
+        let probe_spec = ActorSpec::new("db_probe")
+            .mailbox(16)
+            .call_deadline(Settings::ms(settings.health.ready_timeout_ms));
+        let probe = tree.start(&probe_spec, Some(&db_arbiter.handle()), move |supervision| {
+            DbProbe::new(pg, supervision)
         });
         let applied = db
             .run_within(Migrate, Duration::from_secs(120))
@@ -84,6 +110,8 @@ impl Backend {
         }
         Ok(Self {
             db,
+            probe,
+            gauge,
             tree: Arc::new(tree),
             db_arbiter,
             cluster,
@@ -94,12 +122,19 @@ impl Backend {
     pub async fn shutdown(self) {
         self.tree.stop().await;
         self.db_arbiter.stop();
-        if let Some(cluster) = self.cluster {
-            match cluster.stop() {
-                Ok(()) => tracing::info!("local PostgreSQL stopped"),
-                Err(e) => tracing::warn!(error = %e, "stopping local PostgreSQL"),
-            }
+        let Some(cluster) = self.cluster.filter(Cluster::is_owned) else {
+            return;
+        };
+        match blocking(move || cluster.stop()).await {
+            Ok(Ok(())) => tracing::info!("local PostgreSQL stopped"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "stopping local PostgreSQL"),
+            Err(e) => tracing::warn!(error = %e, "stopping local PostgreSQL"),
         }
+    }
+
+    /// The embedded cluster, when the service runs its own.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 }
 
@@ -110,32 +145,44 @@ async fn database(
         Some(url) => (url.expose().to_owned(), None),
         None => {
             let dir = settings.database.data_dir.join("postgres");
-            let cluster = Cluster::start(&dir, None, Durability::Durable)?;
+            let at = dir.clone();
+            let cluster = blocking(move || Cluster::start(&at, None, Durability::Durable)).await??;
             cluster.ensure_database("rampart").await?;
-            tracing::info!(port = cluster.port(), dir = %dir.display(), "local PostgreSQL started");
+            tracing::info!(port = cluster.port(), dir = %dir.display(), owned = cluster.is_owned(), "local PostgreSQL");
             (cluster.url("rampart"), Some(cluster))
         }
     };
-    let mut pg = tokio_postgres::Config::from_str(&url)
-        .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
-    pg.application_name("rampart")
-        .connect_timeout(Settings::ms(settings.database.create_timeout_ms))
-        .options(format!(
-            "-c statement_timeout={}",
-            settings.database.statement_timeout_ms
-        ));
-    Ok((pg, cluster))
+    Ok((pg_config(settings, &url)?, cluster))
 }
 
-/// Cursors must verify on every instance: the configured secret, else one derived from the admin
-/// token, else (a lone instance without either) a random one.
+/// The connection settings of every session: deadlines the server enforces (statements, and
+/// sessions left idle inside a transaction, so a partitioned client cannot hold row locks for
+/// long) and TCP keepalives, so a dead peer is noticed in about three `tcp_keepalive_secs`.
+pub fn pg_config(settings: &Settings, url: &str) -> Result<tokio_postgres::Config, StartupError> {
+    let db = &settings.database;
+    let mut pg = tokio_postgres::Config::from_str(url)
+        .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
+    let keepalive = Duration::from_secs(db.tcp_keepalive_secs);
+    pg.application_name("rampart")
+        .connect_timeout(Settings::ms(db.create_timeout_ms))
+        .keepalives(true)
+        .keepalives_idle(keepalive)
+        .keepalives_interval((keepalive / 3).max(Duration::from_secs(1)))
+        .keepalives_retries(3)
+        .options(format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            db.statement_timeout_ms, db.idle_in_transaction_timeout_ms
+        ));
+    Ok(pg)
+}
+
+/// Cursors must verify on every instance: the configured secret (required in production), else
+/// a random key for this process alone. Never derived from another secret.
 fn cursor_key(settings: &Settings) -> CursorKey {
     if let Some(secret) = &settings.server.cursor_secret {
         return CursorKey::new(secret.expose().as_bytes());
     }
-    if let Some(token) = &settings.admin.token {
-        return CursorKey::new(format!("cursor:{}", token.expose()).as_bytes());
-    }
+    tracing::warn!("server.cursor_secret is unset: cursors are signed with a key of this process only");
     let mut random = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
     CursorKey::new(&random)
@@ -170,7 +217,7 @@ impl Application {
         let backend = Backend::start(&settings).await?;
         let demo_api_key = if settings.dev.demo_merchant {
             Some(
-                demo::ensure(&backend.db, &settings)
+                demo::ensure(&backend.db, &settings, backend.cluster().is_some())
                     .await
                     .map_err(StartupError::Demo)?,
             )
@@ -189,6 +236,8 @@ impl Application {
 
         let state = web::Data::new(AppState {
             db: backend.db.clone(),
+            probe: backend.probe.clone(),
+            gauge: backend.gauge.clone(),
             tree: Arc::clone(&backend.tree),
             settings: Arc::clone(&settings),
             cursor_key: cursor_key(&settings),
@@ -207,6 +256,7 @@ impl Application {
                 .default_service(web::to(routes::not_found))
                 .wrap(http::problems::fallback())
                 .wrap(Compress::default())
+                .wrap(from_fn(http::deadline::middleware))
                 .wrap(from_fn(http::metrics::middleware))
                 .wrap(from_fn(http::request_id::middleware))
         })
@@ -248,6 +298,10 @@ impl Application {
 
     pub fn db(&self) -> &Handle<Db> {
         &self.backend.db
+    }
+
+    pub fn gauge(&self) -> &DbGauge {
+        &self.backend.gauge
     }
 
     /// Serves until SIGTERM or SIGINT (or [`ServerHandle::stop`]): stops accepting, lets

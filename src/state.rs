@@ -2,11 +2,13 @@
 
 use crate::domain::listing::CursorKey;
 use crate::settings::Settings;
-use rampart_actors::{Db, Handle, Tree};
+use rampart_actors::{Db, DbGauge, DbProbe, Handle, Tree};
 use std::sync::Arc;
 
 pub struct AppState {
     pub db: Handle<Db>,
+    pub probe: Handle<DbProbe>,
+    pub gauge: DbGauge,
     pub tree: Arc<Tree>,
     pub settings: Arc<Settings>,
     pub cursor_key: CursorKey,

@@ -9,6 +9,14 @@
 //! The address must be shared, not cloned per caller: actix parks a sender whose message filled
 //! the mailbox and refuses its later `try_send`s, but each clone is a sender with one slot of its
 //! own. [`Handle`] clones share one sender.
+//!
+//! Deadlines travel with the work. An edge sets one per request with [`with_deadline`]; every
+//! call made inside it waits no later than that (nor than the handle's default). The actor sees
+//! the call as a [`Caller`]: its deadline, whether the caller is still waiting, and
+//! [`Caller::commit`], the point of no return. Before it, the caller may give up (deadline, or
+//! its future dropped) and the work must be undone; after it, the caller waits for the outcome
+//! whatever the deadline says, so the answer it reports is the truth. A write answered with a
+//! timeout has therefore changed nothing, now or later.
 
 use crate::stats::ActorStats;
 use crate::supervision::{on_panic, Resilient};
@@ -16,8 +24,10 @@ use actix::dev::ToEnvelope;
 use actix::fut::{ActorFuture, ActorFutureExt, LocalBoxActorFuture};
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use std::any::Any;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -45,10 +55,102 @@ pub enum CallError {
     Panicked,
 }
 
+tokio::task_local! {
+    static DEADLINE: Instant;
+}
+
+/// Runs `work` with a deadline that every call made inside it honours.
+pub async fn with_deadline<F: Future>(at: Instant, work: F) -> F::Output {
+    DEADLINE.scope(at, work).await
+}
+
+/// The deadline set by the innermost [`with_deadline`] around the current task, if any.
+pub fn current_deadline() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
+const WAITING: u8 = 0;
+const COMMITTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// How long a caller whose work passed its point of no return waits for the outcome beyond its
+/// deadline. Only a stuck COMMIT takes this long; the server's own timeouts end it sooner.
+const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(60);
+
+/// One call as the actor sees it: its deadline and whether its caller still waits.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    deadline: Instant,
+    state: Arc<AtomicU8>,
+}
+
+impl Caller {
+    pub fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            state: Arc::new(AtomicU8::new(WAITING)),
+        }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left before the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Still worth working for: not given up and not past the deadline (or already committed).
+    pub fn is_live(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            COMMITTED => true,
+            ABANDONED => false,
+            _ => Instant::now() < self.deadline,
+        }
+    }
+
+    /// The point of no return: true when the work may now be made permanent (the caller will
+    /// wait for its outcome); false when the caller gave up or the deadline passed, and the work
+    /// must be undone.
+    pub fn commit(&self) -> bool {
+        if Instant::now() >= self.deadline {
+            self.abandon();
+        }
+        match self
+            .state
+            .compare_exchange(WAITING, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == COMMITTED,
+        }
+    }
+
+    /// The caller gives up; false when the work already passed its point of no return.
+    fn abandon(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == ABANDONED,
+        }
+    }
+}
+
+/// Marks a call abandoned when the waiting future is dropped (a client that went away).
+struct AbandonOnDrop(Caller);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
 pub struct Envelope<M: Request> {
     msg: M,
     reply: oneshot::Sender<Result<M::Reply, CallError>>,
-    deadline: Instant,
+    caller: Caller,
     span: tracing::Span,
 }
 
@@ -105,7 +207,7 @@ impl<A: Actor> Handle<A> {
         &self.inner.addr
     }
 
-    /// Sends `msg` with the default deadline.
+    /// Sends `msg` with the default deadline (or the current task's, when sooner).
     pub async fn call<M>(&self, msg: M) -> Result<M::Reply, CallError>
     where
         M: Request,
@@ -115,19 +217,26 @@ impl<A: Actor> Handle<A> {
         self.call_within(msg, self.inner.deadline).await
     }
 
-    /// Sends `msg`, refusing at once when the mailbox is full, and waits at most `within`.
+    /// Sends `msg`, refusing at once when the mailbox is full, and waits at most `within` (or
+    /// until the current task's deadline, when sooner), unless the work has passed its point of
+    /// no return: then the outcome is awaited and reported as it is.
     pub async fn call_within<M>(&self, msg: M, within: Duration) -> Result<M::Reply, CallError>
     where
         M: Request,
         A: Handler<Envelope<M>>,
         A::Context: ToEnvelope<A, Envelope<M>>,
     {
-        let deadline = Instant::now() + within;
-        let (reply, answer) = oneshot::channel();
+        let mut deadline = Instant::now() + within;
+        if let Some(task_deadline) = current_deadline() {
+            deadline = deadline.min(task_deadline);
+        }
+        let caller = Caller::new(deadline);
+        let _abandon_on_drop = AbandonOnDrop(caller.clone());
+        let (reply, mut answer) = oneshot::channel();
         let envelope = Envelope {
             msg,
             reply,
-            deadline,
+            caller: caller.clone(),
             span: tracing::Span::current(),
         };
         match self.inner.addr.try_send(envelope) {
@@ -138,12 +247,17 @@ impl<A: Actor> Handle<A> {
             }
             Err(actix::prelude::SendError::Closed(_)) => return Err(CallError::Unavailable),
         }
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(result)) => result,
-            // The actor dropped the envelope: it stopped before answering.
-            Ok(Err(_)) => Err(CallError::Unavailable),
-            Err(_) => Err(CallError::Timeout),
-        }
+        let answered = match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(answered) => answered,
+            Err(_) if caller.abandon() => return Err(CallError::Timeout),
+            // Committed: the outcome is on its way and is what the caller must hear.
+            Err(_) => match tokio::time::timeout(COMMIT_OUTCOME_WAIT, answer).await {
+                Ok(answered) => answered,
+                Err(_) => return Err(CallError::Timeout),
+            },
+        };
+        // Err: the actor dropped the envelope, it stopped before answering.
+        answered.unwrap_or(Err(CallError::Unavailable))
     }
 }
 
@@ -156,21 +270,34 @@ where
     M: Request,
     F: FnOnce(&mut A, M, &mut Context<A>) -> Reply<A, M::Reply>,
 {
+    serve_call(act, ctx, envelope, |act, msg, _, ctx| {
+        handler(act, msg, ctx)
+    })
+}
+
+/// [`serve`] for handlers whose work needs the [`Caller`]: its deadline, and the point of no
+/// return of a write.
+pub fn serve_call<A, M, F>(act: &mut A, ctx: &mut Context<A>, envelope: Envelope<M>, handler: F)
+where
+    A: Resilient,
+    M: Request,
+    F: FnOnce(&mut A, M, Caller, &mut Context<A>) -> Reply<A, M::Reply>,
+{
     let Envelope {
         msg,
         reply,
-        deadline,
+        caller,
         span,
     } = envelope;
     let stats = Arc::clone(act.supervision().stats());
     stats.dequeued();
-    if reply.is_closed() || Instant::now() >= deadline {
+    if reply.is_closed() || !caller.is_live() {
         stats.expired();
         return;
     }
     let outcome = {
         let _entered = span.enter();
-        catch_unwind(AssertUnwindSafe(|| handler(act, msg, ctx)))
+        catch_unwind(AssertUnwindSafe(|| handler(act, msg, caller, ctx)))
     };
     let (future, blocking) = match outcome {
         Ok(Reply::Ready(value)) => {

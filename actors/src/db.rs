@@ -1,41 +1,59 @@
-//! `Db`: owns the deadpool-postgres pool.
+//! `Db`: owns the deadpool-postgres pool; [`DbProbe`]: owns one dedicated connection for probes.
 //!
-//! Messages (all through [`crate::Handle`], so a full mailbox is refused at once):
-//! - [`Exec<C>`] for any [`DbCommand`] `C` → `Result<C::Output, DbError>`: takes a pooled
-//!   connection (statement cache per connection) and runs the command on it.
-//! - [`PoolStatus`] → [`PoolSnapshot`]: pool size, idle, waiting, commands in flight.
+//! Messages of `Db` (all through [`crate::Handle`], so a full mailbox is refused at once):
+//! - [`Exec<C>`] for any [`DbCommand`] `C` → `Result<C::Output, DbError>`: takes a slot and a
+//!   pooled connection (statement cache per connection) and runs the command on a [`Conn`].
 //! - [`crate::Stop`]: closes the pool and stops.
+//!
+//! Deadlines: every command carries its caller's [`Caller`]. Work whose caller is gone or whose
+//! deadline passed while it waited for a slot or a connection is skipped (counted as expired).
+//! A transaction gets only the time left ([`Conn::begin`] sets `statement_timeout` and
+//! `lock_timeout` locally) and commits only through [`commit`], which asks the caller for the
+//! point of no return first: a caller that gave up gets a rollback, never a later commit; once
+//! COMMIT is sent, the caller waits for its outcome.
 //!
 //! Commands run concurrently, each as its own task on the actor's thread, up to `max_inflight`;
 //! past that up to `max_waiting` more wait for a slot in arrival order, and any further command
 //! is refused at once with `DbError::Overloaded` (counted as refused), so nothing queues without
 //! bound on the pool. The actor never holds its mailbox: in actix a `ctx.wait` future is polled
 //! before the actor's other futures, and under steady load those futures, which deliver the
-//! replies of finished commands, would starve. Mailbox capacity and restart policy come from
-//! the [`crate::ActorSpec`] it is started with. A panic in a command is caught, the caller gets `DbError::Internal`, and the
-//! pool is rebuilt from its settings (connections a panic may have left mid-transaction are
-//! dropped with the old pool).
+//! replies of finished commands, would starve. Mailbox capacity and restart policy come from the
+//! [`crate::ActorSpec`] it is started with.
+//!
+//! A panic in a command is caught inside its task: the connection it held (perhaps mid-transaction)
+//! is detached from the pool and closed, the caller gets `DbError::Internal`, and supervision
+//! counts a restart. The pool itself is left alone: the commands running or waiting beside the
+//! panic keep their slots and connections.
+//!
+//! Paths that bypass the mailbox: pool usage for metrics is read from [`DbGauge`] (the pool's
+//! own counters and the slot semaphore: atomics, no message), and readiness pings go to
+//! [`DbProbe`], a second actor with its own mailbox and connection, so neither ever queues
+//! behind traffic: a busy instance must not report itself unready.
 
-use crate::admission::{serve, CallError, Envelope, Handle, Reply, Request};
+use crate::admission::{serve_call, CallError, Caller, Envelope, Handle, Reply, Request};
+use crate::stats::ActorStats;
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::fut::WrapFuture;
-use actix::{Actor, ActorContext, Context, Handler};
+use actix::{Actor, Context, Handler};
 use deadpool_postgres::{
-    Client, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+    Client, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
 };
+use futures_util::FutureExt;
 use serde::Serialize;
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-/// A typed unit of database work, run on one pooled connection.
+/// A typed unit of database work, run on one pooled connection within its caller's deadline.
 pub trait DbCommand: Send + 'static {
     type Output: Send + 'static;
-    fn run(self, client: &mut Client) -> impl Future<Output = Result<Self::Output, DbError>>;
+    fn run(self, conn: &mut Conn) -> impl Future<Output = Result<Self::Output, DbError>>;
 }
 
 /// Runs a [`DbCommand`] on the `Db` actor.
@@ -43,6 +61,61 @@ pub struct Exec<C>(pub C);
 
 impl<C: DbCommand> Request for Exec<C> {
     type Reply = Result<C::Output, DbError>;
+}
+
+/// A pooled connection lent to one command, with the caller it works for.
+pub struct Conn {
+    client: Client,
+    caller: Caller,
+}
+
+impl Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Conn {
+    /// A connection taken outside `Db` (the benchmarks' actor-free ceiling).
+    pub fn new(client: Client, caller: Caller) -> Self {
+        Self { client, caller }
+    }
+
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// Begins a transaction that may run only for the time its caller has left: statements and
+    /// lock waits past the deadline fail with [`DbError::Timeout`] and roll it back.
+    pub async fn begin(&mut self) -> Result<Transaction<'_>, DbError> {
+        let left = self.caller.remaining().as_millis();
+        if left == 0 || !self.caller.is_live() {
+            return Err(DbError::Timeout);
+        }
+        let tx = self.client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {left}; SET LOCAL lock_timeout = {left}"
+        ))
+        .await?;
+        Ok(tx)
+    }
+}
+
+/// Commits `tx` if its caller still waits (the point of no return), else rolls it back and
+/// reports [`DbError::Timeout`]. Once COMMIT is sent its outcome is what the caller hears.
+pub async fn commit(tx: Transaction<'_>, caller: &Caller) -> Result<(), DbError> {
+    if !caller.commit() {
+        let _ = tx.rollback().await;
+        return Err(DbError::Timeout);
+    }
+    tx.commit().await.map_err(DbError::from)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +141,9 @@ pub enum DbError {
     /// Serialization failure or deadlock: safe to retry the whole transaction.
     #[error("transaction conflict: {0}")]
     Conflict(String),
+    /// The server refused a value the client sent (text it cannot store, such as a NUL byte).
+    #[error("value refused by the database: {0}")]
+    InvalidInput(String),
     #[error("database error: {0}")]
     Other(String),
     #[error("database command panicked")]
@@ -111,7 +187,16 @@ impl From<tokio_postgres::Error> for DbError {
             || *code == SqlState::T_R_DEADLOCK_DETECTED
         {
             DbError::Conflict(db.message().to_owned())
-        } else if *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE {
+        } else if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || *code == SqlState::UNTRANSLATABLE_CHARACTER
+            || *code == SqlState::STRING_DATA_RIGHT_TRUNCATION
+            || *code == SqlState::INVALID_TEXT_REPRESENTATION
+        {
+            DbError::InvalidInput(db.message().to_owned())
+        } else if *code == SqlState::QUERY_CANCELED
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+            || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+        {
             DbError::Timeout
         } else if code.code().starts_with("08")
             || code.code().starts_with("57P")
@@ -181,46 +266,96 @@ impl DbSettings {
     }
 }
 
-pub struct Db {
-    settings: DbSettings,
+/// What `Db` owns and publishes for reading without a message: the pool and the slots.
+#[derive(Clone)]
+pub struct DbGauge {
     pool: Pool,
     slots: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
+    max_inflight: usize,
+}
+
+impl DbGauge {
+    pub fn new(settings: &DbSettings) -> Self {
+        let max_inflight = settings.max_inflight.max(1);
+        Self {
+            pool: settings.build_pool(),
+            slots: Arc::new(Semaphore::new(max_inflight)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_inflight,
+        }
+    }
+
+    /// Pool usage now, for metrics: no message, no wait.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let status = self.pool.status();
+        PoolSnapshot {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+            inflight: self
+                .max_inflight
+                .saturating_sub(self.slots.available_permits()),
+            queued: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub struct Db {
+    settings: DbSettings,
+    gauge: DbGauge,
     supervision: Supervision,
 }
 
 impl Db {
-    pub fn new(settings: DbSettings, supervision: Supervision) -> Self {
-        let pool = settings.build_pool();
-        let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
+    pub fn new(settings: DbSettings, gauge: DbGauge, supervision: Supervision) -> Self {
         Self {
             settings,
-            pool,
-            slots,
-            waiting: Arc::new(AtomicUsize::new(0)),
+            gauge,
             supervision,
         }
     }
-
-    fn inflight(&self) -> usize {
-        self.settings
-            .max_inflight
-            .max(1)
-            .saturating_sub(self.slots.available_permits())
-    }
 }
 
-/// Runs `command` as a task of its own holding `slot`; a panic inside it resumes in the caller's
-/// future, where [`serve`] catches it.
+/// Runs `command` as a task of its own holding `slot`, unless its caller is gone by the time a
+/// connection is free. A panic inside it closes the connection it held and resumes in the
+/// caller's future, where [`crate::serve`] reports it.
 async fn run_in_task<C: DbCommand>(
     pool: Pool,
     command: C,
     slot: OwnedSemaphorePermit,
+    caller: Caller,
+    stats: Arc<ActorStats>,
 ) -> Result<C::Output, DbError> {
     let task = actix_rt::spawn(async move {
         let _slot = slot;
-        let mut client = pool.get().await?;
-        command.run(&mut client).await
+        let expired = || {
+            stats.expired();
+            Err(DbError::Timeout)
+        };
+        if !caller.is_live() {
+            return expired();
+        }
+        let client = match tokio::time::timeout_at(caller.deadline(), pool.get()).await {
+            Ok(client) => client?,
+            Err(_) => return expired(),
+        };
+        if !caller.is_live() {
+            return expired();
+        }
+        let mut conn = Conn { client, caller };
+        match AssertUnwindSafe(command.run(&mut conn))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                // The connection may be mid-transaction: it leaves the pool and closes.
+                drop(Object::take(conn.client));
+                std::panic::resume_unwind(panic)
+            }
+        }
     });
     match task.await {
         Ok(result) => result,
@@ -233,7 +368,7 @@ impl Actor for Db {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.pool.close();
+        self.gauge.pool.close();
     }
 }
 
@@ -242,89 +377,68 @@ impl Resilient for Db {
         &mut self.supervision
     }
 
-    fn rebuild(&mut self, _ctx: &mut Context<Self>) {
-        self.pool.close();
-        self.pool = self.settings.build_pool();
-    }
+    /// Nothing to rebuild: the panicking command's connection was closed in its task, and the
+    /// pool, shared with the commands beside it, is intact.
+    fn rebuild(&mut self, _ctx: &mut Context<Self>) {}
 }
 
 impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
     type Result = ();
 
     fn handle(&mut self, envelope: Envelope<Exec<C>>, ctx: &mut Context<Self>) {
-        serve(self, ctx, envelope, |db, Exec(command), _| {
-            let pool = db.pool.clone();
-            if let Ok(slot) = Arc::clone(&db.slots).try_acquire_owned() {
-                return Reply::Spawn(Box::pin(run_in_task(pool, command, slot).into_actor(db)));
+        serve_call(self, ctx, envelope, |db, Exec(command), caller, _| {
+            let gauge = db.gauge.clone();
+            let stats = Arc::clone(db.supervision.stats());
+            if let Ok(slot) = Arc::clone(&gauge.slots).try_acquire_owned() {
+                let work = run_in_task(gauge.pool, command, slot, caller, stats);
+                return Reply::Spawn(Box::pin(work.into_actor(db)));
             }
-            if db.waiting.load(Ordering::Relaxed) >= db.settings.max_waiting {
-                db.supervision.stats().refused();
+            if gauge.waiting.load(Ordering::Relaxed) >= db.settings.max_waiting {
+                stats.refused();
                 return Reply::Ready(Err(DbError::Overloaded));
             }
-            db.waiting.fetch_add(1, Ordering::Relaxed);
-            let (slots, waiting) = (Arc::clone(&db.slots), Arc::clone(&db.waiting));
+            gauge.waiting.fetch_add(1, Ordering::Relaxed);
             let work = async move {
-                let slot = slots.acquire_owned().await;
-                waiting.fetch_sub(1, Ordering::Relaxed);
-                let slot = slot.map_err(|_| DbError::Unavailable("db actor closed".into()))?;
-                run_in_task(pool, command, slot).await
+                let slot = tokio::time::timeout_at(
+                    caller.deadline(),
+                    Arc::clone(&gauge.slots).acquire_owned(),
+                )
+                .await;
+                gauge.waiting.fetch_sub(1, Ordering::Relaxed);
+                let slot = match slot {
+                    Ok(slot) => slot.map_err(|_| DbError::Unavailable("db actor closed".into()))?,
+                    Err(_) => {
+                        stats.expired();
+                        return Err(DbError::Timeout);
+                    }
+                };
+                run_in_task(gauge.pool, command, slot, caller, stats).await
             };
             Reply::Spawn(Box::pin(work.into_actor(db)))
         });
     }
 }
 
-/// Pool usage, for metrics and readiness.
-pub struct PoolStatus;
-
+/// Pool usage, for metrics and people.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolSnapshot {
     pub max_size: usize,
     pub size: usize,
     pub available: usize,
     pub waiting: usize,
+    /// Commands holding a slot.
     pub inflight: usize,
-}
-
-impl Request for PoolStatus {
-    type Reply = PoolSnapshot;
-}
-
-impl Handler<Envelope<PoolStatus>> for Db {
-    type Result = ();
-
-    fn handle(&mut self, envelope: Envelope<PoolStatus>, ctx: &mut Context<Self>) {
-        serve(self, ctx, envelope, |db, PoolStatus, _| {
-            let status = db.pool.status();
-            Reply::Ready(PoolSnapshot {
-                max_size: status.max_size,
-                size: status.size,
-                available: status.available,
-                waiting: status.waiting,
-                inflight: db.inflight(),
-            })
-        });
-    }
+    /// Commands waiting for a slot.
+    pub queued: usize,
 }
 
 impl Handler<Stop> for Db {
     type Result = ();
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        self.pool.close();
+        use actix::ActorContext;
+        self.gauge.pool.close();
         ctx.stop();
-    }
-}
-
-/// `SELECT 1`: the readiness probe.
-pub struct Ping;
-
-impl DbCommand for Ping {
-    type Output = ();
-
-    async fn run(self, client: &mut Client) -> Result<(), DbError> {
-        client.simple_query("SELECT 1").await?;
-        Ok(())
     }
 }
 
@@ -340,5 +454,111 @@ impl Handle<Db> {
         within: Duration,
     ) -> Result<C::Output, DbError> {
         self.call_within(Exec(command), within).await?
+    }
+}
+
+/// `DbProbe`: owns one connection of its own, outside the pool, for readiness.
+///
+/// Messages: [`Ping`] → `Result<Duration, DbError>` (`SELECT 1` and its round trip). Mailbox:
+/// small; only ops endpoints write to it. The connection is made on first use and again after
+/// it breaks, each time within the caller's deadline. A panic (none is expected) drops the
+/// connection. Pings run one at a time: a probe needs no concurrency.
+pub struct DbProbe {
+    pg: tokio_postgres::Config,
+    client: Arc<Mutex<Option<tokio_postgres::Client>>>,
+    supervision: Supervision,
+}
+
+impl DbProbe {
+    pub fn new(pg: tokio_postgres::Config, supervision: Supervision) -> Self {
+        Self {
+            pg,
+            client: Arc::new(Mutex::new(None)),
+            supervision,
+        }
+    }
+}
+
+impl Actor for DbProbe {
+    type Context = Context<Self>;
+}
+
+impl Resilient for DbProbe {
+    fn supervision(&mut self) -> &mut Supervision {
+        &mut self.supervision
+    }
+
+    fn rebuild(&mut self, _ctx: &mut Context<Self>) {
+        self.client = Arc::new(Mutex::new(None));
+    }
+}
+
+impl Handler<Stop> for DbProbe {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        use actix::ActorContext;
+        ctx.stop();
+    }
+}
+
+/// `SELECT 1` on the probe's own connection.
+pub struct Ping;
+
+impl Request for Ping {
+    type Reply = Result<Duration, DbError>;
+}
+
+async fn ping(
+    pg: tokio_postgres::Config,
+    slot: Arc<Mutex<Option<tokio_postgres::Client>>>,
+    caller: Caller,
+) -> Result<Duration, DbError> {
+    let deadline = caller.deadline();
+    let mut held = tokio::time::timeout_at(deadline, slot.lock())
+        .await
+        .map_err(|_| DbError::Timeout)?;
+    let started = tokio::time::Instant::now();
+    if held.as_ref().is_none_or(|c| c.is_closed()) {
+        let (client, connection) = tokio::time::timeout_at(deadline, pg.connect(NoTls))
+            .await
+            .map_err(|_| DbError::Timeout)??;
+        actix_rt::spawn(async move {
+            let _ = connection.await;
+        });
+        *held = Some(client);
+    }
+    let Some(client) = held.as_ref() else {
+        return Err(DbError::Unavailable("no probe connection".into()));
+    };
+    match tokio::time::timeout_at(deadline, client.simple_query("SELECT 1")).await {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(e)) => {
+            *held = None;
+            Err(e.into())
+        }
+        Err(_) => {
+            // A connection that did not answer in time may be dead: make a new one next time.
+            *held = None;
+            Err(DbError::Timeout)
+        }
+    }
+}
+
+impl Handler<Envelope<Ping>> for DbProbe {
+    type Result = ();
+
+    fn handle(&mut self, envelope: Envelope<Ping>, ctx: &mut Context<Self>) {
+        serve_call(self, ctx, envelope, |probe, Ping, caller, _| {
+            let work = ping(probe.pg.clone(), Arc::clone(&probe.client), caller);
+            Reply::Spawn(Box::pin(work.into_actor(probe)))
+        });
+    }
+}
+
+impl Handle<DbProbe> {
+    /// Pings PostgreSQL within `within`; the round trip on success.
+    pub async fn ping(&self, within: Duration) -> Result<Duration, DbError> {
+        self.call_within(Ping, within).await?
     }
 }

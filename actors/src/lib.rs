@@ -10,7 +10,8 @@
 //!   resource, limited by an OTP-style restart intensity; past it the actor is reported failed.
 //! - [`stats`]: per-actor mailbox depth and capacity, handled, refused, restarts, last failure.
 //! - [`tree`]: children started in order, stopped in reverse, observed together.
-//! - [`db`]: the `Db` actor owning a deadpool-postgres pool and running typed commands.
+//! - [`db`]: the `Db` actor owning a deadpool-postgres pool and running typed commands within
+//!   their callers' deadlines, and `DbProbe`, the readiness lane.
 
 pub mod admission;
 pub mod db;
@@ -19,8 +20,11 @@ pub mod stats;
 pub mod supervision;
 pub mod tree;
 
-pub use admission::{serve, CallError, Envelope, Handle, Reply, Request};
-pub use db::{Db, DbCommand, DbError, DbSettings, Exec, Ping, PoolStatus};
+pub use admission::{
+    current_deadline, serve, serve_call, with_deadline, CallError, Caller, Envelope, Handle, Reply,
+    Request,
+};
+pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping};
 pub use gcra::{Decision, Gcra};
 pub use stats::{ActorState, ActorStats, StatsSnapshot};
 pub use supervision::{ActorSpec, Resilient, RestartPolicy, Stop, Supervision};

@@ -4,6 +4,7 @@ use crate::error::{ApiError, FieldError};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 pub const MAX_ITEMS: usize = 50;
@@ -86,12 +87,15 @@ impl CheckoutBody {
             Some(n) => Some(n.to_owned()),
         };
         if self.items.is_empty() || self.items.len() > MAX_ITEMS {
+            // Refused whole, before any per-item work: one error, however long the list.
             errors.push(FieldError::new(
                 "items",
                 format!("must hold 1 to {MAX_ITEMS} items"),
             ));
+            return Err(ApiError::Validation(errors));
         }
-        let mut lines: Vec<Line> = Vec::new();
+        let mut lines: Vec<Line> = Vec::with_capacity(self.items.len());
+        let mut line_of: HashMap<Uuid, usize> = HashMap::with_capacity(self.items.len());
         for (index, item) in self.items.iter().enumerate() {
             if !(1..=MAX_QUANTITY).contains(&item.quantity) {
                 errors.push(FieldError::new(
@@ -100,13 +104,16 @@ impl CheckoutBody {
                 ));
                 continue;
             }
-            match lines.iter_mut().find(|l| l.product_id == item.product_id) {
-                Some(line) => line.quantity += item.quantity,
-                None => lines.push(Line {
-                    product_id: item.product_id,
-                    quantity: item.quantity,
-                    index,
-                }),
+            match line_of.get(&item.product_id) {
+                Some(&at) => lines[at].quantity += item.quantity,
+                None => {
+                    line_of.insert(item.product_id, lines.len());
+                    lines.push(Line {
+                        product_id: item.product_id,
+                        quantity: item.quantity,
+                        index,
+                    });
+                }
             }
         }
         for line in &lines {

@@ -339,6 +339,12 @@ impl ProductListParams {
                 return Err(ApiError::bad_field("status", "must be active or archived"))
             }
         };
+        for (field, value) in [("category", &self.category), ("q", &self.q)] {
+            // PostgreSQL cannot take a NUL in text: refused here, as the malformed query it is.
+            if value.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
+                return Err(ApiError::bad_field(field, "must not contain control characters"));
+            }
+        }
         let category = match &self.category {
             Some(c) if c.is_empty() || c.chars().count() > 100 => {
                 return Err(ApiError::bad_field(

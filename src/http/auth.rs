@@ -1,14 +1,17 @@
-//! Authentication as extractors: a handler that takes `MerchantAuth` or `AdminAuth` runs only
-//! for a valid bearer credential.
+//! Authentication before anything else: [`merchant_gate`] and [`admin_gate`] wrap the protected
+//! resources and answer 401 (with `WWW-Authenticate: Bearer`) before a byte of the body is read,
+//! so a bad key is 401 whatever the body. The extractors `MerchantAuth` and `AdminAuth` then
+//! hand the handler what the gate established.
 
 use crate::domain::merchant::hash_api_key;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::merchants::FindByKey;
-use actix_web::dev::Payload;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpRequest};
-use futures_util::future::LocalBoxFuture;
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use sha2::{Digest, Sha256};
 use std::future::{ready, Ready};
 use uuid::Uuid;
@@ -36,25 +39,61 @@ pub struct MerchantAuth {
 
 impl FromRequest for MerchantAuth {
     type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+    type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let token = bearer(req).map(hash_api_key);
-        let state = state(req);
-        Box::pin(async move {
-            let hash = token.ok_or(ApiError::Unauthorized)?;
-            let merchant_id = state?
-                .db
-                .run(FindByKey(hash))
-                .await?
-                .ok_or(ApiError::Unauthorized)?;
-            Ok(MerchantAuth { merchant_id })
-        })
+        ready(
+            req.extensions()
+                .get::<MerchantAuth>()
+                .copied()
+                .ok_or(ApiError::Unauthorized),
+        )
     }
 }
 
-/// A request carrying the configured admin token. With no token configured, admin endpoints
-/// refuse everyone.
+/// Authenticates a merchant's API key before the handler (and its body) is reached.
+pub async fn merchant_gate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let hash = bearer(req.request()).map(hash_api_key);
+    let state = state(req.request())?;
+    let hash = hash.ok_or(ApiError::Unauthorized)?;
+    let merchant_id = state
+        .db
+        .run(FindByKey(hash))
+        .await
+        .map_err(ApiError::from)?
+        .ok_or(ApiError::Unauthorized)?;
+    req.extensions_mut().insert(MerchantAuth { merchant_id });
+    next.call(req).await
+}
+
+/// Lets through only requests carrying the configured admin token. With no token configured,
+/// admin endpoints refuse everyone.
+pub async fn admin_gate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let allowed = match (state(req.request()), bearer(req.request())) {
+        (Ok(state), Some(token)) => state
+            .settings
+            .admin
+            .token
+            .as_ref()
+            // Comparing digests keeps the time independent of where the texts differ.
+            .is_some_and(|expected| Sha256::digest(expected.expose()) == Sha256::digest(token)),
+        _ => false,
+    };
+    if !allowed {
+        return Err(ApiError::Unauthorized.into());
+    }
+    req.extensions_mut().insert(AdminAuth);
+    next.call(req).await
+}
+
+/// A request that passed [`admin_gate`].
+#[derive(Debug, Clone, Copy)]
 pub struct AdminAuth;
 
 impl FromRequest for AdminAuth {
@@ -62,20 +101,11 @@ impl FromRequest for AdminAuth {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let allowed = match (state(req), bearer(req)) {
-            (Ok(state), Some(token)) => state
-                .settings
-                .admin
-                .token
-                .as_ref()
-                // Comparing digests keeps the time independent of where the texts differ.
-                .is_some_and(|expected| Sha256::digest(expected.expose()) == Sha256::digest(token)),
-            _ => false,
-        };
-        ready(if allowed {
-            Ok(AdminAuth)
-        } else {
-            Err(ApiError::Unauthorized)
-        })
+        ready(
+            req.extensions()
+                .get::<AdminAuth>()
+                .copied()
+                .ok_or(ApiError::Unauthorized),
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! A JSON body extractor that names the offending field: 415 for a body that is not JSON, 413
 //! past the body limit (checked against `Content-Length` before reading, then while streaming),
-//! 400 for malformed JSON, 422 with the field's path for well-formed JSON of the wrong shape.
+//! 400 for malformed JSON, 422 with the field's path for well-formed JSON of the wrong shape,
+//! 503 when the body has not arrived by the request's deadline.
 
 use crate::error::{ApiError, FieldError};
 use actix_web::dev::Payload;
@@ -32,7 +33,18 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             if !json {
                 return Err(ApiError::UnsupportedMediaType);
             }
-            let body = body.await.map_err(|e| {
+            // A body still arriving at the request's deadline is abandoned like any other work.
+            let body = match rampart_actors::current_deadline() {
+                Some(deadline) => tokio::time::timeout_at(deadline, body)
+                    .await
+                    .map_err(|_| ApiError::Unavailable {
+                        detail: "the request body did not arrive before the request's deadline"
+                            .into(),
+                        retry_after: 1,
+                    })?,
+                None => body.await,
+            };
+            let body = body.map_err(|e| {
                 if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge
                 } else {
@@ -44,8 +56,15 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     }
 }
 
-/// Parses a JSON document, naming the field at fault.
+/// Parses a JSON document, naming the field at fault. Syntax comes first: a document that is
+/// not JSON at all is a 400 even when the part before its error names an unknown field.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        return Err(ApiError::bad_request(format!(
+            "malformed JSON: {}",
+            strip_position(&e.to_string())
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

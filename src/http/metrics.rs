@@ -156,6 +156,12 @@ impl Metrics {
                 "Database commands running",
                 &mut std::iter::once((String::new(), p.inflight.to_string())),
             );
+            family(
+                "db_commands_queued",
+                "gauge",
+                "Database commands waiting for a slot",
+                &mut std::iter::once((String::new(), p.queued.to_string())),
+            );
         }
         if let Some(rss) = rss_bytes {
             family(

@@ -1,13 +1,15 @@
-//! Ops endpoints: liveness, readiness, metrics. Never rate limited or shed.
+//! Ops endpoints: liveness, readiness, metrics. Never rate limited or shed, and never waiting in
+//! the lanes requests use: readiness pings through `DbProbe`'s own connection, metrics read the
+//! pool's gauge. They are unauthenticated, so they show states and short reasons, never driver
+//! messages or panic text (those are logged).
 
 use crate::http::metrics::{resident_memory, Metrics};
 use crate::settings::Settings;
 use crate::state::AppState;
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use rampart_actors::{ActorState, Ping, PoolStatus};
+use rampart_actors::{ActorState, DbError};
 use serde_json::{json, Map, Value};
-use std::time::Duration;
 
 /// 200 while the process serves; touches no dependency.
 pub async fn live() -> HttpResponse {
@@ -21,16 +23,17 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let mut checks = Map::new();
     let mut unready = false;
 
-    let started = std::time::Instant::now();
-    let postgres = state.db.run_within(Ping, deadline).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     checks.insert(
         "postgres".into(),
-        match postgres {
-            Ok(()) => json!({"status": "up", "latency_ms": (latency_ms * 10.0).round() / 10.0}),
+        match state.probe.ping(deadline).await {
+            Ok(rtt) => {
+                let ms = rtt.as_secs_f64() * 1000.0;
+                json!({"status": "up", "latency_ms": (ms * 10.0).round() / 10.0})
+            }
             Err(e) => {
                 unready = true;
-                json!({"status": "down", "error": e.to_string()})
+                tracing::warn!(error = %e, "readiness: PostgreSQL check failed");
+                json!({"status": "down", "reason": short_reason(&e)})
             }
         },
     );
@@ -53,7 +56,6 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
                 "mailbox_depth": actor.mailbox_depth,
                 "mailbox_capacity": actor.mailbox_capacity,
                 "restarts": actor.restarts,
-                "last_failure": actor.last_failure,
             }),
         );
     }
@@ -67,13 +69,19 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// A reason fit for an unauthenticated reader: the kind of failure, not the driver's message.
+fn short_reason(e: &DbError) -> &'static str {
+    match e {
+        DbError::Timeout => "no answer within the readiness deadline",
+        DbError::Overloaded => "probe busy",
+        DbError::Unavailable(_) => "unreachable",
+        _ => "error",
+    }
+}
+
 pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) -> HttpResponse {
-    let pool = state
-        .db
-        .call_within(PoolStatus, Duration::from_millis(500))
-        .await
-        .ok();
-    let text = metrics.render(&state.tree.snapshot(), pool.as_ref(), resident_memory());
+    let pool = state.gauge.snapshot();
+    let text = metrics.render(&state.tree.snapshot(), Some(&pool), resident_memory());
     HttpResponse::Ok()
         .insert_header(ContentType(prometheus_text()))
         .body(text)

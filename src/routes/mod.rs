@@ -8,7 +8,9 @@ pub mod products;
 pub mod storefront;
 mod support;
 
+use crate::http::auth::{admin_gate, merchant_gate};
 use crate::http::metrics::RouteLabel;
+use actix_web::middleware::from_fn;
 use actix_web::web;
 
 /// A resource labelled with its pattern for the metrics, so recording a request does not
@@ -46,22 +48,44 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(route("/health/ready").route(web::get().to(health::ready)))
     .service(route("/metrics").route(web::get().to(health::metrics)))
     .service(route("/api-docs/openapi.json").route(web::get().to(openapi::document)))
-    .service(route("/api/v1/admin/merchants").route(web::post().to(admin::create_merchant)))
+    .service(
+        route("/api/v1/admin/merchants")
+            .route(web::post().to(admin::create_merchant))
+            .wrap(from_fn(admin_gate)),
+    )
     .service(
         route("/api/v1/products")
             .route(web::get().to(products::list))
-            .route(web::post().to(products::create)),
+            .route(web::post().to(products::create))
+            .wrap(from_fn(merchant_gate)),
     )
     .service(
         route("/api/v1/products/{id}")
             .route(web::get().to(products::get))
             .route(web::patch().to(products::update))
-            .route(web::delete().to(products::archive)),
+            .route(web::delete().to(products::archive))
+            .wrap(from_fn(merchant_gate)),
     )
-    .service(route("/api/v1/products/{id}/stock").route(web::post().to(products::adjust_stock)))
-    .service(route("/api/v1/orders").route(web::get().to(orders::list)))
-    .service(route("/api/v1/orders/{id}").route(web::get().to(orders::get)))
-    .service(route("/api/v1/orders/{id}/status").route(web::post().to(orders::change_status)));
+    .service(
+        route("/api/v1/products/{id}/stock")
+            .route(web::post().to(products::adjust_stock))
+            .wrap(from_fn(merchant_gate)),
+    )
+    .service(
+        route("/api/v1/orders")
+            .route(web::get().to(orders::list))
+            .wrap(from_fn(merchant_gate)),
+    )
+    .service(
+        route("/api/v1/orders/{id}")
+            .route(web::get().to(orders::get))
+            .wrap(from_fn(merchant_gate)),
+    )
+    .service(
+        route("/api/v1/orders/{id}/status")
+            .route(web::post().to(orders::change_status))
+            .wrap(from_fn(merchant_gate)),
+    );
 }
 
 /// Unknown routes: a problem+json 404.

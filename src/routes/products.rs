@@ -6,7 +6,7 @@ use crate::domain::product::{
 };
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
-use crate::routes::support::{if_match_version, listing, not_modified, path_id};
+use crate::routes::support::{listing, not_modified, path_id, IfMatch};
 use crate::state::AppState;
 use crate::store::paging::PageOf;
 use crate::store::products::{self, Product, ProductQuery, Write};
@@ -177,15 +177,19 @@ pub async fn update(
     Json(body): Json<ProductPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id)?;
-    let if_version = if_match_version(req.headers())?;
+    let if_match = IfMatch::parse(req.headers())?;
     let patch = body.parse()?;
+    if patch.stock.is_some() && if_match.is_absent() {
+        // An absolute stock written blind would erase the sales made since the client read it.
+        return Err(ApiError::PreconditionRequired);
+    }
     let outcome = state
         .db
         .run(products::Update {
             merchant_id: auth.merchant_id,
             id,
             patch,
-            if_version,
+            if_versions: if_match.versions(),
         })
         .await
         .map_err(duplicate_sku)?;

@@ -24,23 +24,54 @@ pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
         .is_some_and(|v| tags(v).any(|t| t == "*" || t == etag))
 }
 
-/// The version `If-Match` requires: `None` without the header or with `*`; a tag that is not
-/// one of ours can match nothing, so it fails the precondition.
-pub fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let value = value.to_str().map_err(|_| ApiError::PreconditionFailed)?;
-    if value.trim() == "*" {
-        return Ok(None);
+/// What `If-Match` asks of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    /// No header: the write is unconditional.
+    Absent,
+    /// `*`: any current version of an existing resource.
+    Any,
+    /// The versions named by the strong tags of the list (RFC 9110 strong comparison: a weak
+    /// tag, or a tag that is not one of ours, matches nothing).
+    Versions(Vec<i64>),
+}
+
+impl IfMatch {
+    pub fn parse(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let mut values = headers.get_all(header::IF_MATCH).peekable();
+        if values.peek().is_none() {
+            return Ok(IfMatch::Absent);
+        }
+        let mut versions = Vec::new();
+        for value in values {
+            let value = value.to_str().map_err(|_| ApiError::PreconditionFailed)?;
+            for tag in value.split(',').map(str::trim) {
+                if tag == "*" {
+                    return Ok(IfMatch::Any);
+                }
+                if let Some(v) = tag
+                    .strip_prefix("\"v")
+                    .and_then(|t| t.strip_suffix('"'))
+                    .and_then(|n| n.parse::<i64>().ok())
+                {
+                    versions.push(v);
+                }
+            }
+        }
+        Ok(IfMatch::Versions(versions))
     }
-    let first = tags(value).next().unwrap_or("");
-    first
-        .strip_prefix("\"v")
-        .and_then(|t| t.strip_suffix('"'))
-        .and_then(|n| n.parse::<i64>().ok())
-        .map(Some)
-        .ok_or(ApiError::PreconditionFailed)
+
+    pub fn is_absent(&self) -> bool {
+        *self == IfMatch::Absent
+    }
+
+    /// The versions a conditional write may happen at; `None` for any.
+    pub fn versions(self) -> Option<Vec<i64>> {
+        match self {
+            IfMatch::Absent | IfMatch::Any => None,
+            IfMatch::Versions(v) => Some(v),
+        }
+    }
 }
 
 /// A page of results as the API shows it, with a signed cursor to the next page.

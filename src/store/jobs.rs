@@ -1,5 +1,9 @@
-//! The outbox: jobs written in the same transaction as the effects they follow. A `NOTIFY` at
-//! commit wakes the job dispatcher; the deduplication key makes enqueueing idempotent.
+//! The outbox: jobs written in the same transaction as the effects they follow; the
+//! deduplication key makes enqueueing idempotent.
+//!
+//! No `NOTIFY` inside these transactions: PostgreSQL serialises every notifying commit on one
+//! cluster-wide lock, taken while the transaction still holds its product row locks (measured at
+//! 10-15% of the checkout ceiling). The dispatcher finds new rows by polling, woken after commit.
 
 use deadpool_postgres::Transaction;
 use rampart_actors::DbError;
@@ -48,8 +52,6 @@ pub async fn enqueue(
         ],
     )
     .await?;
-    tx.execute("SELECT pg_notify('rampart_jobs', '')", &[])
-        .await?;
     Ok(())
 }
 

@@ -2,8 +2,7 @@
 
 use crate::domain::merchant::{new_webhook_secret, NewApiKey, NewMerchant};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Client;
-use rampart_actors::{Db, DbCommand, DbError, Handle};
+use rampart_actors::{commit, Conn, Db, DbCommand, DbError, Handle};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -35,9 +34,10 @@ struct InsertMerchant {
 impl DbCommand for InsertMerchant {
     type Output = Merchant;
 
-    async fn run(self, client: &mut Client) -> Result<Merchant, DbError> {
+    async fn run(self, conn: &mut Conn) -> Result<Merchant, DbError> {
         let sequence = format!("order_numbers_{}", self.id.simple());
-        let tx = client.transaction().await?;
+        let caller = conn.caller().clone();
+        let tx = conn.begin().await?;
         tx.batch_execute(&format!(
             "CREATE SEQUENCE {sequence} AS bigint START 1 CACHE 1"
         ))
@@ -49,7 +49,7 @@ impl DbCommand for InsertMerchant {
                 &[&self.id, &self.name, &self.webhook_url, &self.webhook_secret, &self.key_hash, &self.key_prefix, &sequence],
             )
             .await?;
-        tx.commit().await?;
+        commit(tx, &caller).await?;
         Ok(Merchant {
             id: self.id,
             name: self.name,
@@ -85,7 +85,7 @@ pub struct FindByKey(pub Vec<u8>);
 impl DbCommand for FindByKey {
     type Output = Option<Uuid>;
 
-    async fn run(self, client: &mut Client) -> Result<Option<Uuid>, DbError> {
+    async fn run(self, client: &mut Conn) -> Result<Option<Uuid>, DbError> {
         let stmt = client
             .prepare_cached("SELECT id FROM merchants WHERE api_key_hash = $1")
             .await?;
@@ -98,7 +98,7 @@ pub struct Count;
 impl DbCommand for Count {
     type Output = i64;
 
-    async fn run(self, client: &mut Client) -> Result<i64, DbError> {
+    async fn run(self, client: &mut Conn) -> Result<i64, DbError> {
         Ok(client
             .query_one("SELECT count(*) FROM merchants", &[])
             .await?
@@ -111,7 +111,7 @@ pub struct Exists(pub Uuid);
 impl DbCommand for Exists {
     type Output = bool;
 
-    async fn run(self, client: &mut Client) -> Result<bool, DbError> {
+    async fn run(self, client: &mut Conn) -> Result<bool, DbError> {
         let stmt = client
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM merchants WHERE id = $1)")
             .await?;

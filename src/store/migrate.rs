@@ -1,8 +1,7 @@
 //! Applies the SQL migrations embedded from `migrations/` (refinery: versioned, checksummed).
 //! An advisory lock lets several instances start at once without applying a migration twice.
 
-use deadpool_postgres::Client;
-use rampart_actors::{DbCommand, DbError};
+use rampart_actors::{Conn, DbCommand, DbError};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -25,12 +24,12 @@ impl DbCommand for Migrate {
     /// Names of the migrations applied by this run.
     type Output = Vec<String>;
 
-    async fn run(self, client: &mut Client) -> Result<Vec<String>, DbError> {
+    async fn run(self, client: &mut Conn) -> Result<Vec<String>, DbError> {
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         let report = embedded::migrations::runner()
-            .run_async(&mut ***client)
+            .run_async(&mut ****client)
             .await;
         client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])

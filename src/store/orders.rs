@@ -2,11 +2,12 @@
 
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::domain::order::{CheckoutRequest, OrderFilter, OrderStatus};
+use crate::store::in_transaction;
 use crate::store::jobs::{enqueue, for_order_event};
 use crate::store::paging::{self, page_tail, ListSql, PageOf, Param};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Client, Transaction};
-use rampart_actors::{DbCommand, DbError};
+use deadpool_postgres::Transaction;
+use rampart_actors::{Conn, DbCommand, DbError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Row;
@@ -331,46 +332,11 @@ impl Checkout {
     }
 }
 
-/// Runs `attempt` in a transaction, committing only what it reports as done, and retries the
-/// whole transaction after a deadlock or serialization failure.
-async fn retrying<T>(
-    client: &mut Client,
-    mut attempt: impl AsyncFnMut(&Transaction<'_>) -> Result<(T, bool), DbError>,
-) -> Result<T, DbError> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let tx = client.transaction().await?;
-        match attempt(&tx).await {
-            Ok((value, commit)) => {
-                if commit {
-                    match tx.commit().await {
-                        Ok(()) => return Ok(value),
-                        Err(e) => {
-                            let e = DbError::from(e);
-                            if e.is_retryable() && tries < 4 {
-                                continue;
-                            }
-                            return Err(e);
-                        }
-                    }
-                }
-                tx.rollback().await?;
-                return Ok(value);
-            }
-            Err(e) if e.is_retryable() && tries < 4 => {
-                let _ = tx.rollback().await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 impl DbCommand for Checkout {
     type Output = CheckoutOutcome;
 
-    async fn run(self, client: &mut Client) -> Result<CheckoutOutcome, DbError> {
-        retrying(client, async |tx| {
+    async fn run(self, conn: &mut Conn) -> Result<CheckoutOutcome, DbError> {
+        in_transaction(conn, async |tx| {
             let outcome = self.attempt(tx).await?;
             let commit = matches!(outcome, CheckoutOutcome::Created { .. });
             Ok((outcome, commit))
@@ -405,8 +371,8 @@ async fn get_order(
 impl DbCommand for Get {
     type Output = Option<Order>;
 
-    async fn run(self, client: &mut Client) -> Result<Option<Order>, DbError> {
-        get_order(&*client, self.merchant_id, self.id).await
+    async fn run(self, conn: &mut Conn) -> Result<Option<Order>, DbError> {
+        get_order(&**conn, self.merchant_id, self.id).await
     }
 }
 
@@ -476,9 +442,9 @@ pub struct List(pub OrderQuery);
 impl DbCommand for List {
     type Output = PageOf<Order>;
 
-    async fn run(self, client: &mut Client) -> Result<PageOf<Order>, DbError> {
+    async fn run(self, conn: &mut Conn) -> Result<PageOf<Order>, DbError> {
         let sql = list_sql(&self.0)?;
-        paging::fetch(client, &self.0.page, sql, Order::from_row).await
+        paging::fetch(conn, &self.0.page, sql, Order::from_row).await
     }
 }
 
@@ -556,8 +522,8 @@ impl ChangeStatus {
 impl DbCommand for ChangeStatus {
     type Output = StatusOutcome;
 
-    async fn run(self, client: &mut Client) -> Result<StatusOutcome, DbError> {
-        retrying(client, async |tx| {
+    async fn run(self, conn: &mut Conn) -> Result<StatusOutcome, DbError> {
+        in_transaction(conn, async |tx| {
             let outcome = self.attempt(tx).await?;
             let commit = matches!(outcome, StatusOutcome::Changed(_));
             Ok((outcome, commit))
@@ -572,8 +538,8 @@ pub struct PruneIdempotencyKeys;
 impl DbCommand for PruneIdempotencyKeys {
     type Output = u64;
 
-    async fn run(self, client: &mut Client) -> Result<u64, DbError> {
-        Ok(client
+    async fn run(self, conn: &mut Conn) -> Result<u64, DbError> {
+        Ok(conn
             .execute(
                 "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
                 &[],

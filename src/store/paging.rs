@@ -2,8 +2,7 @@
 //! LIMIT/OFFSET tail, and fetching a page with its count.
 
 use crate::domain::listing::Page;
-use deadpool_postgres::Client;
-use rampart_actors::DbError;
+use rampart_actors::{Conn, DbError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -24,7 +23,9 @@ pub fn as_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
 
 /// For a keyset page after a position, adds `<row> > (key, id)` (`<` when descending) to the
 /// conditions; returns the page's tail: one row more than the page (to know whether there is
-/// more), or LIMIT/OFFSET.
+/// more), or LIMIT/OFFSET. Both are bound parameters: the statement text, which is prepared and
+/// cached per connection, must not vary with the page, or every page would leave a prepared
+/// statement behind in the process and in each PostgreSQL backend.
 pub fn page_tail(
     page: &Page,
     after_key: Option<Param>,
@@ -42,10 +43,13 @@ pub fn page_tail(
                 let cmp = if descending { "<" } else { ">" };
                 conditions.push(format!("{row} {cmp} (${}, ${n})", n - 1));
             }
-            format!("LIMIT {}", limit + 1)
+            params.push(Box::new(limit + 1));
+            format!("LIMIT ${}", params.len())
         }
         Page::Offset { page, per_page } => {
-            format!("LIMIT {per_page} OFFSET {}", (page - 1) * per_page)
+            params.push(Box::new(*per_page));
+            params.push(Box::new((page - 1) * per_page));
+            format!("LIMIT ${} OFFSET ${}", params.len() - 1, params.len())
         }
     }
 }
@@ -58,7 +62,7 @@ pub struct PageOf<T> {
 
 /// Runs a list's SQL: the rows of the page, whether more follow, and the total for offset pages.
 pub async fn fetch<T>(
-    client: &Client,
+    client: &Conn,
     page: &Page,
     (sql, params, count): ListSql,
     map: impl Fn(&Row) -> Result<T, DbError>,

@@ -3,10 +3,11 @@
 
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::domain::product::{NewProduct, ProductFilter, ProductPatch, Sort};
+use crate::store::in_transaction;
 use crate::store::paging::{self, page_tail, ListSql, PageOf, Param};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Client;
-use rampart_actors::{DbCommand, DbError};
+use deadpool_postgres::GenericClient;
+use rampart_actors::{Conn, DbCommand, DbError};
 use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -71,8 +72,10 @@ pub struct Insert {
 impl DbCommand for Insert {
     type Output = Product;
 
-    async fn run(self, client: &mut Client) -> Result<Product, DbError> {
-        let p = self.product;
+    async fn run(self, conn: &mut Conn) -> Result<Product, DbError> {
+        let p = &self.product;
+        let id = Uuid::now_v7();
+        in_transaction(conn, async |client| {
         let stmt = client
             .prepare_cached(&format!(
                 "INSERT INTO products (id, merchant_id, sku, name, description, price_cents, currency, stock, category)
@@ -83,7 +86,7 @@ impl DbCommand for Insert {
             .query_one(
                 &stmt,
                 &[
-                    &Uuid::now_v7(),
+                    &id,
                     &self.merchant_id,
                     &p.sku,
                     &p.name,
@@ -95,7 +98,9 @@ impl DbCommand for Insert {
                 ],
             )
             .await?;
-        Ok(Product::from_row(&row))
+        Ok((Product::from_row(&row), true))
+        })
+        .await
     }
 }
 
@@ -109,7 +114,8 @@ pub struct Get {
 impl DbCommand for Get {
     type Output = Option<Product>;
 
-    async fn run(self, client: &mut Client) -> Result<Option<Product>, DbError> {
+    async fn run(self, conn: &mut Conn) -> Result<Option<Product>, DbError> {
+        let client = &**conn;
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM products WHERE id = $1 AND merchant_id = $2 AND (NOT $3 OR status = 'active')"
@@ -133,7 +139,7 @@ pub enum Write {
     Insufficient,
 }
 
-async fn exists(client: &Client, merchant_id: Uuid, id: Uuid) -> Result<bool, DbError> {
+async fn exists(client: &impl GenericClient, merchant_id: Uuid, id: Uuid) -> Result<bool, DbError> {
     let stmt = client
         .prepare_cached("SELECT 1 FROM products WHERE id = $1 AND merchant_id = $2")
         .await?;
@@ -147,14 +153,16 @@ pub struct Update {
     pub merchant_id: Uuid,
     pub id: Uuid,
     pub patch: ProductPatch,
-    pub if_version: Option<i64>,
+    /// `If-Match`: the write happens only at one of these versions (`None`: any).
+    pub if_versions: Option<Vec<i64>>,
 }
 
 impl DbCommand for Update {
     type Output = Write;
 
-    async fn run(self, client: &mut Client) -> Result<Write, DbError> {
+    async fn run(self, conn: &mut Conn) -> Result<Write, DbError> {
         let p = &self.patch;
+        in_transaction(conn, async |client| {
         let stmt = client
             .prepare_cached(&format!(
                 "UPDATE products SET
@@ -165,7 +173,7 @@ impl DbCommand for Update {
                     category = CASE WHEN $10 THEN $11 ELSE category END,
                     status = coalesce($12, status),
                     version = version + 1, updated_at = now()
-                 WHERE id = $1 AND merchant_id = $2 AND ($13::bigint IS NULL OR version = $13)
+                 WHERE id = $1 AND merchant_id = $2 AND ($13::bigint[] IS NULL OR version = ANY($13))
                  RETURNING {COLUMNS}"
             ))
             .await?;
@@ -187,15 +195,17 @@ impl DbCommand for Update {
                     &p.category.is_some(),
                     &category,
                     &p.status,
-                    &self.if_version,
+                    &self.if_versions,
                 ],
             )
             .await?;
-        match row {
-            Some(row) => Ok(Write::Done(Box::new(Product::from_row(&row)))),
-            None if exists(client, self.merchant_id, self.id).await? => Ok(Write::Stale),
-            None => Ok(Write::NotFound),
-        }
+        Ok(match row {
+            Some(row) => (Write::Done(Box::new(Product::from_row(&row))), true),
+            None if exists(client, self.merchant_id, self.id).await? => (Write::Stale, false),
+            None => (Write::NotFound, false),
+        })
+        })
+        .await
     }
 }
 
@@ -207,19 +217,23 @@ pub struct Archive {
 impl DbCommand for Archive {
     type Output = bool;
 
-    async fn run(self, client: &mut Client) -> Result<bool, DbError> {
-        let stmt = client
-            .prepare_cached(
-                "UPDATE products SET status = 'archived',
+    async fn run(self, conn: &mut Conn) -> Result<bool, DbError> {
+        in_transaction(conn, async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE products SET status = 'archived',
                     version = version + CASE WHEN status = 'archived' THEN 0 ELSE 1 END,
                     updated_at = CASE WHEN status = 'archived' THEN updated_at ELSE now() END
                  WHERE id = $1 AND merchant_id = $2",
-            )
-            .await?;
-        Ok(client
-            .execute(&stmt, &[&self.id, &self.merchant_id])
-            .await?
-            == 1)
+                )
+                .await?;
+            let found = client
+                .execute(&stmt, &[&self.id, &self.merchant_id])
+                .await?
+                == 1;
+            Ok((found, found))
+        })
+        .await
     }
 }
 
@@ -232,21 +246,26 @@ pub struct AdjustStock {
 impl DbCommand for AdjustStock {
     type Output = Write;
 
-    async fn run(self, client: &mut Client) -> Result<Write, DbError> {
-        let stmt = client
-            .prepare_cached(&format!(
+    async fn run(self, conn: &mut Conn) -> Result<Write, DbError> {
+        in_transaction(conn, async |client| {
+            let stmt = client
+                .prepare_cached(&format!(
                 "UPDATE products SET stock = stock + $3, version = version + 1, updated_at = now()
                  WHERE id = $1 AND merchant_id = $2 AND stock + $3 >= 0 RETURNING {COLUMNS}"
             ))
-            .await?;
-        let row = client
-            .query_opt(&stmt, &[&self.id, &self.merchant_id, &self.delta])
-            .await?;
-        match row {
-            Some(row) => Ok(Write::Done(Box::new(Product::from_row(&row)))),
-            None if exists(client, self.merchant_id, self.id).await? => Ok(Write::Insufficient),
-            None => Ok(Write::NotFound),
-        }
+                .await?;
+            let row = client
+                .query_opt(&stmt, &[&self.id, &self.merchant_id, &self.delta])
+                .await?;
+            Ok(match row {
+                Some(row) => (Write::Done(Box::new(Product::from_row(&row))), true),
+                None if exists(client, self.merchant_id, self.id).await? => {
+                    (Write::Insufficient, false)
+                }
+                None => (Write::NotFound, false),
+            })
+        })
+        .await
     }
 }
 
@@ -344,8 +363,8 @@ pub struct List(pub ProductQuery);
 impl DbCommand for List {
     type Output = PageOf<Product>;
 
-    async fn run(self, client: &mut Client) -> Result<PageOf<Product>, DbError> {
+    async fn run(self, conn: &mut Conn) -> Result<PageOf<Product>, DbError> {
         let sql = list_sql(&self.0)?;
-        paging::fetch(client, &self.0.page, sql, |row| Ok(Product::from_row(row))).await
+        paging::fetch(conn, &self.0.page, sql, |row| Ok(Product::from_row(row))).await
     }
 }

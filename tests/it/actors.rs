@@ -3,8 +3,8 @@
 use actix::fut::WrapFuture;
 use actix::{Actor, ActorContext, Arbiter, Context, Handler};
 use rampart_actors::{
-    serve, ActorSpec, ActorState, CallError, Envelope, Handle, Reply, Request, Resilient,
-    RestartPolicy, Stop, Supervision, Tree,
+    serve, serve_call, with_deadline, ActorSpec, ActorState, CallError, Envelope, Handle, Reply,
+    Request, Resilient, RestartPolicy, Stop, Supervision, Tree,
 };
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -93,6 +93,32 @@ impl Handler<Envelope<ExplodeLater>> for Gatekeeper {
                 async {
                     tokio::task::yield_now().await;
                     panic!("boom after an await");
+                }
+                .into_actor(act),
+            ))
+        });
+    }
+}
+
+/// A write that takes `work` long; it asks for the point of no return after `commit_after`.
+/// Replies whether it committed.
+struct Write {
+    commit_after: Duration,
+    work: Duration,
+}
+impl Request for Write {
+    type Reply = bool;
+}
+impl Handler<Envelope<Write>> for Gatekeeper {
+    type Result = ();
+    fn handle(&mut self, env: Envelope<Write>, ctx: &mut Context<Self>) {
+        serve_call(self, ctx, env, |act, write, caller, _| {
+            Reply::Spawn(Box::pin(
+                async move {
+                    tokio::time::sleep(write.commit_after).await;
+                    let committed = caller.commit();
+                    tokio::time::sleep(write.work).await;
+                    committed
                 }
                 .into_actor(act),
             ))
@@ -252,6 +278,80 @@ async fn a_call_that_outlives_its_deadline_times_out_and_the_work_is_skipped() {
         actor.stats().snapshot().expired,
         1,
         "the expired envelope was not worked on"
+    );
+    arbiter.stop();
+}
+
+#[actix_rt::test]
+async fn work_past_its_point_of_no_return_is_awaited_beyond_the_deadline_and_reported() {
+    let arbiter = Arbiter::new();
+    let (_tree, actor, _open, _) = start(16, RestartPolicy::default(), &arbiter);
+    let committed = actor
+        .call_within(
+            Write {
+                commit_after: Duration::ZERO,
+                work: Duration::from_millis(300),
+            },
+            Duration::from_millis(100),
+        )
+        .await;
+    assert_eq!(
+        committed,
+        Ok(true),
+        "the caller hears the outcome of a commit sent before its deadline"
+    );
+    arbiter.stop();
+}
+
+#[actix_rt::test]
+async fn work_that_reaches_its_point_of_no_return_after_the_deadline_may_not_commit() {
+    let arbiter = Arbiter::new();
+    let (_tree, actor, _open, _) = start(16, RestartPolicy::default(), &arbiter);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+    // The request's deadline (set at the edge) bounds a call with a longer default.
+    let late = with_deadline(
+        deadline,
+        actor.call(Write {
+            commit_after: Duration::from_millis(300),
+            work: Duration::ZERO,
+        }),
+    )
+    .await;
+    assert_eq!(late, Err(CallError::Timeout));
+    let now = tokio::time::Instant::now();
+    assert!(now < deadline + Duration::from_millis(150), "answered at the deadline");
+    arbiter.stop();
+}
+
+#[actix_rt::test]
+async fn a_caller_that_goes_away_is_never_committed_for() {
+    let arbiter = Arbiter::new();
+    let (_tree, actor, _open, _) = start(16, RestartPolicy::default(), &arbiter);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    struct Probe(tokio::sync::oneshot::Sender<bool>);
+    impl Request for Probe {
+        type Reply = ();
+    }
+    impl Handler<Envelope<Probe>> for Gatekeeper {
+        type Result = ();
+        fn handle(&mut self, env: Envelope<Probe>, ctx: &mut Context<Self>) {
+            serve_call(self, ctx, env, |act, Probe(report), caller, _| {
+                Reply::Spawn(Box::pin(
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = report.send(caller.commit());
+                    }
+                    .into_actor(act),
+                ))
+            });
+        }
+    }
+    let call = actor.call_within(Probe(tx), Duration::from_secs(10));
+    // The caller gives up long before its deadline (a client that disconnected).
+    let _ = tokio::time::timeout(Duration::from_millis(50), call).await;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), rx).await,
+        Ok(Ok(false))
     );
     arbiter.stop();
 }

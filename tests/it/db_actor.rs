@@ -1,16 +1,15 @@
 //! The `Db` actor against a real PostgreSQL: typed commands, panics, overload, outages.
 
-use crate::support::{TestApp, TestPg, ADMIN_TOKEN};
-use deadpool_postgres::Client;
+use crate::support::{wait_until, Select1, TestApp, TestPg, ADMIN_TOKEN};
 use futures_util::future::join_all;
-use rampart_actors::{ActorState, DbCommand, DbError, Ping};
+use rampart_actors::{ActorState, Conn, DbCommand, DbError};
 use serde_json::json;
 use std::time::Duration;
 
 struct Panics;
 impl DbCommand for Panics {
     type Output = ();
-    async fn run(self, client: &mut Client) -> Result<(), DbError> {
+    async fn run(self, client: &mut Conn) -> Result<(), DbError> {
         client.simple_query("SELECT 1").await?;
         panic!("a bug inside a database command");
     }
@@ -19,7 +18,7 @@ impl DbCommand for Panics {
 struct Sleep(f64);
 impl DbCommand for Sleep {
     type Output = ();
-    async fn run(self, client: &mut Client) -> Result<(), DbError> {
+    async fn run(self, client: &mut Conn) -> Result<(), DbError> {
         client.execute("SELECT pg_sleep($1)", &[&self.0]).await?;
         Ok(())
     }
@@ -28,7 +27,7 @@ impl DbCommand for Sleep {
 struct InsertDuplicateMerchantKey;
 impl DbCommand for InsertDuplicateMerchantKey {
     type Output = ();
-    async fn run(self, client: &mut Client) -> Result<(), DbError> {
+    async fn run(self, client: &mut Conn) -> Result<(), DbError> {
         for _ in 0..2 {
             client
                 .execute(
@@ -52,7 +51,7 @@ async fn a_panic_inside_a_db_command_restarts_db_and_the_next_command_succeeds()
         .expect_err("the panic reaches the caller as an error");
     assert!(matches!(err, DbError::Internal), "{err:?}");
     app.db
-        .run(Ping)
+        .run(Select1)
         .await
         .expect("the rebuilt pool serves the next command");
     let stats = app.db.stats().snapshot();
@@ -74,14 +73,11 @@ async fn restarts_beyond_the_intensity_mark_db_failed_and_readiness_says_so() {
         assert!(matches!(app.db.run(Panics).await, Err(DbError::Internal)));
     }
     // Readiness turns unready once supervision has marked the actor failed.
-    let mut ready = app.get("/health/ready").await;
-    for _ in 0..50 {
-        if ready.status == 503 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        ready = app.get("/health/ready").await;
-    }
+    wait_until("readiness is 503", Duration::from_secs(5), async || {
+        app.get("/health/ready").await.status == 503
+    })
+    .await;
+    let ready = app.get("/health/ready").await;
     assert_eq!(ready.status, 503, "{:?}", app.db.stats().snapshot());
     assert_eq!(app.db.stats().state(), ActorState::Failed);
     let body = ready.json();
@@ -113,7 +109,10 @@ async fn a_full_db_queue_refuses_at_once_with_503_and_retry_after() {
     // One slow command fills the single in-flight slot, so the actor holds its mailbox.
     let db = app.db.clone();
     let blocker = actix_rt::spawn(async move { db.run(Sleep(1.5)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until("the slow command holds the slot", Duration::from_secs(5), async || {
+        app.gauge.snapshot().inflight == 1
+    })
+    .await;
 
     let bodies: Vec<_> = (0..100).map(|i| json!({"name": format!("m{i}")})).collect();
     let replies = join_all(
@@ -173,18 +172,130 @@ async fn postgres_stopped_and_started_again_turns_readiness_503_then_200_without
     );
 
     pg.cluster.start_again().expect("start PostgreSQL");
-    let mut status = 0;
-    for _ in 0..100 {
-        status = app.get("/health/ready").await.status.as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 200, "ready again once PostgreSQL is back");
+    wait_until(
+        "ready again once PostgreSQL is back",
+        Duration::from_secs(10),
+        async || app.get("/health/ready").await.status == 200,
+    )
+    .await;
     assert_eq!(
         app.db.stats().snapshot().restarts,
         0,
         "no restart was needed"
     );
+}
+
+/// Holds its slot, then panics.
+struct PanicsAfter(f64);
+impl DbCommand for PanicsAfter {
+    type Output = ();
+    async fn run(self, client: &mut Conn) -> Result<(), DbError> {
+        client.execute("SELECT pg_sleep($1)", &[&self.0]).await?;
+        panic!("a bug after a slow query");
+    }
+}
+
+#[actix_rt::test]
+async fn a_panic_in_one_command_does_not_fail_the_commands_beside_it() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.database.max_inflight = 2;
+            s.database.max_connections = 2;
+        })
+        .spawn()
+        .await;
+    let (db, other) = (app.db.clone(), app.db.clone());
+    let panicking = actix_rt::spawn(async move { db.run(PanicsAfter(0.3)).await });
+    let running = actix_rt::spawn(async move { other.run(Sleep(0.6)).await });
+    wait_until("both commands hold a slot", Duration::from_secs(5), async || {
+        app.gauge.snapshot().inflight == 2
+    })
+    .await;
+    // These wait for a slot while the panic happens.
+    let queued = join_all((0..8).map(|_| app.db.run(Select1))).await;
+    assert!(matches!(
+        panicking.await.expect("join"),
+        Err(DbError::Internal)
+    ));
+    running
+        .await
+        .expect("join")
+        .expect("the command running beside the panic completes");
+    for result in queued {
+        result.expect("a command queued beside the panic completes");
+    }
+    assert_eq!(app.db.stats().snapshot().restarts, 1);
+}
+
+#[actix_rt::test]
+async fn readiness_and_metrics_answer_while_every_db_slot_and_the_queue_are_full() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.database.max_inflight = 2;
+            s.database.max_connections = 2;
+            s.actors.db.mailbox = 8;
+        })
+        .spawn()
+        .await;
+    let mut blockers = Vec::new();
+    for admitted in 1..=10 {
+        let db = app.db.clone();
+        blockers.push(actix_rt::spawn(async move { db.run(Sleep(2.0)).await }));
+        wait_until("the command is admitted", Duration::from_secs(5), async || {
+            let pool = app.gauge.snapshot();
+            pool.inflight + pool.queued == admitted
+        })
+        .await;
+    }
+    assert!(
+        matches!(app.db.run(Select1).await, Err(DbError::Overloaded)),
+        "requests are refused now"
+    );
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", String::from_utf8_lossy(&ready.body));
+    assert_eq!(ready.json()["checks"]["postgres"]["status"], "up");
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).expect("utf8");
+    assert!(text.contains("db_commands_in_flight 2"), "{text}");
+    assert!(text.contains("db_commands_queued 8"), "{text}");
+    for blocker in blockers {
+        let _ = blocker.await;
+    }
+}
+
+/// What PostgreSQL says of this pooled session's settings and prepared statements.
+struct SessionFacts;
+impl DbCommand for SessionFacts {
+    type Output = (String, i64);
+    async fn run(self, client: &mut Conn) -> Result<(String, i64), DbError> {
+        let idle = client
+            .query_one("SHOW idle_in_transaction_session_timeout", &[])
+            .await?
+            .get(0);
+        let prepared = client
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .await?
+            .get(0);
+        Ok((idle, prepared))
+    }
+}
+
+#[actix_rt::test]
+async fn sessions_carry_the_idle_transaction_timeout_and_tcp_keepalives() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.database.idle_in_transaction_timeout_ms = 1500;
+            s.database.tcp_keepalive_secs = 9;
+        })
+        .spawn()
+        .await;
+    let (idle, _) = app.db.run(SessionFacts).await.expect("facts");
+    assert_eq!(idle, "1500ms");
+    let mut settings = rampart::settings::Settings::for_tests().expect("settings");
+    settings.database.tcp_keepalive_secs = 9;
+    let pg = rampart::startup::pg_config(&settings, &app.database_url).expect("config");
+    assert!(pg.get_keepalives());
+    assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(9));
+
 }

@@ -225,7 +225,7 @@ async fn a_graceful_stop_stops_the_actors_after_the_server() {
     app.stop().await;
     assert_eq!(db.stats().state(), rampart_actors::ActorState::Stopped);
     assert_eq!(
-        db.run(rampart_actors::Ping)
+        db.run(crate::support::Select1)
             .await
             .map_err(|e| e.to_string()),
         Err("database unavailable: db actor not running".to_owned())

@@ -77,6 +77,29 @@ impl TestPg {
     }
 }
 
+/// `SELECT 1` through `Db`: the smallest command, to see that its lane serves.
+pub struct Select1;
+
+impl rampart_actors::DbCommand for Select1 {
+    type Output = ();
+    async fn run(self, conn: &mut rampart_actors::Conn) -> Result<(), rampart_actors::DbError> {
+        conn.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// Waits until `condition` holds, checking every 10 ms, and fails the test after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -111,6 +134,7 @@ impl TestAppBuilder {
             .expect("build the application");
         let port = app.port();
         let db = app.db().clone();
+        let gauge = app.gauge().clone();
         let handle = app.handle();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         actix_rt::spawn(async move {
@@ -121,6 +145,7 @@ impl TestAppBuilder {
             base: format!("http://127.0.0.1:{port}"),
             database_url: url,
             db,
+            gauge,
             handle,
             stopped: Some(done_rx),
             client: awc::Client::builder()
@@ -135,6 +160,7 @@ pub struct TestApp {
     pub base: String,
     pub database_url: String,
     pub db: Handle<Db>,
+    pub gauge: rampart_actors::DbGauge,
     pub handle: actix_web::dev::ServerHandle,
     stopped: Option<tokio::sync::oneshot::Receiver<()>>,
     pub client: awc::Client,
