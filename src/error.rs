@@ -294,3 +294,33 @@ impl From<CallError> for ApiError {
         ApiError::from(DbError::from(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+    use rampart_actors::db::ConstraintKind;
+
+    #[test]
+    fn an_unexpected_constraint_violation_is_a_500_that_does_not_name_it() {
+        let error = ApiError::from(DbError::Constraint {
+            name: "orders_secret_internal_key".into(),
+            kind: ConstraintKind::Unique,
+        });
+        let response = error.error_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response.into_body().try_into_bytes().unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("orders_secret_internal_key"), "{text}");
+        assert!(text.contains("/problems/internal"), "{text}");
+    }
+
+    #[test]
+    fn a_401_carries_www_authenticate_bearer() {
+        let response = ApiError::Unauthorized.error_response();
+        assert_eq!(
+            response.headers().get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+    }
+}

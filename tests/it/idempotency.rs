@@ -1,8 +1,49 @@
 //! Idempotency keys: one effect per key, the first response replayed byte for byte.
 
-use crate::support::TestApp;
+use crate::support::{wait_until, TestApp};
 use futures_util::future::join_all;
 use serde_json::json;
+use std::time::Duration;
+
+#[actix_rt::test]
+async fn a_second_request_with_a_key_whose_first_is_still_running_is_409_in_flight() {
+    let app = TestApp::spawn().await;
+    let merchant = app.create_merchant("In flight").await;
+    let product = app.create_product(&merchant, "FLY", 1000, 5).await;
+    let id = product["id"].as_str().expect("id").to_owned();
+    let body = json!({"customer_email": "fly@example.com", "items": [{"product_id": id, "quantity": 1}]});
+    // Hold the product's row so the first request stays in flight, holding its key.
+    let locker = app.sql().await;
+    locker
+        .batch_execute(&format!("BEGIN; SELECT 1 FROM products WHERE id = '{id}' FOR UPDATE"))
+        .await
+        .expect("lock");
+    let first = app.checkout(&merchant.id, &body, Some("slow-key"));
+    let second = async {
+        let sql = app.sql().await;
+        wait_until("the first request waits on the row lock", Duration::from_secs(10), async || {
+            sql.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rampart' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get::<_, i64>(0)
+                == 1
+        })
+        .await;
+        let reply = app.checkout(&merchant.id, &body, Some("slow-key")).await;
+        locker.batch_execute("COMMIT").await.expect("release");
+        reply
+    };
+    let (first, second) = futures_util::join!(first, second);
+    assert_eq!(second.problem(409)["type"], "/problems/idempotency-in-flight");
+    assert_eq!(first.status, 201);
+    assert!(first.header("idempotent-replayed").is_none());
+    let replay = app.checkout(&merchant.id, &body, Some("slow-key")).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, first.body);
+}
 
 #[actix_rt::test]
 async fn a_hundred_concurrent_identical_posts_with_one_key_make_exactly_one_order() {
@@ -15,8 +56,12 @@ async fn a_hundred_concurrent_identical_posts_with_one_key_make_exactly_one_orde
         join_all((0..100).map(|_| app.checkout(&merchant.id, &body, Some("order-attempt-1"))))
             .await;
     let created: Vec<_> = replies.iter().filter(|r| r.status == 201).collect();
-    assert!(!created.is_empty());
-    let first = &created[0].body;
+    let original: Vec<_> = created
+        .iter()
+        .filter(|r| r.header("idempotent-replayed").is_none())
+        .collect();
+    assert_eq!(original.len(), 1, "exactly one response is not a replay");
+    let first = &original[0].body;
     for reply in &replies {
         match reply.status.as_u16() {
             201 => assert_eq!(&reply.body, first, "every success is the first response"),
@@ -118,6 +163,10 @@ async fn an_oversized_or_empty_key_is_400() {
     app.checkout(&merchant.id, &body, Some(&"x".repeat(256)))
         .await
         .problem(400);
+    for blank in ["", "   "] {
+        let reply = app.checkout(&merchant.id, &body, Some(blank)).await;
+        assert_eq!(reply.problem(400)["errors"][0]["field"], "Idempotency-Key");
+    }
     let ok = app
         .checkout(&merchant.id, &body, Some(&"x".repeat(255)))
         .await;

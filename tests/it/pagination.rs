@@ -193,3 +193,63 @@ async fn offset_pages_carry_totals_and_the_two_styles_cannot_mix() {
         json!({"data": [], "page": 1, "per_page": 10, "total": 0})
     );
 }
+
+/// Prepared statements of the (single) pooled session: in PostgreSQL and in the process.
+struct PreparedStatements;
+impl rampart_actors::DbCommand for PreparedStatements {
+    type Output = (i64, usize);
+    async fn run(
+        self,
+        conn: &mut rampart_actors::Conn,
+    ) -> Result<(i64, usize), rampart_actors::DbError> {
+        let server: i64 = conn
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .await?
+            .get(0);
+        Ok((server, conn.statement_cache.size()))
+    }
+}
+
+#[actix_rt::test]
+async fn ten_thousand_distinct_pages_leave_the_prepared_statements_per_connection_bounded() {
+    use rampart::domain::listing::Page;
+    use rampart::domain::product::{ProductFilter, Sort};
+    use rampart::store::products::{List, ProductQuery};
+    let app = TestApp::builder()
+        .configure(|s| s.database.max_connections = 1)
+        .spawn()
+        .await;
+    let m = app.create_merchant("Pages").await;
+    app.create_product(&m, "P-1", 100, 1).await;
+    let merchant_id: uuid::Uuid = m.id.parse().expect("uuid");
+    let query = |page: Page| ProductQuery {
+        merchant_id,
+        storefront: false,
+        filter: ProductFilter::default(),
+        sort: Sort::CreatedDesc,
+        page,
+    };
+    for batch in 0..100i64 {
+        let lists = (0..100i64).map(|i| {
+            let n = batch * 100 + i;
+            let page = if n % 2 == 0 {
+                Page::Offset {
+                    page: 1 + n / 2,
+                    per_page: 1 + n % 100,
+                }
+            } else {
+                Page::Keyset {
+                    limit: 1 + n % 100,
+                    after: None,
+                }
+            };
+            app.db.run(List(query(page)))
+        });
+        for result in futures_util::future::join_all(lists).await {
+            result.expect("list");
+        }
+    }
+    let (server, process) = app.db.run(PreparedStatements).await.expect("count");
+    assert!(server <= 20, "{server} prepared statements in the backend");
+    assert!(process <= 20, "{process} statements cached in the process");
+}
