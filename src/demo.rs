@@ -12,7 +12,11 @@ use crate::store::merchants::{self, FindByKey};
 use rampart_actors::{Db, DbError, Handle};
 
 /// The demo merchant's API key: the kept one when it works here, else a new merchant's.
-pub async fn ensure(db: &Handle<Db>, settings: &Settings, embedded: bool) -> Result<String, DbError> {
+pub async fn ensure(
+    db: &Handle<Db>,
+    settings: &Settings,
+    embedded: bool,
+) -> Result<String, DbError> {
     let path = settings.database.data_dir.join("demo-api-key");
     let read_from = path.clone();
     let kept = blocking(move || std::fs::read_to_string(read_from).ok())

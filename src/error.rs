@@ -246,10 +246,9 @@ impl ResponseError for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         if let ApiError::Unauthorized = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -276,12 +275,14 @@ impl From<DbError> for ApiError {
             },
             // Expected violations are mapped where they can happen (a duplicate SKU); any other
             // is a bug, logged with its name and never shown.
-            DbError::Constraint { name, kind } => {
-                ApiError::Internal(format!("unexpected constraint violation: {name} ({kind:?})"))
-            }
+            DbError::Constraint { name, kind } => ApiError::Internal(format!(
+                "unexpected constraint violation: {name} ({kind:?})"
+            )),
             DbError::InvalidInput(cause) => {
                 tracing::info!(%cause, "database refused a value of the request");
-                ApiError::bad_request("a value in the request cannot be stored or searched (text with a NUL byte?)")
+                ApiError::bad_request(
+                    "a value in the request cannot be stored or searched (text with a NUL byte?)",
+                )
             }
             DbError::Other(cause) => ApiError::Internal(cause),
             DbError::Internal => ApiError::Internal("database command panicked".into()),
@@ -319,7 +320,10 @@ mod tests {
     fn a_401_carries_www_authenticate_bearer() {
         let response = ApiError::Unauthorized.error_response();
         assert_eq!(
-            response.headers().get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+            response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes()),
             Some(&b"Bearer"[..])
         );
     }

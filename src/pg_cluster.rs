@@ -150,8 +150,7 @@ impl Cluster {
         let result = self.run("initdb", &mut initdb);
         let _ = std::fs::remove_file(&pwfile);
         result?;
-        write_private(&self.password_file(), &password)
-            .map_err(|e| step("keeping the password", e))
+        write_private(&self.password_file(), &password).map_err(|e| step("keeping the password", e))
     }
 
     /// `<data>.password`: beside the data directory, not inside it (the server's user owns that).
@@ -264,7 +263,10 @@ impl Cluster {
 
     pub fn url(&self, database: &str) -> String {
         match &self.password {
-            Some(p) => format!("postgres://{SUPERUSER}:{p}@127.0.0.1:{}/{database}", self.port),
+            Some(p) => format!(
+                "postgres://{SUPERUSER}:{p}@127.0.0.1:{}/{database}",
+                self.port
+            ),
             None => format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port),
         }
     }

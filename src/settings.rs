@@ -415,14 +415,25 @@ impl Settings {
         // Stored as PostgreSQL integers: bounded here so no cast can wrap.
         at_most("jobs.max_attempts", u64::from(self.jobs.max_attempts), 1000)?;
         positive("jobs.max_attempts", u64::from(self.jobs.max_attempts))?;
-        at_most("jobs.backoff_base_ms", self.jobs.backoff_base_ms, 86_400_000)?;
+        at_most(
+            "jobs.backoff_base_ms",
+            self.jobs.backoff_base_ms,
+            86_400_000,
+        )?;
         at_most("jobs.lease_secs", self.jobs.lease_secs, 86_400)?;
         for (queue, n) in &self.jobs.concurrency {
             if *n == 0 || *n > 1024 {
-                return Err(invalid("jobs.concurrency", format!("{queue}: must be from 1 to 1024")));
+                return Err(invalid(
+                    "jobs.concurrency",
+                    format!("{queue}: must be from 1 to 1024"),
+                ));
             }
         }
-        at_most("database.statement_timeout_ms", self.database.statement_timeout_ms, i32::MAX as u64)?;
+        at_most(
+            "database.statement_timeout_ms",
+            self.database.statement_timeout_ms,
+            i32::MAX as u64,
+        )?;
         at_most(
             "database.idle_in_transaction_timeout_ms",
             self.database.idle_in_transaction_timeout_ms,
@@ -432,8 +443,15 @@ impl Settings {
             "database.idle_in_transaction_timeout_ms",
             self.database.idle_in_transaction_timeout_ms,
         )?;
-        positive("database.tcp_keepalive_secs", self.database.tcp_keepalive_secs)?;
-        at_most("server.request_timeout_ms", self.server.request_timeout_ms, i32::MAX as u64)?;
+        positive(
+            "database.tcp_keepalive_secs",
+            self.database.tcp_keepalive_secs,
+        )?;
+        at_most(
+            "server.request_timeout_ms",
+            self.server.request_timeout_ms,
+            i32::MAX as u64,
+        )?;
         positive("health.ready_timeout_ms", self.health.ready_timeout_ms)?;
         positive("actors.call_deadline_ms", self.actors.call_deadline_ms)?;
         positive("actors.db.mailbox", self.actors.db.mailbox as u64)?;

@@ -98,9 +98,11 @@ impl Backend {
         let probe_spec = ActorSpec::new("db_probe")
             .mailbox(16)
             .call_deadline(Settings::ms(settings.health.ready_timeout_ms));
-        let probe = tree.start(&probe_spec, Some(&db_arbiter.handle()), move |supervision| {
-            DbProbe::new(pg, supervision)
-        });
+        let probe = tree.start(
+            &probe_spec,
+            Some(&db_arbiter.handle()),
+            move |supervision| DbProbe::new(pg, supervision),
+        );
         let applied = db
             .run_within(Migrate, Duration::from_secs(120))
             .await
@@ -146,7 +148,8 @@ async fn database(
         None => {
             let dir = settings.database.data_dir.join("postgres");
             let at = dir.clone();
-            let cluster = blocking(move || Cluster::start(&at, None, Durability::Durable)).await??;
+            let cluster =
+                blocking(move || Cluster::start(&at, None, Durability::Durable)).await??;
             cluster.ensure_database("rampart").await?;
             tracing::info!(port = cluster.port(), dir = %dir.display(), owned = cluster.is_owned(), "local PostgreSQL");
             (cluster.url("rampart"), Some(cluster))
@@ -182,7 +185,9 @@ fn cursor_key(settings: &Settings) -> CursorKey {
     if let Some(secret) = &settings.server.cursor_secret {
         return CursorKey::new(secret.expose().as_bytes());
     }
-    tracing::warn!("server.cursor_secret is unset: cursors are signed with a key of this process only");
+    tracing::warn!(
+        "server.cursor_secret is unset: cursors are signed with a key of this process only"
+    );
     let mut random = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
     CursorKey::new(&random)

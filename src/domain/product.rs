@@ -341,8 +341,14 @@ impl ProductListParams {
         };
         for (field, value) in [("category", &self.category), ("q", &self.q)] {
             // PostgreSQL cannot take a NUL in text: refused here, as the malformed query it is.
-            if value.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
-                return Err(ApiError::bad_field(field, "must not contain control characters"));
+            if value
+                .as_deref()
+                .is_some_and(|v| v.chars().any(char::is_control))
+            {
+                return Err(ApiError::bad_field(
+                    field,
+                    "must not contain control characters",
+                ));
             }
         }
         let category = match &self.category {

@@ -7,11 +7,11 @@ use crate::domain::merchant::hash_api_key;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::merchants::FindByKey;
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
 use sha2::{Digest, Sha256};
 use std::future::{ready, Ready};
 use uuid::Uuid;
@@ -51,22 +51,36 @@ impl FromRequest for MerchantAuth {
     }
 }
 
+async fn merchant(req: &HttpRequest) -> Result<MerchantAuth, ApiError> {
+    let hash = bearer(req)
+        .map(hash_api_key)
+        .ok_or(ApiError::Unauthorized)?;
+    let merchant_id = state(req)?
+        .db
+        .run(FindByKey(hash))
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(MerchantAuth { merchant_id })
+}
+
+/// The refusal, rendered here (inside the request's scope, so it carries the request id).
+fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody<B>> {
+    req.into_response(error.error_response())
+        .map_into_right_body()
+}
+
 /// Authenticates a merchant's API key before the handler (and its body) is reached.
 pub async fn merchant_gate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let hash = bearer(req.request()).map(hash_api_key);
-    let state = state(req.request())?;
-    let hash = hash.ok_or(ApiError::Unauthorized)?;
-    let merchant_id = state
-        .db
-        .run(FindByKey(hash))
-        .await
-        .map_err(ApiError::from)?
-        .ok_or(ApiError::Unauthorized)?;
-    req.extensions_mut().insert(MerchantAuth { merchant_id });
-    next.call(req).await
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    match merchant(req.request()).await {
+        Ok(auth) => {
+            req.extensions_mut().insert(auth);
+            Ok(next.call(req).await?.map_into_left_body())
+        }
+        Err(e) => Ok(refuse(req, e)),
+    }
 }
 
 /// Lets through only requests carrying the configured admin token. With no token configured,
@@ -74,7 +88,7 @@ pub async fn merchant_gate(
 pub async fn admin_gate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let allowed = match (state(req.request()), bearer(req.request())) {
         (Ok(state), Some(token)) => state
             .settings
@@ -86,10 +100,10 @@ pub async fn admin_gate(
         _ => false,
     };
     if !allowed {
-        return Err(ApiError::Unauthorized.into());
+        return Ok(refuse(req, ApiError::Unauthorized));
     }
     req.extensions_mut().insert(AdminAuth);
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// A request that passed [`admin_gate`].

@@ -35,13 +35,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             }
             // A body still arriving at the request's deadline is abandoned like any other work.
             let body = match rampart_actors::current_deadline() {
-                Some(deadline) => tokio::time::timeout_at(deadline, body)
-                    .await
-                    .map_err(|_| ApiError::Unavailable {
+                Some(deadline) => tokio::time::timeout_at(deadline, body).await.map_err(|_| {
+                    ApiError::Unavailable {
                         detail: "the request body did not arrive before the request's deadline"
                             .into(),
                         retry_after: 1,
-                    })?,
+                    }
+                })?,
                 None => body.await,
             };
             let body = body.map_err(|e| {

@@ -319,7 +319,10 @@ async fn work_that_reaches_its_point_of_no_return_after_the_deadline_may_not_com
     .await;
     assert_eq!(late, Err(CallError::Timeout));
     let now = tokio::time::Instant::now();
-    assert!(now < deadline + Duration::from_millis(150), "answered at the deadline");
+    assert!(
+        now < deadline + Duration::from_millis(150),
+        "answered at the deadline"
+    );
     arbiter.stop();
 }
 

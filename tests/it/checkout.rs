@@ -304,9 +304,10 @@ async fn checkout_writes_its_outbox_rows_without_notifying_inside_the_transactio
     let app = TestApp::spawn().await;
     let merchant = app.create_merchant("Quiet").await;
     let product = app.create_product(&merchant, "Q-1", 100, 10).await;
-    let (listener, mut connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (listener, mut connection) =
+        tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
     let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
     actix_rt::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -316,9 +317,17 @@ async fn checkout_writes_its_outbox_rows_without_notifying_inside_the_transactio
             }
         }
     });
-    listener.batch_execute("LISTEN rampart_jobs").await.expect("listen");
+    listener
+        .batch_execute("LISTEN rampart_jobs")
+        .await
+        .expect("listen");
     for _ in 0..3 {
-        assert_eq!(app.checkout(&merchant.id, &one(&product, 1), None).await.status, 201);
+        assert_eq!(
+            app.checkout(&merchant.id, &one(&product, 1), None)
+                .await
+                .status,
+            201
+        );
     }
     let jobs: i64 = app
         .sql()
@@ -327,7 +336,10 @@ async fn checkout_writes_its_outbox_rows_without_notifying_inside_the_transactio
         .await
         .expect("jobs")
         .get(0);
-    assert!(jobs >= 9, "the outbox rows are written with the orders: {jobs}");
+    assert!(
+        jobs >= 9,
+        "the outbox rows are written with the orders: {jobs}"
+    );
     // Notifications arrive in commit order: once our marker arrives, any notify sent by the
     // checkouts (committed before it) would have arrived first.
     app.sql()
@@ -339,5 +351,8 @@ async fn checkout_writes_its_outbox_rows_without_notifying_inside_the_transactio
         .await
         .expect("the marker arrives")
         .expect("listening");
-    assert_eq!(first, "marker", "no NOTIFY came from the checkout transactions");
+    assert_eq!(
+        first, "marker",
+        "no NOTIFY came from the checkout transactions"
+    );
 }

@@ -163,11 +163,19 @@ async fn merchant_create_beside_a_running_server_uses_its_cluster_and_leaves_it_
         .env("RAMPART__LOG__FILTER", "warn")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let key = created["api_key"].as_str().expect("key");
 
-    assert_eq!(served.status("/health/ready", None).await, 200, "still ready");
+    assert_eq!(
+        served.status("/health/ready", None).await,
+        200,
+        "still ready"
+    );
     assert_eq!(
         served.status("/api/v1/products", Some(key)).await,
         200,
@@ -187,6 +195,7 @@ async fn the_kept_demo_key_survives_runs_on_other_databases_and_works_on_the_nex
     let data = std::env::temp_dir().join(format!("rampart-run-{}", uuid::Uuid::new_v4().simple()));
     let mut first = serve_in(&data, None);
     let kept = first.demo_key().await;
+    assert_eq!(first.status("/api/v1/products", Some(&kept)).await, 200);
     assert!(first.terminate().await.success());
 
     // A run with database.url set in the same folder (a test, a benchmark).
@@ -194,6 +203,10 @@ async fn the_kept_demo_key_survives_runs_on_other_databases_and_works_on_the_nex
     let mut other = serve_in(&data, Some(&elsewhere));
     let other_key = other.demo_key().await;
     assert_ne!(other_key, kept);
+    assert_eq!(
+        other.status("/api/v1/products", Some(&other_key)).await,
+        200
+    );
     assert!(other.terminate().await.success());
     assert_eq!(
         std::fs::read_to_string(data.join("demo-api-key"))
@@ -222,7 +235,9 @@ fn the_embedded_cluster_admits_no_one_without_its_generated_password() {
     .expect("start");
     cluster.stop_when_process_exits();
     let secret = cluster.password_file();
-    let mode = std::fs::metadata(&secret).expect("password file").permissions();
+    let mode = std::fs::metadata(&secret)
+        .expect("password file")
+        .permissions();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o600
@@ -264,14 +279,26 @@ fn production_requires_a_shared_cursor_secret_and_narrow_integers_are_bounded() 
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.cursor_secret"));
 
     for (key, value, name) in [
-        ("RAMPART__JOBS__MAX_ATTEMPTS", "3000000000", "jobs.max_attempts"),
+        (
+            "RAMPART__JOBS__MAX_ATTEMPTS",
+            "3000000000",
+            "jobs.max_attempts",
+        ),
         (
             "RAMPART__DATABASE__STATEMENT_TIMEOUT_MS",
             "3000000000",
             "database.statement_timeout_ms",
         ),
-        ("RAMPART__SERVER__REQUEST_TIMEOUT_MS", "0", "server.request_timeout_ms"),
-        ("RAMPART__SERVER__CURSOR_SECRET", "short", "server.cursor_secret"),
+        (
+            "RAMPART__SERVER__REQUEST_TIMEOUT_MS",
+            "0",
+            "server.request_timeout_ms",
+        ),
+        (
+            "RAMPART__SERVER__CURSOR_SECRET",
+            "short",
+            "server.cursor_secret",
+        ),
     ] {
         let out = rampart().env(key, value).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{key}");
@@ -282,10 +309,9 @@ fn production_requires_a_shared_cursor_secret_and_narrow_integers_are_bounded() 
 
 #[test]
 fn the_compose_file_ships_no_default_secrets() {
-    let compose = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/compose.yml"),
-    )
-    .expect("compose.yml");
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/compose.yml"))
+            .expect("compose.yml");
     for secret in ["ADMIN__TOKEN", "CURSOR_SECRET", "POSTGRES_PASSWORD:"] {
         let line = compose
             .lines()

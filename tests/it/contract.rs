@@ -33,7 +33,11 @@ async fn a_bad_or_missing_key_is_401_with_www_authenticate_whatever_the_body() {
                 }
                 let reply = app.send(req, Some(body)).await;
                 reply.problem(401);
-                assert_eq!(reply.header("www-authenticate"), Some("Bearer"), "{method} {path}");
+                assert_eq!(
+                    reply.header("www-authenticate"),
+                    Some("Bearer"),
+                    "{method} {path}"
+                );
             }
         }
     }
@@ -69,7 +73,11 @@ async fn syntactically_invalid_json_is_400_even_when_it_names_unknown_or_misses_
                 Some(body.as_bytes()),
             )
             .await;
-        assert_eq!(reply.problem(400)["type"], "/problems/bad-request", "{body}");
+        assert_eq!(
+            reply.problem(400)["type"],
+            "/problems/bad-request",
+            "{body}"
+        );
     }
 }
 
@@ -91,7 +99,9 @@ async fn text_postgresql_cannot_store_is_a_4xx_never_a_500() {
         json!({"sku": "N-3", "name": "ok", "description": "\u{0}", "price_cents": 1, "currency": "EUR"}),
         json!({"sku": "N\u{0}4", "name": "ok", "price_cents": 1, "currency": "EUR"}),
     ] {
-        let reply = app.post_json("/api/v1/products", Some(&m.api_key), &body).await;
+        let reply = app
+            .post_json("/api/v1/products", Some(&m.api_key), &body)
+            .await;
         reply.problem(422);
     }
     let checkout = app
@@ -127,11 +137,19 @@ async fn if_match_compares_strongly_matches_any_tag_of_a_list_and_stock_needs_it
         .await
         .problem(412);
     let listed = app
-        .send(patch(Some(r#""v7", W/"v1", "v1""#)), Some(br#"{"name": "listed"}"#))
+        .send(
+            patch(Some(r#""v7", W/"v1", "v1""#)),
+            Some(br#"{"name": "listed"}"#),
+        )
         .await;
-    assert_eq!(listed.status, 200, "a list matches when any strong tag does");
+    assert_eq!(
+        listed.status, 200,
+        "a list matches when any strong tag does"
+    );
     assert_eq!(listed.json()["version"], 2);
-    let any = app.send(patch(Some("*")), Some(br#"{"name": "any"}"#)).await;
+    let any = app
+        .send(patch(Some("*")), Some(br#"{"name": "any"}"#))
+        .await;
     assert_eq!(any.status, 200, "* matches an existing product");
     let missing = app.url(&format!("/api/v1/products/{}", uuid::Uuid::now_v7()));
     let reply = app
@@ -148,14 +166,19 @@ async fn if_match_compares_strongly_matches_any_tag_of_a_list_and_stock_needs_it
 
     // Stock written blind would erase the sales made since the client read it.
     let blind = app.send(patch(None), Some(br#"{"stock": 50}"#)).await;
-    assert_eq!(blind.problem(428)["type"], "/problems/precondition-required");
+    assert_eq!(
+        blind.problem(428)["type"],
+        "/problems/precondition-required"
+    );
     let tag = any.header("etag").expect("etag").to_owned();
     let set = app.send(patch(Some(&tag)), Some(br#"{"stock": 50}"#)).await;
     assert_eq!(set.status, 200);
     assert_eq!(set.json()["stock"], 50);
     // Other fields need no If-Match.
     assert_eq!(
-        app.send(patch(None), Some(br#"{"name": "free"}"#)).await.status,
+        app.send(patch(None), Some(br#"{"name": "free"}"#))
+            .await
+            .status,
         200
     );
 }

@@ -109,9 +109,11 @@ async fn a_full_db_queue_refuses_at_once_with_503_and_retry_after() {
     // One slow command fills the single in-flight slot, so the actor holds its mailbox.
     let db = app.db.clone();
     let blocker = actix_rt::spawn(async move { db.run(Sleep(1.5)).await });
-    wait_until("the slow command holds the slot", Duration::from_secs(5), async || {
-        app.gauge.snapshot().inflight == 1
-    })
+    wait_until(
+        "the slow command holds the slot",
+        Duration::from_secs(5),
+        async || app.gauge.snapshot().inflight == 1,
+    )
     .await;
 
     let bodies: Vec<_> = (0..100).map(|i| json!({"name": format!("m{i}")})).collect();
@@ -207,9 +209,11 @@ async fn a_panic_in_one_command_does_not_fail_the_commands_beside_it() {
     let (db, other) = (app.db.clone(), app.db.clone());
     let panicking = actix_rt::spawn(async move { db.run(PanicsAfter(0.3)).await });
     let running = actix_rt::spawn(async move { other.run(Sleep(0.6)).await });
-    wait_until("both commands hold a slot", Duration::from_secs(5), async || {
-        app.gauge.snapshot().inflight == 2
-    })
+    wait_until(
+        "both commands hold a slot",
+        Duration::from_secs(5),
+        async || app.gauge.snapshot().inflight == 2,
+    )
     .await;
     // These wait for a slot while the panic happens.
     let queued = join_all((0..8).map(|_| app.db.run(Select1))).await;
@@ -241,10 +245,14 @@ async fn readiness_and_metrics_answer_while_every_db_slot_and_the_queue_are_full
     for admitted in 1..=10 {
         let db = app.db.clone();
         blockers.push(actix_rt::spawn(async move { db.run(Sleep(2.0)).await }));
-        wait_until("the command is admitted", Duration::from_secs(5), async || {
-            let pool = app.gauge.snapshot();
-            pool.inflight + pool.queued == admitted
-        })
+        wait_until(
+            "the command is admitted",
+            Duration::from_secs(5),
+            async || {
+                let pool = app.gauge.snapshot();
+                pool.inflight + pool.queued == admitted
+            },
+        )
         .await;
     }
     assert!(
@@ -252,7 +260,12 @@ async fn readiness_and_metrics_answer_while_every_db_slot_and_the_queue_are_full
         "requests are refused now"
     );
     let ready = app.get("/health/ready").await;
-    assert_eq!(ready.status, 200, "{}", String::from_utf8_lossy(&ready.body));
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
     assert_eq!(ready.json()["checks"]["postgres"]["status"], "up");
     let metrics = app.get("/metrics").await;
     assert_eq!(metrics.status, 200);
@@ -297,5 +310,4 @@ async fn sessions_carry_the_idle_transaction_timeout_and_tcp_keepalives() {
     let pg = rampart::startup::pg_config(&settings, &app.database_url).expect("config");
     assert!(pg.get_keepalives());
     assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(9));
-
 }

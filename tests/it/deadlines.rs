@@ -60,9 +60,16 @@ async fn a_checkout_answered_503_at_its_deadline_is_never_committed_afterwards()
         pool.inflight == 0 && pool.queued == 0
     })
     .await;
-    assert_eq!(counts(&app, &id).await, (0, 0, 10), "no order, no job, no stock taken");
+    assert_eq!(
+        counts(&app, &id).await,
+        (0, 0, 10),
+        "no order, no job, no stock taken"
+    );
     // And the product is still for sale to the client that retries.
-    assert_eq!(app.checkout(&merchant.id, &buy(&id), None).await.status, 201);
+    assert_eq!(
+        app.checkout(&merchant.id, &buy(&id), None).await.status,
+        201
+    );
 }
 
 #[actix_rt::test]
@@ -117,5 +124,9 @@ async fn a_product_write_past_its_deadline_is_rolled_back() {
         app.gauge.snapshot().inflight == 0
     })
     .await;
-    assert_eq!(counts(&app, &id).await.2, 10, "the delta was not applied later");
+    assert_eq!(
+        counts(&app, &id).await.2,
+        10,
+        "the delta was not applied later"
+    );
 }

@@ -11,11 +11,14 @@ async fn a_second_request_with_a_key_whose_first_is_still_running_is_409_in_flig
     let merchant = app.create_merchant("In flight").await;
     let product = app.create_product(&merchant, "FLY", 1000, 5).await;
     let id = product["id"].as_str().expect("id").to_owned();
-    let body = json!({"customer_email": "fly@example.com", "items": [{"product_id": id, "quantity": 1}]});
+    let body =
+        json!({"customer_email": "fly@example.com", "items": [{"product_id": id, "quantity": 1}]});
     // Hold the product's row so the first request stays in flight, holding its key.
     let locker = app.sql().await;
     locker
-        .batch_execute(&format!("BEGIN; SELECT 1 FROM products WHERE id = '{id}' FOR UPDATE"))
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM products WHERE id = '{id}' FOR UPDATE"
+        ))
         .await
         .expect("lock");
     let first = app.checkout(&merchant.id, &body, Some("slow-key"));
@@ -37,7 +40,10 @@ async fn a_second_request_with_a_key_whose_first_is_still_running_is_409_in_flig
         reply
     };
     let (first, second) = futures_util::join!(first, second);
-    assert_eq!(second.problem(409)["type"], "/problems/idempotency-in-flight");
+    assert_eq!(
+        second.problem(409)["type"],
+        "/problems/idempotency-in-flight"
+    );
     assert_eq!(first.status, 201);
     assert!(first.header("idempotent-replayed").is_none());
     let replay = app.checkout(&merchant.id, &body, Some("slow-key")).await;

@@ -100,7 +100,10 @@ async fn cancelling_returns_the_stock_in_the_same_transaction() {
 async fn stock_of(app: &crate::support::TestApp, id: &str) -> i64 {
     app.sql()
         .await
-        .query_one("SELECT stock FROM products WHERE id = $1::text::uuid", &[&id])
+        .query_one(
+            "SELECT stock FROM products WHERE id = $1::text::uuid",
+            &[&id],
+        )
         .await
         .expect("stock")
         .get(0)
@@ -113,7 +116,10 @@ async fn twenty_concurrent_cancels_of_one_order_restock_exactly_once() {
     let p = app.create_product(&m, "CC", 100, 10).await;
     let id = p["id"].as_str().expect("id");
     let order = app.checkout(&m.id, &json!({"customer_email": "c@example.com", "items": [{"product_id": id, "quantity": 3}]}), None).await.json();
-    let path = format!("/api/v1/orders/{}/status", order["id"].as_str().expect("id"));
+    let path = format!(
+        "/api/v1/orders/{}/status",
+        order["id"].as_str().expect("id")
+    );
     let cancel = json!({"status": "cancelled"});
     let replies = futures_util::future::join_all(
         (0..20).map(|_| app.post_json(&path, Some(&m.api_key), &cancel)),
@@ -133,7 +139,8 @@ async fn a_cancel_racing_checkouts_of_the_same_product_never_oversells_or_loses_
     let m = app.create_merchant("Race").await;
     let p = app.create_product(&m, "RACE", 100, 5).await;
     let id = p["id"].as_str().expect("id");
-    let one = json!({"customer_email": "r@example.com", "items": [{"product_id": id, "quantity": 1}]});
+    let one =
+        json!({"customer_email": "r@example.com", "items": [{"product_id": id, "quantity": 1}]});
     // Five units sold: the shelf is empty.
     for _ in 0..5 {
         assert_eq!(app.checkout(&m.id, &one, None).await.status, 201);
@@ -155,8 +162,15 @@ async fn a_cancel_racing_checkouts_of_the_same_product_never_oversells_or_loses_
     for reply in bought.iter().filter(|r| r.status != 201) {
         assert_eq!(reply.problem(409)["type"], "/problems/insufficient-stock");
     }
-    assert!(sold <= 1, "only the returned unit can be sold again: {sold}");
-    assert_eq!(stock_of(&app, id).await, 1 - sold, "no unit lost or made up");
+    assert!(
+        sold <= 1,
+        "only the returned unit can be sold again: {sold}"
+    );
+    assert_eq!(
+        stock_of(&app, id).await,
+        1 - sold,
+        "no unit lost or made up"
+    );
     let units: i64 = app
         .sql()
         .await
@@ -167,5 +181,9 @@ async fn a_cancel_racing_checkouts_of_the_same_product_never_oversells_or_loses_
         .await
         .expect("units")
         .get(0);
-    assert_eq!(units + stock_of(&app, id).await, 5, "sold plus shelf is the stock");
+    assert_eq!(
+        units + stock_of(&app, id).await,
+        5,
+        "sold plus shelf is the stock"
+    );
 }
