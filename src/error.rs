@@ -16,7 +16,8 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -185,16 +186,20 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error, as RFC 9457 `application/problem+json`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A relative URI naming the kind of problem, such as `/problems/insufficient-stock`.
     #[serde(rename = "type")]
     kind: String,
-    title: &'a str,
+    title: String,
     status: u16,
     detail: String,
+    /// The request's `X-Request-Id`.
     request_id: Option<String>,
+    /// For validation failures: one entry per invalid field.
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
+    errors: Option<Vec<FieldError>>,
 }
 
 /// Builds a problem+json response; also used for errors raised outside handlers.
@@ -207,11 +212,11 @@ pub fn problem_response(
 ) -> HttpResponse {
     let body = Problem {
         kind: format!("/problems/{kind}"),
-        title,
+        title: title.to_owned(),
         status: status.as_u16(),
         detail,
         request_id: current_request_id(),
-        errors,
+        errors: errors.map(<[FieldError]>::to_vec),
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     HttpResponse::build(status)

@@ -16,12 +16,23 @@ use uuid::Uuid;
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
 
-/// The raw pagination parameters, as they come in the query string.
-#[derive(Debug, Default, Deserialize)]
+/// The raw pagination parameters, as they come in the query string: keyset (`limit`, `cursor`)
+/// or offset (`page`, `per_page`), never both (400).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Keyset page size, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// The `next_cursor` of the previous page: opaque and signed (400 when tampered with or
+    /// taken to another list, sort or filter).
+    #[param(max_length = 1024)]
     pub cursor: Option<String>,
+    /// Offset page number, from 1.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1_000_000)]
     pub page: Option<String>,
+    /// Offset page size, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub per_page: Option<String>,
 }
 
@@ -180,7 +191,7 @@ impl PageParams {
 }
 
 /// One page of results and how to get the next.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Listing<T: Serialize> {
     Keyset {

@@ -10,19 +10,26 @@ use uuid::Uuid;
 pub const MAX_ITEMS: usize = 50;
 pub const MAX_QUANTITY: i64 = 1000;
 
-#[derive(Debug, Deserialize, Serialize)]
+/// A checkout: 1 to 50 items of one currency; repeated products are merged into one line (at
+/// most 1,000 units of a product in all).
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
+    #[schema(max_length = 254, pattern = r"^[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
     pub customer_email: String,
     #[serde(default)]
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$", nullable)]
     pub customer_name: Option<String>,
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<ItemBody>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemBody {
     pub product_id: Uuid,
+    #[serde(deserialize_with = "crate::domain::integer::integer")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
 }
 
@@ -43,29 +50,30 @@ pub struct CheckoutRequest {
     pub fingerprint: Vec<u8>,
 }
 
+/// An email address of the documented shape: an ASCII local part of letters, digits and
+/// `._%+-` (1 to 64), `@`, and a domain of two or more labels (letters, digits, inner hyphens,
+/// 1 to 63 each); 254 characters at most.
 pub fn email(field: &str, raw: &str) -> Result<String, FieldError> {
     let bad = || FieldError::new(field, "must be an email address");
-    let value = raw.trim();
-    if value.len() > 254 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if raw.len() > 254 {
         return Err(bad());
     }
-    let (local, domain) = value.rsplit_once('@').ok_or_else(bad)?;
-    let labels_ok = domain.split('.').all(|l| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    let (local, domain) = raw.split_once('@').ok_or_else(bad)?;
+    let local_ok = (1..=64).contains(&local.len())
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._%+-".contains(&b));
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !l.starts_with('-')
             && !l.ends_with('-')
-    });
-    if local.is_empty()
-        || local.len() > 64
-        || local.contains('@')
-        || !domain.contains('.')
-        || !labels_ok
-    {
+    };
+    let labels: Vec<&str> = domain.split('.').collect();
+    if !local_ok || labels.len() < 2 || !labels.iter().all(|l| label_ok(l)) {
         return Err(bad());
     }
-    Ok(value.to_owned())
+    Ok(raw.to_owned())
 }
 
 impl CheckoutBody {
@@ -177,10 +185,35 @@ impl OrderStatus {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The status an order moves to.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusBody {
+    #[schema(value_type = TargetStatus)]
     pub status: String,
+}
+
+/// pending → paid → shipped → delivered; pending or paid → cancelled (409 otherwise).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum TargetStatus {
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+/// An order's status.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum OrderStatusName {
+    Pending,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
 }
 
 impl StatusBody {
@@ -196,13 +229,23 @@ impl StatusBody {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OrderListParams {
+    #[param(value_type = Option<OrderStatusName>)]
     pub status: Option<String>,
+    /// First day (UTC, inclusive), `YYYY-MM-DD`; an RFC 3339 time is accepted too.
+    #[param(value_type = Option<chrono::NaiveDate>)]
     pub from: Option<String>,
+    /// Last day (UTC, inclusive), `YYYY-MM-DD`; an RFC 3339 time is accepted too. Not before
+    /// `from` (400).
+    #[param(value_type = Option<chrono::NaiveDate>)]
     pub to: Option<String>,
+    /// Only `-created_at` (the default).
+    #[param(pattern = "^-created_at$")]
     pub sort: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     pub page: crate::domain::listing::PageParams,
 }
 

@@ -1,5 +1,6 @@
 //! Catalog input: new products, patches, list filters and sorts.
 
+use crate::domain::integer;
 use crate::domain::listing::int_param;
 use crate::error::{ApiError, FieldError};
 use serde::{Deserialize, Deserializer};
@@ -80,18 +81,28 @@ fn category(errors: &mut Vec<FieldError>, raw: &str) -> Option<String> {
     text(errors, "category", raw, 1, 100)
 }
 
-#[derive(Debug, Deserialize)]
+/// A new product. `sku` is unique per merchant (409 when taken).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProductBody {
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\s\u0000-\u001F\u007F-\u009F]+$")]
     pub sku: String,
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 5000, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$", nullable)]
     pub description: Option<String>,
+    #[serde(deserialize_with = "integer::integer")]
+    #[schema(minimum = 0, maximum = 10_000_000_000_i64)]
     pub price_cents: i64,
+    /// ISO 4217: three upper-case letters.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::integer")]
+    #[schema(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub stock: i64,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$", nullable)]
     pub category: Option<String>,
 }
 
@@ -138,6 +149,11 @@ impl NewProductBody {
     }
 }
 
+/// A field that may be absent but, when present, is not `null`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 /// Absent stays `None`; an explicit `null` becomes `Some(None)`.
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
@@ -145,25 +161,44 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+/// A partial update: at least one field. `description` and `category` may be set to null.
+/// Setting `stock` needs `If-Match` (428 without it).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatchBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\s\u0000-\u001F\u007F-\u009F]+$", value_type = String)]
     pub sku: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$", value_type = String)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(max_length = 5000, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$", value_type = Option<String>, nullable)]
     pub description: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::present")]
+    #[schema(minimum = 0, maximum = 10_000_000_000_i64, value_type = i64)]
     pub price_cents: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[A-Z]{3}$", value_type = String)]
     pub currency: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::present")]
+    #[schema(minimum = 0, maximum = 1_000_000_000, value_type = i64)]
     pub stock: Option<i64>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$", value_type = Option<String>, nullable)]
     pub category: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = ProductStatus)]
     pub status: Option<String>,
+}
+
+/// A product's status.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ProductStatus {
+    Active,
+    Archived,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -228,9 +263,12 @@ impl ProductPatchBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A relative stock change; 409 when the stock would go below zero.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockDeltaBody {
+    #[serde(deserialize_with = "integer::integer")]
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000)]
     pub delta: i64,
 }
 
@@ -293,17 +331,46 @@ impl Sort {
     }
 }
 
-/// The raw list query of the catalog and the storefront.
-#[derive(Debug, Default, Deserialize)]
+/// The raw list query of the catalog and the storefront (`status` is a catalog filter only).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ProductListParams {
+    /// Catalog only: `active` or `archived` (the storefront lists active products; 400 there).
+    #[param(value_type = Option<ProductStatus>)]
     pub status: Option<String>,
+    #[param(min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub category: Option<String>,
+    /// Full-text search over name and description.
+    #[param(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub q: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 10_000_000_000_i64)]
     pub min_price: Option<String>,
+    /// At least `min_price` (400 otherwise).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 10_000_000_000_i64)]
     pub max_price: Option<String>,
+    #[param(value_type = Option<ProductSort>)]
     pub sort: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     pub page: crate::domain::listing::PageParams,
+}
+
+/// The orders of a product list; `-` is descending. Default `-created_at`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum ProductSort {
+    #[schema(rename = "created_at")]
+    CreatedAt,
+    #[schema(rename = "-created_at")]
+    CreatedAtDesc,
+    #[schema(rename = "price")]
+    Price,
+    #[schema(rename = "-price")]
+    PriceDesc,
+    #[schema(rename = "name")]
+    Name,
+    #[schema(rename = "-name")]
+    NameDesc,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -11,14 +11,20 @@ use serde::Deserialize;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMerchantBody {
+    /// 1 to 200 characters after trimming, no control characters.
+    #[schema(max_length = 200, pattern = r"^\s*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
     name: String,
+    /// http or https; refused when it points at a loopback, private or link-local address.
     #[serde(default)]
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s\u0000-\u001F\u007F-\u009F/?#@:\[][^\s\u0000-\u001F\u007F-\u009F/?#@]*([/?#][^\s\u0000-\u001F\u007F-\u009F]*)?$", nullable)]
     webhook_url: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/merchants", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/admin/merchants", tag = "admin", operation_id = "createMerchant",
     request_body = CreateMerchantBody,
-    responses((status = 201, body = CreatedMerchant), (status = 401), (status = 422)),
+    responses((status = 201, body = CreatedMerchant), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType),
+        (status = 422, description = "invalid name, or a webhook URL that is not http(s) or points at a private address", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, response = crate::routes::openapi::Unavailable)),
     security(("admin_token" = [])))]
 pub async fn create_merchant(
     _: AdminAuth,

@@ -1,10 +1,17 @@
 //! `GET /api-docs/openapi.json`: the OpenAPI 3 description, generated from the handlers'
-//! annotations. No interactive page is served: every such page (Swagger UI, Redoc, Scalar)
-//! would be fetched from the internet at build or run time.
+//! annotations and the Rust types they take and return (request bodies, query parameters with
+//! their bounds, entities, problems). Every status a handler can answer is listed; the problem
+//! responses are declared once here and named by each operation. `make conformance` runs
+//! schemathesis against the running service to keep the description honest.
 
+use crate::error::{FieldError, Problem};
 use actix_web::HttpResponse;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
 struct Security;
 
@@ -24,7 +31,86 @@ impl Modify for Security {
             bearer("a merchant API key (rk_live_...), shown once at creation"),
         );
         components.add_security_scheme("admin_token", bearer("the admin token from configuration"));
+        // utoipa 5.5 writes `#[schema(min_properties)]` as `maxProperties`: set it here instead.
+        if let Some(RefOr::T(Schema::Object(patch))) =
+            components.schemas.get_mut("ProductPatchBody")
+        {
+            patch.min_properties = Some(1);
+        }
     }
+}
+
+/// Malformed request: bad JSON, a bad query parameter, cursor, sort or filter.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct BadRequest(pub Problem);
+
+/// Missing or invalid credentials (checked before the body is read).
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("WWW-Authenticate" = String, description = "`Bearer`"))
+)]
+pub struct Unauthorized(pub Problem);
+
+/// No such resource (also another merchant's).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct NotFound(pub Problem);
+
+/// Conflict with the current state.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct Conflict(pub Problem);
+
+/// `If-Match` names no current version of the resource.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct PreconditionFailed(pub Problem);
+
+/// Setting `stock` needs `If-Match` with the product's current `ETag`.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct PreconditionRequired(pub Problem);
+
+/// The body exceeds `server.body_limit_bytes`.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct PayloadTooLarge(pub Problem);
+
+/// The body is not `application/json`.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct UnsupportedMediaType(pub Problem);
+
+/// Well-formed but invalid: `errors` names each field.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct Unprocessable(pub Problem);
+
+/// Overloaded, past the request's deadline, or a dependency is down. A write answered 503 did
+/// not happen and will not happen later: retry it.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u32, description = "seconds"))
+)]
+pub struct Unavailable(pub Problem);
+
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok` while the process serves.
+    pub status: String,
+}
+
+/// `GET /health/ready`: one entry per dependency and actor under `checks`.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, `degraded` (still 200) or `unready` (503).
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub checks: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(OpenApi)]
@@ -32,7 +118,10 @@ impl Modify for Security {
     info(title = "Rampart", description = "A commerce backend: catalog, storefront with checkout, orders.\n\n\
         Errors are `application/problem+json` (RFC 9457) with `type`, `title`, `status`, `detail`, `request_id` and, \
         for validation failures, `errors: [{field, message}]`. Every response carries `X-Request-Id`. \
-        A 429 or 503 carries `Retry-After`. Lists paginate by keyset (`limit`, `cursor` → `{data, next_cursor, has_more}`) \
+        A 429 or 503 carries `Retry-After`. Every request has a deadline (`server.request_timeout_ms`): past it \
+        the answer is 503 and the request's work is rolled back, never committed later, so a 5xx write may be retried. \
+        Credentials are checked before the body is read. \
+        Lists paginate by keyset (`limit`, `cursor` → `{data, next_cursor, has_more}`) \
         or by offset (`page`, `per_page` → `{data, page, per_page, total}`); mixing the two is a 400. \
         Another merchant's resources are 404."),
     paths(
@@ -43,27 +132,115 @@ impl Modify for Security {
         crate::routes::orders::list, crate::routes::orders::get, crate::routes::orders::change_status,
         health_doc, ready_doc, metrics_doc,
     ),
-    components(schemas(crate::store::products::Product, crate::store::orders::Order, crate::store::orders::OrderItem,
-        crate::store::merchants::Merchant, crate::store::merchants::CreatedMerchant, crate::routes::admin::CreateMerchantBody)),
+    components(
+        schemas(Problem, FieldError, Liveness, Readiness),
+        responses(BadRequest, Unauthorized, NotFound, Conflict, PreconditionFailed, PreconditionRequired,
+            PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
+    ),
     modifiers(&Security),
 )]
 pub struct ApiDoc;
 
-/// Liveness: 200 while the process serves.
-#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, description = "{\"status\":\"ok\"}")))]
+/// Liveness: 200 while the process serves; touches no dependency.
+#[utoipa::path(get, path = "/health", tag = "ops", operation_id = "health",
+    responses((status = 200, body = Liveness)))]
 #[allow(dead_code)]
 fn health_doc() {}
 
-/// Readiness: PostgreSQL within its deadline, every actor running.
-#[utoipa::path(get, path = "/health/ready", tag = "ops", responses((status = 200, description = "ready or degraded"), (status = 503, description = "unready")))]
+/// Readiness: PostgreSQL answers on the probe's own connection within its deadline and every
+/// actor runs.
+#[utoipa::path(get, path = "/health/ready", tag = "ops", operation_id = "ready",
+    responses((status = 200, body = Readiness, description = "ready or degraded"),
+        (status = 503, body = Readiness, description = "unready", headers(("Retry-After" = u32)))))]
 #[allow(dead_code)]
 fn ready_doc() {}
 
 /// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "text/plain; version=0.0.4")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
+    responses((status = 200, body = String, content_type = "text/plain")))]
 #[allow(dead_code)]
 fn metrics_doc() {}
 
+/// The document, rendered once. utoipa 5 writes a link's fields in snake case
+/// (`operation_id`); OpenAPI spells them in camel case, so they are renamed here.
 pub async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        camel_case_links(&mut doc);
+        serde_json::to_vec(&doc).unwrap_or_default()
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body.clone())
+}
+
+fn camel_case_links(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Object(links)) = map.get_mut("links") {
+                for link in links.values_mut() {
+                    if let serde_json::Value::Object(link) = link {
+                        for (from, to) in [
+                            ("operation_id", "operationId"),
+                            ("operation_ref", "operationRef"),
+                            ("request_body", "requestBody"),
+                        ] {
+                            if let Some(v) = link.remove(from) {
+                                link.insert(to.to_owned(), v);
+                            }
+                        }
+                    }
+                }
+            }
+            map.values_mut().for_each(camel_case_links);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(camel_case_links),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document() -> serde_json::Value {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        camel_case_links(&mut doc);
+        doc
+    }
+
+    #[test]
+    fn request_bodies_are_described_from_the_types_with_their_bounds() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let patch = &schemas["ProductPatchBody"];
+        assert_eq!(patch["minProperties"], 1, "{patch}");
+        assert_eq!(patch["additionalProperties"], false, "{patch}");
+        let new = &schemas["NewProductBody"]["properties"];
+        assert_eq!(new["sku"]["maxLength"], 64);
+        assert_eq!(new["price_cents"]["minimum"], 0);
+        assert_eq!(schemas["CheckoutBody"]["properties"]["items"]["maxItems"], 50);
+        let create = &doc["paths"]["/api/v1/products"]["post"];
+        assert_eq!(
+            create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/NewProductBody"
+        );
+        for status in ["400", "401", "409", "413", "415", "422", "503"] {
+            assert!(create["responses"].get(status).is_some(), "{status}");
+        }
+        let links = &create["responses"]["201"]["links"];
+        assert_eq!(links["GetProduct"]["operationId"], "getProduct", "{links}");
+        let list = &doc["paths"]["/api/v1/products"]["get"]["parameters"];
+        let limit = list
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "limit"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(limit["schema"]["maximum"], 100, "{limit}");
+        let patch_op = &doc["paths"]["/api/v1/products/{id}"]["patch"]["responses"];
+        for status in ["412", "428"] {
+            assert!(patch_op.get(status).is_some(), "{status}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The merchant's orders: `/api/v1/orders`.
 
-use crate::domain::listing::CursorScope;
+use crate::domain::listing::{CursorScope, Listing};
 use crate::domain::order::{OrderListParams, StatusBody};
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
@@ -9,10 +9,9 @@ use crate::state::AppState;
 use crate::store::orders::{self, ChangeStatus, Order, OrderQuery, StatusOutcome};
 use actix_web::{web, HttpResponse};
 
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders",
-    params(("status" = Option<String>, Query), ("from" = Option<String>, Query, description = "YYYY-MM-DD (UTC, inclusive) or RFC 3339"), ("to" = Option<String>, Query, description = "YYYY-MM-DD (UTC, inclusive) or RFC 3339"),
-        ("sort" = Option<String>, Query, description = "-created_at"), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query)),
-    responses((status = 200, description = "orders, newest first, paginated"), (status = 400)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", operation_id = "listOrders",
+    params(OrderListParams, crate::domain::listing::PageParams),
+    responses((status = 200, body = Listing<Order>, description = "newest first"), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
 pub async fn list(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -42,8 +41,8 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, body = Order), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", operation_id = "getOrder", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = Order), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
 pub async fn get(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -61,9 +60,10 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(order))
 }
 
-#[utoipa::path(post, path = "/api/v1/orders/{id}/status", tag = "orders", params(("id" = uuid::Uuid, Path)),
-    request_body(content = Object, description = "{\"status\": \"paid\" | \"shipped\" | \"delivered\" | \"cancelled\"}"),
-    responses((status = 200, body = Order), (status = 404), (status = 409, description = "transition not allowed"), (status = 422)), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/api/v1/orders/{id}/status", tag = "orders", operation_id = "changeOrderStatus", params(("id" = uuid::Uuid, Path)),
+    request_body = StatusBody,
+    responses((status = 200, body = Order), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound), (status = 409, description = "transition not allowed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType), (status = 422, response = crate::routes::openapi::Unprocessable), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
 pub async fn change_status(
     auth: MerchantAuth,
     state: web::Data<AppState>,

@@ -1,6 +1,6 @@
 //! The merchant's catalog: `/api/v1/products`.
 
-use crate::domain::listing::{CursorKey, CursorScope, Page};
+use crate::domain::listing::{CursorKey, CursorScope, Listing, Page};
 use crate::domain::product::{
     NewProductBody, ProductListParams, ProductPatchBody, Sort, StockDeltaBody,
 };
@@ -48,8 +48,16 @@ fn written(outcome: Write) -> Result<HttpResponse, ApiError> {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/products", tag = "catalog", request_body(content = Object, description = "sku, name, description?, price_cents, currency, stock?, category?"),
-    responses((status = 201, body = Product, headers(("Location"), ("ETag"))), (status = 409, description = "duplicate sku"), (status = 422)), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/api/v1/products", tag = "catalog", operation_id = "createProduct",
+    request_body = NewProductBody,
+    responses((status = 201, body = Product, headers(("Location" = String), ("ETag" = String)),
+            links(("GetProduct" = (operation_id = "getProduct", parameters(("id" = "$response.body#/id")))),
+                ("UpdateProduct" = (operation_id = "updateProduct", parameters(("id" = "$response.body#/id")))),
+                ("AdjustStock" = (operation_id = "adjustStock", parameters(("id" = "$response.body#/id")))),
+                ("ArchiveProduct" = (operation_id = "archiveProduct", parameters(("id" = "$response.body#/id")))),
+                ("Checkout" = (operation_id = "checkout", request_body = json!({"customer_email": "link@example.com", "items": [{"product_id": "$response.body#/id", "quantity": 1}]}))))),
+        (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 409, description = "duplicate sku", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType), (status = 422, response = crate::routes::openapi::Unprocessable), (status = 503, response = crate::routes::openapi::Unavailable)),
+    security(("api_key" = [])))]
 pub async fn create(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -70,11 +78,9 @@ pub async fn create(
     Ok(with_tag(response, &created))
 }
 
-#[utoipa::path(get, path = "/api/v1/products", tag = "catalog",
-    params(("status" = Option<String>, Query), ("category" = Option<String>, Query), ("q" = Option<String>, Query, description = "full-text over name and description"),
-        ("min_price" = Option<i64>, Query), ("max_price" = Option<i64>, Query), ("sort" = Option<String>, Query, description = "created_at, -created_at (default), price, -price, name, -name"),
-        ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query)),
-    responses((status = 200, description = "{data, next_cursor, has_more} or {data, page, per_page, total}"), (status = 400)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/v1/products", tag = "catalog", operation_id = "listProducts",
+    params(ProductListParams, crate::domain::listing::PageParams),
+    responses((status = 200, body = Listing<Product>), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
 pub async fn list(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -142,8 +148,10 @@ impl ProductPage {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, body = Product, headers(("ETag"))), (status = 304), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog", operation_id = "getProduct",
+    params(("id" = uuid::Uuid, Path), ("If-None-Match" = Option<String>, Header)),
+    responses((status = 200, body = Product, headers(("ETag" = String))), (status = 304, description = "not modified", headers(("ETag" = String))),
+        (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
 pub async fn get(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -166,9 +174,12 @@ pub async fn get(
     Ok(with_tag(HttpResponse::Ok().json(&product), &product))
 }
 
-#[utoipa::path(patch, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path), ("If-Match" = Option<String>, Header)),
-    request_body(content = Object, description = "any of sku, name, description, price_cents, currency, stock, category, status"),
-    responses((status = 200, body = Product), (status = 404), (status = 409), (status = 412), (status = 422)), security(("api_key" = [])))]
+#[utoipa::path(patch, path = "/api/v1/products/{id}", tag = "catalog", operation_id = "updateProduct",
+    params(("id" = uuid::Uuid, Path), ("If-Match" = Option<String>, Header, description = "strong entity tags (`\"v3\"`, a list, or `*`); required to set `stock`")),
+    request_body = ProductPatchBody,
+    responses((status = 200, body = Product, headers(("ETag" = String))), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound),
+        (status = 409, description = "duplicate sku", body = crate::error::Problem, content_type = "application/problem+json"), (status = 412, response = crate::routes::openapi::PreconditionFailed), (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType), (status = 422, response = crate::routes::openapi::Unprocessable), (status = 428, response = crate::routes::openapi::PreconditionRequired), (status = 503, response = crate::routes::openapi::Unavailable)),
+    security(("api_key" = [])))]
 pub async fn update(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -196,8 +207,9 @@ pub async fn update(
     written(outcome)
 }
 
-#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path)),
-    responses((status = 204, description = "archived"), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "catalog", operation_id = "archiveProduct",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "archived (orders keep referring to it)"), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
 pub async fn archive(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -218,9 +230,12 @@ pub async fn archive(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/products/{id}/stock", tag = "catalog", params(("id" = uuid::Uuid, Path)),
-    request_body(content = Object, description = "{\"delta\": int}"),
-    responses((status = 200, body = Product), (status = 404), (status = 409, description = "stock would go below zero"), (status = 422)), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/api/v1/products/{id}/stock", tag = "catalog", operation_id = "adjustStock",
+    params(("id" = uuid::Uuid, Path)),
+    request_body = StockDeltaBody,
+    responses((status = 200, body = Product, headers(("ETag" = String))), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound),
+        (status = 409, description = "stock would go below zero", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType), (status = 422, response = crate::routes::openapi::Unprocessable), (status = 503, response = crate::routes::openapi::Unavailable)),
+    security(("api_key" = [])))]
 pub async fn adjust_stock(
     auth: MerchantAuth,
     state: web::Data<AppState>,

@@ -1,5 +1,6 @@
 //! The public storefront: `/api/v1/stores/{merchant_id}/...`.
 
+use crate::domain::listing::Listing;
 use crate::domain::order::CheckoutBody;
 use crate::domain::product::ProductListParams;
 use crate::error::{ApiError, FieldError};
@@ -23,10 +24,11 @@ fn cache_headers(response: &mut HttpResponse, product: &Product, max_age: u64) {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products", tag = "storefront",
-    params(("merchant_id" = uuid::Uuid, Path), ("category" = Option<String>, Query), ("q" = Option<String>, Query), ("min_price" = Option<i64>, Query), ("max_price" = Option<i64>, Query),
-        ("sort" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query)),
-    responses((status = 200, description = "active products, paginated"), (status = 400, description = "bad filter, sort or cursor; `status` is not a storefront filter"), (status = 404)))]
+#[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products", tag = "storefront", operation_id = "listStoreProducts",
+    params(("merchant_id" = uuid::Uuid, Path), ProductListParams, crate::domain::listing::PageParams),
+    responses((status = 200, body = Listing<Product>, description = "active products"),
+        (status = 400, description = "bad filter, sort or cursor; `status` is not a storefront filter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)))]
 pub async fn list(
     state: web::Data<AppState>,
     merchant: web::Path<String>,
@@ -41,9 +43,11 @@ pub async fn list(
     Ok(page.respond(&state.cursor_key))
 }
 
-#[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products/{id}", tag = "storefront",
+#[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products/{id}", tag = "storefront", operation_id = "getStoreProduct",
     params(("merchant_id" = uuid::Uuid, Path), ("id" = uuid::Uuid, Path), ("If-None-Match" = Option<String>, Header)),
-    responses((status = 200, body = Product, headers(("ETag"), ("Cache-Control"))), (status = 304), (status = 404, description = "no such active product in this store")))]
+    responses((status = 200, body = Product, headers(("ETag" = String), ("Cache-Control" = String))),
+        (status = 304, description = "not modified", headers(("ETag" = String), ("Cache-Control" = String))),
+        (status = 404, description = "no such active product in this store", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, response = crate::routes::openapi::Unavailable)))]
 pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -73,8 +77,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value.to_str().ok().map(str::trim).unwrap_or("");
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    // Visible ASCII with inner spaces, 1 to 255: exactly the documented pattern, untrimmed, so
+    // two keys that differ in their spaces are never taken for one.
+    let key = value.to_str().unwrap_or("");
+    let edges_visible = key.bytes().next().is_some_and(|b| b.is_ascii_graphic())
+        && key.bytes().last().is_some_and(|b| b.is_ascii_graphic());
+    if !edges_visible || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
     {
         return Err(ApiError::bad_field(
             "Idempotency-Key",
@@ -95,13 +103,20 @@ fn order_response(body: Vec<u8>, order_id: uuid::Uuid, replayed: bool) -> HttpRe
     response.body(body)
 }
 
-#[utoipa::path(post, path = "/api/v1/stores/{merchant_id}/orders", tag = "storefront",
-    params(("merchant_id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "at most 255 characters; replays the first successful response for 24 h")),
-    request_body(content = Object, description = "{customer_email, customer_name?, items: [{product_id, quantity}]}"),
-    responses((status = 201, body = Order, headers(("Location"), ("Idempotent-Replayed"))),
-        (status = 404, description = "no such store"),
-        (status = 409, description = "insufficient stock (nothing changed), or a request with this Idempotency-Key is in flight"),
-        (status = 422, description = "invalid body, unknown or archived product, mixed currencies, or an Idempotency-Key reused with another body")))]
+#[utoipa::path(post, path = "/api/v1/stores/{merchant_id}/orders", tag = "storefront", operation_id = "checkout",
+    params(("merchant_id" = uuid::Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E](?:[\x20-\x7E]*[\x21-\x7E])?$",
+            description = "replays the first successful response for 24 h")),
+    request_body = CheckoutBody,
+    responses((status = 201, body = Order, headers(("Location" = String), ("Idempotent-Replayed" = String)),
+            links(("GetOrder" = (operation_id = "getOrder", parameters(("id" = "$response.body#/id")))),
+                ("ChangeOrderStatus" = (operation_id = "changeOrderStatus", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "malformed JSON or Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such store", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "insufficient stock (nothing changed), or a request with this Idempotency-Key is in flight", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType),
+        (status = 422, description = "invalid body, unknown or archived product, mixed currencies, or an Idempotency-Key reused with another body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, response = crate::routes::openapi::Unavailable)))]
 pub async fn checkout(
     state: web::Data<AppState>,
     merchant: web::Path<String>,
