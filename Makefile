@@ -4,7 +4,7 @@ CARGO ?= cargo
 SCENARIO ?= all
 DURATION ?= 30
 
-.PHONY: run test servers lint unit bench check fmt
+.PHONY: run test servers lint unit bench check fmt conformance
 
 ## Build and start the service on 127.0.0.1:8080 with a local PostgreSQL under .data/ and a demo merchant.
 run: servers
@@ -14,6 +14,10 @@ run: servers
 ## Everything CI checks: formatting, lints, then the whole test suite against real servers.
 test: servers lint
 	$(CARGO) test --workspace --lib --bins --tests
+
+## The running service against its OpenAPI description (schemathesis, all checks, stateful links).
+conformance:
+	bash scripts/conformance.sh
 
 servers:
 	@bash scripts/ensure-servers.sh
