@@ -1,8 +1,11 @@
--- pgbench: the checkout transaction's SQL (see src/store/orders.rs), without the service.
+-- pgbench: the checkout transaction's SQL (see src/store/orders.rs), without the service: the
+-- deadline's SET LOCALs, the row locks, the order, its items and its outbox rows (no NOTIFY).
 -- bench_checkout holds the checkout products numbered 1..n; :merchant and :seq are set by -D.
 \set n1 random(1, :products)
 \set n2 random(1, :products)
 BEGIN;
+SET LOCAL statement_timeout = 5000;
+SET LOCAL lock_timeout = 5000;
 SELECT id AS p1 FROM bench_checkout WHERE n = :n1 \gset
 SELECT id AS p2 FROM bench_checkout WHERE n = :n2 \gset
 SELECT order_sequence, webhook_url IS NOT NULL FROM merchants WHERE id = ':merchant';
@@ -19,5 +22,4 @@ INSERT INTO order_items (order_id, line, product_id, sku, name, unit_price_cents
 INSERT INTO jobs (id, merchant_id, queue, kind, payload, max_attempts, dedup_key)
   SELECT gen_random_uuid(), ':merchant', q, 'bench', '{}'::jsonb, 10, q || ':' || ':order_id'
   FROM unnest(ARRAY['email', 'analytics', 'audit']) q;
-SELECT pg_notify('rampart_jobs', '');
 COMMIT;
