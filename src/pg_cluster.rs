@@ -388,7 +388,10 @@ fn owner_alive(data: &Path) -> bool {
     else {
         return false;
     };
-    pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+    // A reused pid belongs to some other program: only a live rampart process owns the server.
+    pid != std::process::id()
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("rampart"))
 }
 
 fn running_as_root() -> bool {

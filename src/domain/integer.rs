@@ -24,7 +24,7 @@ impl Visitor<'_> for Integer {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
         // 2^63 is exactly representable; everything below it that is integral converts exactly.
-        if v.fract() == 0.0 && v >= -9.223_372_036_854_776e18 && v < 9.223_372_036_854_776e18 {
+        if v.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&v) {
             Ok(v as i64)
         } else {
             Err(E::invalid_type(de::Unexpected::Float(v), &self))

@@ -15,10 +15,17 @@ pub const MAX_QUANTITY: i64 = 1000;
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
-    #[schema(max_length = 254, pattern = r"^[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
+    #[schema(
+        max_length = 254,
+        pattern = r"^[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+    )]
     pub customer_email: String,
     #[serde(default)]
-    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$", nullable)]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        nullable
+    )]
     pub customer_name: Option<String>,
     #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<ItemBody>,

@@ -85,12 +85,24 @@ fn category(errors: &mut Vec<FieldError>, raw: &str) -> Option<String> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProductBody {
-    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\s\u0000-\u001F\u007F-\u009F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\s\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub sku: String,
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     #[serde(default)]
-    #[schema(max_length = 5000, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$", nullable)]
+    #[schema(
+        max_length = 5000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$",
+        nullable
+    )]
     pub description: Option<String>,
     #[serde(deserialize_with = "integer::integer")]
     #[schema(minimum = 0, maximum = 10_000_000_000_i64)]
@@ -102,7 +114,12 @@ pub struct NewProductBody {
     #[schema(minimum = 0, maximum = 1_000_000_000, default = 0)]
     pub stock: i64,
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$", nullable)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$",
+        nullable
+    )]
     pub category: Option<String>,
 }
 
@@ -338,7 +355,11 @@ pub struct ProductListParams {
     /// Catalog only: `active` or `archived` (the storefront lists active products; 400 there).
     #[param(value_type = Option<ProductStatus>)]
     pub status: Option<String>,
-    #[param(min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[param(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub category: Option<String>,
     /// Full-text search over name and description.
     #[param(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]

@@ -12,11 +12,18 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct CreateMerchantBody {
     /// 1 to 200 characters after trimming, no control characters.
-    #[schema(max_length = 200, pattern = r"^\s*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
     /// http or https; refused when it points at a loopback, private or link-local address.
     #[serde(default)]
-    #[schema(max_length = 2048, pattern = r"^https?://[^\s\u0000-\u001F\u007F-\u009F/?#@:\[][^\s\u0000-\u001F\u007F-\u009F/?#@]*([/?#][^\s\u0000-\u001F\u007F-\u009F]*)?$", nullable)]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https?://[^\s\u0000-\u001F\u007F-\u009F/?#@:\[][^\s\u0000-\u001F\u007F-\u009F/?#@]*([/?#][^\s\u0000-\u001F\u007F-\u009F]*)?$",
+        nullable
+    )]
     webhook_url: Option<String>,
 }
 

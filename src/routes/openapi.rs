@@ -220,7 +220,10 @@ mod tests {
         let new = &schemas["NewProductBody"]["properties"];
         assert_eq!(new["sku"]["maxLength"], 64);
         assert_eq!(new["price_cents"]["minimum"], 0);
-        assert_eq!(schemas["CheckoutBody"]["properties"]["items"]["maxItems"], 50);
+        assert_eq!(
+            schemas["CheckoutBody"]["properties"]["items"]["maxItems"],
+            50
+        );
         let create = &doc["paths"]["/api/v1/products"]["post"];
         assert_eq!(
             create["requestBody"]["content"]["application/json"]["schema"]["$ref"],

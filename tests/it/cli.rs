@@ -18,6 +18,17 @@ fn rampart() -> Command {
     cmd
 }
 
+/// Runs `rampart merchant create ...`, which must succeed, and returns the JSON it prints.
+fn merchant_create(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
 #[test]
 fn an_invalid_value_stops_the_program_with_a_message_naming_the_key() {
     let out = rampart()
@@ -61,17 +72,11 @@ async fn migrate_and_merchant_create_work_against_a_configured_database() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let out = rampart()
-        .args(["merchant", "create", "--name", "From the CLI"])
-        .env("RAMPART__DATABASE__URL", &url)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let body = merchant_create(
+        rampart()
+            .args(["merchant", "create", "--name", "From the CLI"])
+            .env("RAMPART__DATABASE__URL", &url),
     );
-    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(body["merchant"]["name"], "From the CLI");
     assert!(body["api_key"]
         .as_str()
@@ -156,19 +161,13 @@ async fn merchant_create_beside_a_running_server_uses_its_cluster_and_leaves_it_
     let demo = served.demo_key().await;
     assert_eq!(served.status("/health/ready", None).await, 200);
 
-    let out = rampart()
-        .args(["merchant", "create", "--name", "Beside make run"])
-        .env("RAMPART_ENV", "development")
-        .env("RAMPART__DATABASE__DATA_DIR", &data)
-        .env("RAMPART__LOG__FILTER", "warn")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let created = merchant_create(
+        rampart()
+            .args(["merchant", "create", "--name", "Beside make run"])
+            .env("RAMPART_ENV", "development")
+            .env("RAMPART__DATABASE__DATA_DIR", &data)
+            .env("RAMPART__LOG__FILTER", "warn"),
     );
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let key = created["api_key"].as_str().expect("key");
 
     assert_eq!(
