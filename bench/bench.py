@@ -281,6 +281,7 @@ class Suite:
                "RAMPART__SERVER__WORKERS": "2", "RAMPART__DATABASE__URL": self.pg.url(),
                "RAMPART__DATABASE__MAX_CONNECTIONS": "32", "RAMPART__REDIS__URL": f"redis://127.0.0.1:{self.redis.port}",
                "RAMPART__ADMIN__TOKEN": ADMIN_TOKEN, "RAMPART__RATE_LIMIT__ENABLED": "false",
+               "RAMPART__SERVER__CURSOR_SECRET": os.urandom(24).hex(),
                "RAMPART__LOG__FILTER": "warn", "RAMPART__ACTORS__DB__MAILBOX": "4096"}
         self.service = Process("rampart", [str(ROOT / "target/release/rampart"), "serve"], env, self.port, self.out / "rampart.log")
         self.service.start("/health/ready")
