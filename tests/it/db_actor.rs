@@ -166,7 +166,12 @@ async fn postgres_stopped_and_started_again_turns_readiness_503_then_200_without
     assert_eq!(postgres["status"], "down");
     assert!(postgres["reason"].is_string(), "{postgres}");
     let text = String::from_utf8_lossy(&down.body).to_lowercase();
-    for driver_words in ["error connecting", "connection refused", "os error", "db error"] {
+    for driver_words in [
+        "error connecting",
+        "connection refused",
+        "os error",
+        "db error",
+    ] {
         assert!(!text.contains(driver_words), "no driver message: {text}");
     }
     assert!(
