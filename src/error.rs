@@ -4,7 +4,7 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use rampart_actors::{CallError, DbError};
+use rampart_actors::{CallError, DbError, LoadError};
 use serde::Serialize;
 
 tokio::task_local! {
@@ -261,6 +261,12 @@ impl ResponseError for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
+        ApiError::from_db(&e)
+    }
+}
+
+impl ApiError {
+    fn from_db(e: &DbError) -> Self {
         match e {
             DbError::Overloaded => ApiError::Overloaded { retry_after: 1 },
             DbError::Timeout => ApiError::Unavailable {
@@ -289,9 +295,28 @@ impl From<DbError> for ApiError {
                     "a value in the request cannot be stored or searched (text with a NUL byte?)",
                 )
             }
-            DbError::Other(cause) => ApiError::Internal(cause),
+            DbError::Other(cause) => ApiError::Internal(cause.clone()),
             DbError::Internal => ApiError::Internal("database command panicked".into()),
         }
+    }
+
+    /// The answer to a failed cache load: the database's error it carries, or the cache's own.
+    pub fn from_load(e: &LoadError) -> Self {
+        if let Some(db) = e.downcast_ref::<DbError>() {
+            return ApiError::from_db(db);
+        }
+        if let Some(call) = e.downcast_ref::<CallError>() {
+            return ApiError::from(*call);
+        }
+        ApiError::Internal(format!("cache load: {e}"))
+    }
+
+    /// A 503: the request may be retried, or answered from a stale copy.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Overloaded { .. } | ApiError::Unavailable { .. }
+        )
     }
 }
 

@@ -11,4 +11,5 @@ pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod storefront_cache;
 pub mod telemetry;

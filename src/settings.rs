@@ -147,6 +147,8 @@ pub struct CacheSettings {
     pub product_ttl_secs: u64,
     pub list_ttl_secs: u64,
     pub max_entries: u64,
+    /// Bytes the in-process tier may hold (bodies, keys and tags).
+    pub max_bytes: u64,
     pub storefront_max_age_secs: u64,
     pub stale_if_error_secs: u64,
 }
@@ -209,6 +211,7 @@ pub struct LogSettings {
 pub struct ActorSettings {
     pub call_deadline_ms: u64,
     pub db: ActorLimits,
+    pub cache: ActorLimits,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -415,6 +418,8 @@ impl Settings {
         // Stored as PostgreSQL integers: bounded here so no cast can wrap.
         at_most("jobs.max_attempts", u64::from(self.jobs.max_attempts), 1000)?;
         positive("jobs.max_attempts", u64::from(self.jobs.max_attempts))?;
+        positive("cache.max_entries", self.cache.max_entries)?;
+        positive("cache.max_bytes", self.cache.max_bytes)?;
         at_most(
             "jobs.backoff_base_ms",
             self.jobs.backoff_base_ms,
@@ -455,6 +460,7 @@ impl Settings {
         positive("health.ready_timeout_ms", self.health.ready_timeout_ms)?;
         positive("actors.call_deadline_ms", self.actors.call_deadline_ms)?;
         positive("actors.db.mailbox", self.actors.db.mailbox as u64)?;
+        positive("actors.cache.mailbox", self.actors.cache.mailbox as u64)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| invalid("log.filter", e.to_string()))?;
         if let Some(token) = &self.admin.token {

@@ -10,13 +10,15 @@ use crate::pg_cluster::{Cluster, ClusterError, Durability};
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::migrate::Migrate;
+use crate::storefront_cache::StoreCache;
 use crate::{demo, http, routes};
 use actix::Arbiter;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{from_fn, Compress};
 use actix_web::{web, App, HttpServer};
 use rampart_actors::{
-    ActorSpec, Db, DbError, DbGauge, DbProbe, DbSettings, Handle, RestartPolicy, Tree,
+    ActorSpec, Cache, CacheSettings, Db, DbError, DbGauge, DbProbe, DbSettings, Handle,
+    RestartPolicy, Tree,
 };
 use std::net::TcpListener;
 use std::str::FromStr;
@@ -61,6 +63,7 @@ pub struct Backend {
     pub probe: Handle<DbProbe>,
     /// Pool usage, read without a message.
     pub gauge: DbGauge,
+    pub cache: StoreCache,
     pub tree: Arc<Tree>,
     db_arbiter: Arbiter,
     cluster: Option<Cluster>,
@@ -70,14 +73,16 @@ impl Backend {
     pub async fn start(settings: &Settings) -> Result<Self, StartupError> {
         let (pg, cluster) = database(settings).await?;
         let mut tree = Tree::new();
+        let spec = |name, limits: crate::settings::ActorLimits| {
+            ActorSpec::new(name)
+                .mailbox(limits.mailbox)
+                .restart(RestartPolicy {
+                    max_restarts: limits.max_restarts,
+                    within: Duration::from_secs(limits.restart_window_secs),
+                })
+                .call_deadline(Settings::ms(settings.actors.call_deadline_ms))
+        };
         let limits = settings.actors.db;
-        let spec = ActorSpec::new("db")
-            .mailbox(limits.mailbox)
-            .restart(RestartPolicy {
-                max_restarts: limits.max_restarts,
-                within: Duration::from_secs(limits.restart_window_secs),
-            })
-            .call_deadline(Settings::ms(settings.actors.call_deadline_ms));
         let db_settings = DbSettings {
             pg: pg.clone(),
             max_connections: settings.database.max_connections,
@@ -91,9 +96,11 @@ impl Backend {
         // The pool coordinates every worker's queries, so it runs once, on a thread of its own.
         let db_arbiter = Arbiter::new();
         let db_gauge = gauge.clone();
-        let db = tree.start(&spec, Some(&db_arbiter.handle()), move |supervision| {
-            Db::new(db_settings, db_gauge, supervision)
-        });
+        let db = tree.start(
+            &spec("db", limits),
+            Some(&db_arbiter.handle()),
+            move |supervision| Db::new(db_settings, db_gauge, supervision),
+        );
         // Its own thread too: a Db thread busy with traffic must not delay the probe.
         let probe_spec = ActorSpec::new("db_probe")
             .mailbox(16)
@@ -103,6 +110,20 @@ impl Backend {
             Some(&db_arbiter.handle()),
             move |supervision| DbProbe::new(pg, supervision),
         );
+        // Beside Db: its loads call Db on the same thread; its hits never reach it.
+        let cache_settings = CacheSettings {
+            max_entries: settings.cache.max_entries,
+            max_bytes: settings.cache.max_bytes,
+            stale_for: Duration::from_secs(settings.cache.stale_if_error_secs),
+        };
+        let reader = Cache::reader(&cache_settings);
+        let tier = reader.clone();
+        let cache = tree.start(
+            &spec("cache", settings.actors.cache),
+            Some(&db_arbiter.handle()),
+            move |supervision| Cache::new(cache_settings, tier, supervision),
+        );
+        let cache = StoreCache::new(cache, reader, settings);
         let applied = db
             .run_within(Migrate, Duration::from_secs(120))
             .await
@@ -114,6 +135,7 @@ impl Backend {
             db,
             probe,
             gauge,
+            cache,
             tree: Arc::new(tree),
             db_arbiter,
             cluster,
@@ -243,6 +265,7 @@ impl Application {
             db: backend.db.clone(),
             probe: backend.probe.clone(),
             gauge: backend.gauge.clone(),
+            cache: backend.cache.clone(),
             tree: Arc::clone(&backend.tree),
             settings: Arc::clone(&settings),
             cursor_key: cursor_key(&settings),
@@ -307,6 +330,10 @@ impl Application {
 
     pub fn gauge(&self) -> &DbGauge {
         &self.backend.gauge
+    }
+
+    pub fn cache(&self) -> &StoreCache {
+        &self.backend.cache
     }
 
     /// Serves until SIGTERM or SIGINT (or [`ServerHandle::stop`]): stops accepting, lets

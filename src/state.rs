@@ -2,6 +2,7 @@
 
 use crate::domain::listing::CursorKey;
 use crate::settings::Settings;
+use crate::storefront_cache::StoreCache;
 use rampart_actors::{Db, DbGauge, DbProbe, Handle, Tree};
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ pub struct AppState {
     pub db: Handle<Db>,
     pub probe: Handle<DbProbe>,
     pub gauge: DbGauge,
+    pub cache: StoreCache,
     pub tree: Arc<Tree>,
     pub settings: Arc<Settings>,
     pub cursor_key: CursorKey,

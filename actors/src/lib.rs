@@ -10,10 +10,13 @@
 //!   resource, limited by an OTP-style restart intensity; past it the actor is reported failed.
 //! - [`stats`]: per-actor mailbox depth and capacity, handled, refused, restarts, last failure.
 //! - [`tree`]: children started in order, stopped in reverse, observed together.
+//! - [`cache`]: the `Cache` actor owning the in-process tier of serialized responses, with
+//!   single-flight loads, scoped invalidation and stale-if-error; hits are read without a message.
 //! - [`db`]: the `Db` actor owning a deadpool-postgres pool and running typed commands within
 //!   their callers' deadlines, and `DbProbe`, the readiness lane.
 
 pub mod admission;
+pub mod cache;
 pub mod db;
 pub mod gcra;
 pub mod stats;
@@ -23,6 +26,10 @@ pub mod tree;
 pub use admission::{
     current_deadline, serve, serve_call, with_deadline, CallError, Caller, Envelope, Handle, Reply,
     Request,
+};
+pub use cache::{
+    Cache, CacheReader, CacheSettings, CacheSnapshot, Entry, Invalidate, LoadError, Loaded, Loader,
+    Lookup, Shrink,
 };
 pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping};
 pub use gcra::{Decision, Gcra};

@@ -9,6 +9,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 use rampart_actors::db::PoolSnapshot;
+use rampart_actors::CacheSnapshot;
 use rampart_actors::StatsSnapshot;
 use std::fmt::Write;
 use std::time::Instant;
@@ -57,6 +58,7 @@ impl Metrics {
         &self,
         actors: &[StatsSnapshot],
         pool: Option<&PoolSnapshot>,
+        cache: Option<&CacheSnapshot>,
         rss_bytes: Option<u64>,
     ) -> String {
         let mut buf = Vec::new();
@@ -162,6 +164,91 @@ impl Metrics {
                 "Database commands waiting for a slot",
                 &mut std::iter::once((String::new(), p.queued.to_string())),
             );
+        }
+        if let Some(c) = cache {
+            let lookups = c.hits + c.misses;
+            for (name, kind, help, value) in [
+                (
+                    "cache_hits_total",
+                    "counter",
+                    "Lookups answered fresh from the in-process tier",
+                    c.hits.to_string(),
+                ),
+                (
+                    "cache_misses_total",
+                    "counter",
+                    "Lookups that needed a load",
+                    c.misses.to_string(),
+                ),
+                (
+                    "cache_stale_hits_total",
+                    "counter",
+                    "Answers given from a stale entry after a failed load",
+                    c.stale_hits.to_string(),
+                ),
+                (
+                    "cache_loads_total",
+                    "counter",
+                    "Loads run (one per key however many callers missed it)",
+                    c.loads.to_string(),
+                ),
+                (
+                    "cache_coalesced_total",
+                    "counter",
+                    "Misses that waited for a load already running",
+                    c.coalesced.to_string(),
+                ),
+                (
+                    "cache_load_errors_total",
+                    "counter",
+                    "Loads that failed",
+                    c.load_errors.to_string(),
+                ),
+                (
+                    "cache_invalidations_total",
+                    "counter",
+                    "Keys and scopes invalidated",
+                    c.invalidations.to_string(),
+                ),
+                (
+                    "cache_evictions_total",
+                    "counter",
+                    "Entries evicted for room",
+                    c.evictions.to_string(),
+                ),
+                (
+                    "cache_entries",
+                    "gauge",
+                    "Entries in the in-process tier",
+                    c.entries.to_string(),
+                ),
+                (
+                    "cache_bytes",
+                    "gauge",
+                    "Bytes in the in-process tier",
+                    c.bytes.to_string(),
+                ),
+                (
+                    "cache_hit_ratio",
+                    "gauge",
+                    "Hits over lookups since start",
+                    format!(
+                        "{:.4}",
+                        if lookups == 0 {
+                            0.0
+                        } else {
+                            c.hits as f64 / lookups as f64
+                        }
+                    ),
+                ),
+            ] {
+                family(
+                    name,
+                    kind,
+                    help,
+                    &mut std::iter::once((r#"{tier="memory"}"#.to_owned(), value)),
+                );
+            }
         }
         if let Some(rss) = rss_bytes {
             family(

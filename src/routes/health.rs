@@ -81,7 +81,13 @@ fn short_reason(e: &DbError) -> &'static str {
 
 pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) -> HttpResponse {
     let pool = state.gauge.snapshot();
-    let text = metrics.render(&state.tree.snapshot(), Some(&pool), resident_memory());
+    let cache = state.cache.reader.snapshot();
+    let text = metrics.render(
+        &state.tree.snapshot(),
+        Some(&pool),
+        Some(&cache),
+        resident_memory(),
+    );
     HttpResponse::Ok()
         .insert_header(ContentType(prometheus_text()))
         .body(text)

@@ -1,7 +1,7 @@
 //! The merchant's orders: `/api/v1/orders`.
 
 use crate::domain::listing::{CursorScope, Listing};
-use crate::domain::order::{OrderListParams, StatusBody};
+use crate::domain::order::{OrderListParams, OrderStatus, StatusBody};
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
 use crate::routes::support::{listing, path_id};
@@ -82,7 +82,14 @@ pub async fn change_status(
         })
         .await?;
     match outcome {
-        StatusOutcome::Changed(order) => Ok(HttpResponse::Ok().json(order)),
+        StatusOutcome::Changed(order) => {
+            if to == OrderStatus::Cancelled {
+                // The stock went back.
+                let restocked = order.items.iter().map(|i| i.product_id);
+                state.cache.invalidate(auth.merchant_id, restocked).await;
+            }
+            Ok(HttpResponse::Ok().json(order))
+        }
         StatusOutcome::NotFound => Err(ApiError::NotFound),
         StatusOutcome::NotAllowed { from } => Err(ApiError::Conflict {
             kind: "invalid-transition",

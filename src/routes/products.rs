@@ -72,6 +72,7 @@ pub async fn create(
         })
         .await
         .map_err(duplicate_sku)?;
+    state.cache.invalidate(auth.merchant_id, []).await;
     let response = HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/products/{}", created.id)))
         .json(&created);
@@ -204,6 +205,9 @@ pub async fn update(
         })
         .await
         .map_err(duplicate_sku)?;
+    if let Write::Done(_) = outcome {
+        state.cache.invalidate(auth.merchant_id, [id]).await;
+    }
     written(outcome)
 }
 
@@ -224,6 +228,7 @@ pub async fn archive(
         })
         .await?
     {
+        state.cache.invalidate(auth.merchant_id, [id]).await;
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound)
@@ -258,5 +263,8 @@ pub async fn adjust_stock(
             }
             other => other.into(),
         })?;
+    if let Write::Done(_) = outcome {
+        state.cache.invalidate(auth.merchant_id, [id]).await;
+    }
     written(outcome)
 }

@@ -10,13 +10,13 @@ use crate::routes::support::{not_modified, path_id};
 use crate::state::AppState;
 use crate::store::merchants::Exists;
 use crate::store::orders::{Checkout, CheckoutOutcome, IdempotencyKey, Order};
-use crate::store::products::{self, Product};
+use crate::store::products::Product;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-fn cache_headers(response: &mut HttpResponse, product: &Product, max_age: u64) {
+fn cache_headers(response: &mut HttpResponse, etag: &str, max_age: u64) {
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&product.etag()) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         headers.insert(header::ETAG, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}, must-revalidate")) {
@@ -54,22 +54,21 @@ pub async fn get(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (merchant_id, id) = (path_id(&path.0)?, path_id(&path.1)?);
-    let product = state
-        .db
-        .run(products::Get {
-            merchant_id,
-            id,
-            active_only: true,
-        })
+    let entry = state
+        .cache
+        .product(&state.db, merchant_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let max_age = state.settings.cache.storefront_max_age_secs;
-    let mut response = if not_modified(req.headers(), &product.etag()) {
+    // A hit serializes nothing: the stored bytes and tag are the response.
+    let mut response = if not_modified(req.headers(), &entry.tag) {
         HttpResponse::NotModified().finish()
     } else {
-        HttpResponse::Ok().json(&product)
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(entry.body.clone())
     };
-    cache_headers(&mut response, &product, max_age);
+    cache_headers(&mut response, &entry.tag, max_age);
     Ok(response)
 }
 
@@ -130,6 +129,7 @@ pub async fn checkout(
         key,
         fingerprint: request.fingerprint.clone(),
     });
+    let bought: Vec<uuid::Uuid> = request.lines.iter().map(|l| l.product_id).collect();
     let outcome = state
         .db
         .run(Checkout {
@@ -140,7 +140,10 @@ pub async fn checkout(
         })
         .await?;
     match outcome {
-        CheckoutOutcome::Created { body, order_id } => Ok(order_response(body, order_id, false)),
+        CheckoutOutcome::Created { body, order_id } => {
+            state.cache.invalidate(merchant_id, bought).await;
+            Ok(order_response(body, order_id, false))
+        }
         CheckoutOutcome::Replayed { body, order_id } => Ok(order_response(body, order_id, true)),
         CheckoutOutcome::InFlight => Err(ApiError::Conflict {
             kind: "idempotency-in-flight",

@@ -5,6 +5,7 @@ mod support;
 
 mod actors;
 mod bad_input;
+mod cache;
 mod catalog;
 mod checkout;
 mod cli;

@@ -135,6 +135,7 @@ impl TestAppBuilder {
         let port = app.port();
         let db = app.db().clone();
         let gauge = app.gauge().clone();
+        let cache = app.cache().clone();
         let handle = app.handle();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         actix_rt::spawn(async move {
@@ -146,6 +147,7 @@ impl TestAppBuilder {
             database_url: url,
             db,
             gauge,
+            cache,
             handle,
             stopped: Some(done_rx),
             client: awc::Client::builder()
@@ -161,6 +163,7 @@ pub struct TestApp {
     pub database_url: String,
     pub db: Handle<Db>,
     pub gauge: rampart_actors::DbGauge,
+    pub cache: rampart::storefront_cache::StoreCache,
     pub handle: actix_web::dev::ServerHandle,
     stopped: Option<tokio::sync::oneshot::Receiver<()>>,
     pub client: awc::Client,

@@ -1,0 +1,136 @@
+//! The storefront's use of the `Cache` actor: keys (each carries the merchant, so one tenant is
+//! never served another's entry), freshness per kind, the read-through of a product, and what a
+//! write invalidates.
+//!
+//! A write invalidates before its response is sent, so the writer's next read on this instance
+//! sees it. Other instances learn of writes through the Redis tier's pub/sub (a later issue);
+//! until then, with `redis.url` set (a deployment of several instances) entries stay fresh for
+//! at most one second, which keeps the contract's "within 1 second on every other instance".
+
+use crate::error::ApiError;
+use crate::settings::Settings;
+use crate::store::products::{self, Product};
+use rampart_actors::{
+    current_deadline, with_deadline, Cache, CacheReader, Db, Entry, Handle, LoadError, Loaded,
+    Lookup,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct StoreCache {
+    pub handle: Handle<Cache>,
+    pub reader: CacheReader,
+    product_ttl: Duration,
+}
+
+fn product_key(merchant_id: Uuid, id: Uuid) -> String {
+    format!("product:{merchant_id}:{id}")
+}
+
+fn scope(merchant_id: Uuid) -> String {
+    format!("merchant:{merchant_id}")
+}
+
+/// Without a way to tell other instances of a write, an entry may stay fresh this long at most.
+const UNSHARED_FRESHNESS: Duration = Duration::from_secs(1);
+
+impl StoreCache {
+    pub fn new(handle: Handle<Cache>, reader: CacheReader, settings: &Settings) -> Self {
+        let mut product_ttl = Duration::from_secs(settings.cache.product_ttl_secs);
+        if settings.redis.url.is_some() {
+            product_ttl = product_ttl.min(UNSHARED_FRESHNESS);
+        }
+        Self {
+            handle,
+            reader,
+            product_ttl,
+        }
+    }
+
+    /// An active product of a store, serialized with its tag: from the tier when fresh, else
+    /// loaded once for every concurrent reader; when the load fails because the database is
+    /// unavailable, the last value within `cache.stale_if_error_secs`.
+    pub async fn product(
+        &self,
+        db: &Handle<Db>,
+        merchant_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<Arc<Entry>>, ApiError> {
+        let key = product_key(merchant_id, id);
+        let stale = match self.reader.lookup(&key) {
+            Lookup::Fresh(entry) => return Ok(Some(entry)),
+            Lookup::Stale(entry) => Some(entry),
+            Lookup::Missing => None,
+        };
+        let (db, fresh_for, deadline) = (db.clone(), self.product_ttl, current_deadline());
+        let loader: rampart_actors::Loader = Box::new(move || {
+            Box::pin(async move {
+                let read = db.run(products::Get {
+                    merchant_id,
+                    id,
+                    active_only: true,
+                });
+                let product = match deadline {
+                    Some(at) => with_deadline(at, read).await,
+                    None => read.await,
+                }
+                .map_err(|e| Arc::new(e) as LoadError)?;
+                product.map(|p| serialize(&p, fresh_for)).transpose()
+            })
+        });
+        match self
+            .handle
+            .load(key.into(), Some(scope(merchant_id)), loader)
+            .await
+        {
+            Ok(entry) => Ok(entry),
+            Err(e) => match stale {
+                Some(entry) if ApiError::from_load(&e).is_unavailable() => {
+                    self.reader.served_stale();
+                    Ok(Some(entry))
+                }
+                _ => Err(ApiError::from_load(&e)),
+            },
+        }
+    }
+
+    /// Forgets what a write to these products of this merchant changed (and every list of the
+    /// merchant), before the write's response is sent. It runs as a task of its own, so a
+    /// client that goes away after the commit cannot leave the old value cached.
+    pub async fn invalidate(&self, merchant_id: Uuid, products: impl IntoIterator<Item = Uuid>) {
+        let keys: Vec<String> = products
+            .into_iter()
+            .map(|id| product_key(merchant_id, id))
+            .collect();
+        let this = self.clone();
+        let _ =
+            actix_web::rt::spawn(async move { this.send_invalidation(merchant_id, keys).await })
+                .await;
+    }
+
+    async fn send_invalidation(&self, merchant_id: Uuid, keys: Vec<String>) {
+        let invalidate = rampart_actors::Invalidate {
+            keys: keys.clone(),
+            scopes: vec![scope(merchant_id)],
+        };
+        if let Err(e) = self.handle.call(invalidate).await {
+            // The actor could not take it: drop the entries here, so no reader is served the
+            // old value (a load already in flight may still store it until its freshness ends).
+            tracing::error!(error = %e, "cache invalidation through the actor failed");
+            for key in keys {
+                self.reader.evict(&key);
+            }
+        }
+    }
+}
+
+fn serialize(product: &Product, fresh_for: Duration) -> Result<Loaded, LoadError> {
+    let body = serde_json::to_vec(product).map_err(|e| Arc::new(e) as LoadError)?;
+    Ok(Loaded {
+        body: body.into(),
+        tag: product.etag().into(),
+        fresh_for,
+    })
+}
