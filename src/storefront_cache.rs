@@ -1,18 +1,21 @@
 //! The storefront's use of the `Cache` actor: keys (each carries the merchant, so one tenant is
-//! never served another's entry), freshness per kind, the read-through of a product, and what a
-//! write invalidates.
+//! never served another's entry), freshness per kind, the read-through of a product and of a
+//! list page, and what a write invalidates.
 //!
 //! A write invalidates before its response is sent, so the writer's next read on this instance
 //! sees it. Other instances learn of writes through the Redis tier's pub/sub (a later issue);
 //! until then, with `redis.url` set (a deployment of several instances) entries stay fresh for
 //! at most one second, which keeps the contract's "within 1 second on every other instance".
 
+use crate::domain::listing::CursorKey;
 use crate::error::ApiError;
+use crate::routes::products::ProductListing;
 use crate::settings::Settings;
+use crate::store::merchants::Exists;
 use crate::store::products::{self, Product};
 use rampart_actors::{
-    current_deadline, with_deadline, Cache, CacheReader, Db, Entry, Handle, LoadError, Loaded,
-    Lookup,
+    current_deadline, with_deadline, Cache, CacheReader, Db, DbError, Entry, Handle, LoadError,
+    Loaded, Lookup,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +26,7 @@ pub struct StoreCache {
     pub handle: Handle<Cache>,
     pub reader: CacheReader,
     product_ttl: Duration,
+    list_ttl: Duration,
 }
 
 fn product_key(merchant_id: Uuid, id: Uuid) -> String {
@@ -39,13 +43,16 @@ const UNSHARED_FRESHNESS: Duration = Duration::from_secs(1);
 impl StoreCache {
     pub fn new(handle: Handle<Cache>, reader: CacheReader, settings: &Settings) -> Self {
         let mut product_ttl = Duration::from_secs(settings.cache.product_ttl_secs);
+        let mut list_ttl = Duration::from_secs(settings.cache.list_ttl_secs);
         if settings.redis.url.is_some() {
             product_ttl = product_ttl.min(UNSHARED_FRESHNESS);
+            list_ttl = list_ttl.min(UNSHARED_FRESHNESS);
         }
         Self {
             handle,
             reader,
             product_ttl,
+            list_ttl,
         }
     }
 
@@ -80,11 +87,67 @@ impl StoreCache {
                 product.map(|p| serialize(&p, fresh_for)).transpose()
             })
         });
-        match self
-            .handle
-            .load(key.into(), Some(scope(merchant_id)), loader)
+        self.load_or_stale(key, scope(merchant_id), loader, stale)
             .await
-        {
+    }
+
+    /// A storefront list page, serialized: from the tier when fresh, else loaded once. The key
+    /// carries the merchant's generation, which every write to the merchant bumps. `None`: no
+    /// such store.
+    pub async fn list(
+        &self,
+        db: &Handle<Db>,
+        listing: ProductListing,
+        cursor_key: CursorKey,
+    ) -> Result<Option<Arc<Entry>>, ApiError> {
+        let merchant_id = listing.query.merchant_id;
+        let scope = scope(merchant_id);
+        let key = format!(
+            "list:{merchant_id}:{}:{}",
+            self.reader.generation(&scope),
+            listing.fingerprint()
+        );
+        let stale = match self.reader.lookup(&key) {
+            Lookup::Fresh(entry) => return Ok(Some(entry)),
+            Lookup::Stale(entry) => Some(entry),
+            Lookup::Missing => None,
+        };
+        let (db, fresh_for, deadline) = (db.clone(), self.list_ttl, current_deadline());
+        let loader: rampart_actors::Loader = Box::new(move || {
+            Box::pin(async move {
+                let work = async {
+                    let result = db.run(products::List(listing.query.clone())).await?;
+                    // An empty page may mean there is no such store: only then is it worth asking.
+                    if result.rows.is_empty() && !db.run(Exists(merchant_id)).await? {
+                        return Ok(None);
+                    }
+                    Ok(Some(listing.body(result, &cursor_key)))
+                };
+                let body: Option<Vec<u8>> = match deadline {
+                    Some(at) => with_deadline(at, work).await,
+                    None => work.await,
+                }
+                .map_err(|e: DbError| Arc::new(e) as LoadError)?;
+                Ok(body.map(|body| Loaded {
+                    body: body.into(),
+                    tag: Arc::from(""),
+                    fresh_for,
+                }))
+            })
+        });
+        self.load_or_stale(key, scope, loader, stale).await
+    }
+
+    /// Loads `key` through the actor; when that fails because the database is unavailable,
+    /// answers the stale entry, if any.
+    async fn load_or_stale(
+        &self,
+        key: String,
+        scope: String,
+        loader: rampart_actors::Loader,
+        stale: Option<Arc<Entry>>,
+    ) -> Result<Option<Arc<Entry>>, ApiError> {
+        match self.handle.load(key.into(), Some(scope), loader).await {
             Ok(entry) => Ok(entry),
             Err(e) => match stale {
                 Some(entry) if ApiError::from_load(&e).is_unavailable() => {

@@ -1,11 +1,15 @@
 //! The cost of one request-path call through admission: same thread and cross thread, and the
-//! cost of a refusal when the mailbox is full.
+//! cost of a refusal when the mailbox is full; and a cache hit read from the tier (the path
+//! storefront hits take) against the same hit asked of the `Cache` actor across threads.
 
 use actix::{Actor, ActorContext, Arbiter, Context, Handler};
 use criterion::{criterion_group, criterion_main, Criterion};
 use rampart_actors::{
-    serve, ActorSpec, Envelope, Handle, Reply, Request, Resilient, Stop, Supervision, Tree,
+    serve, ActorSpec, Cache, CacheSettings, Envelope, Handle, Loaded, Lookup, Reply, Request,
+    Resilient, Stop, Supervision, Tree,
 };
+use std::sync::Arc;
+use std::time::Duration;
 
 struct Echo {
     supervision: Supervision,
@@ -90,5 +94,57 @@ fn calls(c: &mut Criterion) {
     drop(blocked);
 }
 
-criterion_group!(benches, calls);
+fn cache_hits(c: &mut Criterion) {
+    let system = actix::System::new();
+    let settings = CacheSettings {
+        max_entries: 1000,
+        max_bytes: 1 << 20,
+        stale_for: Duration::from_secs(60),
+    };
+    let reader = Cache::reader(&settings);
+    let arbiter = Arbiter::new();
+    let cache = system.block_on(async {
+        let mut tree = Tree::new();
+        let tier = reader.clone();
+        let cache = tree.start(
+            &ActorSpec::new("cache").mailbox(1024),
+            Some(&arbiter.handle()),
+            move |supervision| Cache::new(settings, tier, supervision),
+        );
+        let body = vec![b'x'; 344];
+        let loaded = cache
+            .load(
+                Arc::from("product:m:1"),
+                None,
+                Box::new(move || {
+                    Box::pin(async move {
+                        Ok(Some(Loaded {
+                            body: body.into(),
+                            tag: Arc::from("\"v1\""),
+                            fresh_for: Duration::from_secs(3600),
+                        }))
+                    })
+                }),
+            )
+            .await;
+        assert!(matches!(loaded, Ok(Some(_))));
+        cache
+    });
+    c.bench_function("cache hit, read from the tier", |b| {
+        b.iter(|| assert!(matches!(reader.lookup("product:m:1"), Lookup::Fresh(_))))
+    });
+    c.bench_function("cache hit, asked of the actor (cross thread)", |b| {
+        b.iter(|| {
+            let hit = system.block_on(cache.load(
+                Arc::from("product:m:1"),
+                None,
+                Box::new(|| Box::pin(async { Ok(None) })),
+            ));
+            assert!(matches!(hit, Ok(Some(_))));
+        })
+    });
+    arbiter.stop();
+}
+
+criterion_group!(benches, calls, cache_hits);
 criterion_main!(benches);

@@ -1,12 +1,12 @@
 //! The merchant's catalog: `/api/v1/products`.
 
-use crate::domain::listing::{CursorKey, CursorScope, Listing, Page};
+use crate::domain::listing::{CursorKey, CursorScope, Listing};
 use crate::domain::product::{
     NewProductBody, ProductListParams, ProductPatchBody, Sort, StockDeltaBody,
 };
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
-use crate::routes::support::{listing, not_modified, path_id, IfMatch};
+use crate::routes::support::{listing_body, not_modified, path_id, IfMatch};
 use crate::state::AppState;
 use crate::store::paging::PageOf;
 use crate::store::products::{self, Product, ProductQuery, Write};
@@ -87,22 +87,23 @@ pub async fn list(
     state: web::Data<AppState>,
     params: web::Query<ProductListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = ProductPage::fetch(&state, auth.merchant_id, false, &params).await?;
-    Ok(page.respond(&state.cursor_key))
+    let listing = ProductListing::parse(&state.cursor_key, auth.merchant_id, false, &params)?;
+    let result = state.db.run(products::List(listing.query.clone())).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(listing.body(result, &state.cursor_key)))
 }
 
-/// A page of a product list, the catalog's or the storefront's: parsed, fetched, and answered
-/// with a cursor bound to the same listing, merchant, sort and filters.
-pub(crate) struct ProductPage {
-    result: PageOf<Product>,
-    page: Page,
+/// A product list request parsed: the query to run and the scope its cursors are bound to.
+#[derive(Clone)]
+pub struct ProductListing {
+    pub query: ProductQuery,
     scope: CursorScope,
-    sort: Sort,
 }
 
-impl ProductPage {
-    pub(crate) async fn fetch(
-        state: &AppState,
+impl ProductListing {
+    pub fn parse(
+        key: &CursorKey,
         merchant_id: Uuid,
         storefront: bool,
         params: &ProductListParams,
@@ -115,34 +116,36 @@ impl ProductPage {
             sort: sort.as_str(),
             filters: filter.fingerprint(),
         };
-        let page = params.page.parse(&state.cursor_key, &scope)?;
-        let query = ProductQuery {
-            merchant_id,
-            storefront,
-            filter,
-            sort,
-            page: page.clone(),
-        };
-        let result = state.db.run(products::List(query)).await?;
+        let page = params.page.parse(key, &scope)?;
         Ok(Self {
-            result,
-            page,
+            query: ProductQuery {
+                merchant_id,
+                storefront,
+                filter,
+                sort,
+                page,
+            },
             scope,
-            sort,
         })
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.result.rows.is_empty()
+    /// What identifies this page's content: listing, sort, filters and page (cursor position or
+    /// offset), for cache keys.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{}:{}:{:?}",
+            self.scope.listing, self.scope.sort, self.query.filter
+        ) + &format!(":{:?}", self.query.page)
     }
 
-    pub(crate) fn respond(self, key: &CursorKey) -> HttpResponse {
-        let sort = self.sort;
-        listing(
-            self.result.rows,
-            self.result.has_more,
-            self.result.total,
-            &self.page,
+    /// The page's JSON, with a cursor to the next page signed with `key`.
+    pub fn body(&self, result: PageOf<Product>, key: &CursorKey) -> Vec<u8> {
+        let sort = self.query.sort;
+        listing_body(
+            result.rows,
+            result.has_more,
+            result.total,
+            &self.query.page,
             (key, &self.scope),
             |p| p.position(sort),
         )

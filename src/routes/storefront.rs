@@ -5,10 +5,9 @@ use crate::domain::order::CheckoutBody;
 use crate::domain::product::ProductListParams;
 use crate::error::{ApiError, FieldError};
 use crate::http::Json;
-use crate::routes::products::ProductPage;
+use crate::routes::products::ProductListing;
 use crate::routes::support::{not_modified, path_id};
 use crate::state::AppState;
-use crate::store::merchants::Exists;
 use crate::store::orders::{Checkout, CheckoutOutcome, IdempotencyKey, Order};
 use crate::store::products::Product;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
@@ -35,12 +34,15 @@ pub async fn list(
     params: web::Query<ProductListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let merchant_id = path_id(&merchant)?;
-    let page = ProductPage::fetch(&state, merchant_id, true, &params).await?;
-    // An empty page may mean there is no such store: only then is it worth asking.
-    if page.is_empty() && !state.db.run(Exists(merchant_id)).await? {
-        return Err(ApiError::NotFound);
-    }
-    Ok(page.respond(&state.cursor_key))
+    let listing = ProductListing::parse(&state.cursor_key, merchant_id, true, &params)?;
+    let page = state
+        .cache
+        .list(&state.db, listing, state.cursor_key.clone())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(page.body.clone()))
 }
 
 #[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products/{id}", tag = "storefront", operation_id = "getStoreProduct",

@@ -83,6 +83,20 @@ pub fn listing<T: Serialize>(
     cursors: (&CursorKey, &CursorScope),
     position: impl Fn(&T) -> Position,
 ) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(listing_body(rows, has_more, total, page, cursors, position))
+}
+
+/// [`listing`]'s body.
+pub fn listing_body<T: Serialize>(
+    rows: Vec<T>,
+    has_more: bool,
+    total: Option<i64>,
+    page: &crate::domain::listing::Page,
+    cursors: (&CursorKey, &CursorScope),
+    position: impl Fn(&T) -> Position,
+) -> Vec<u8> {
     use crate::domain::listing::Page;
     let body = match *page {
         Page::Keyset { .. } => {
@@ -105,5 +119,5 @@ pub fn listing<T: Serialize>(
             total: total.unwrap_or(0),
         },
     };
-    HttpResponse::Ok().json(body)
+    serde_json::to_vec(&body).unwrap_or_default()
 }

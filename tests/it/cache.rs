@@ -210,3 +210,44 @@ async fn one_merchant_is_never_served_another_merchants_cached_product() {
         .await
         .problem(404);
 }
+
+#[actix_rt::test]
+async fn list_pages_are_served_from_memory_and_every_write_shows_in_the_next_one() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("Lists").await;
+    let p = app.create_product(&m, "L-1", 100, 10).await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    let first = format!("/api/v1/stores/{}/products?limit=10", m.id);
+    let page = async || app.get(&first).await.json();
+    assert_eq!(page().await["data"].as_array().expect("data").len(), 1);
+    let handled = db_handled(&app);
+    for _ in 0..10 {
+        assert_eq!(page().await["data"][0]["sku"], "L-1");
+    }
+    assert_eq!(db_handled(&app), handled, "served from memory");
+
+    app.create_product(&m, "L-2", 100, 10).await;
+    assert_eq!(
+        page().await["data"].as_array().expect("data").len(),
+        2,
+        "after a create"
+    );
+    let order = app
+        .checkout(&m.id, &json!({"customer_email": "c@example.com", "items": [{"product_id": id, "quantity": 3}]}), None)
+        .await;
+    assert_eq!(order.status, 201);
+    let after = page().await;
+    let bought = after["data"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["id"] == id.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(bought["stock"], 7, "after a checkout");
+    // Another store's list is its own.
+    let other = app.create_merchant("Other").await;
+    let theirs = app
+        .get(&format!("/api/v1/stores/{}/products?limit=10", other.id))
+        .await
+        .json();
+    assert_eq!(theirs["data"], json!([]));
+}
