@@ -117,6 +117,12 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     #[serde(default)]
     pub url: Option<Secret>,
+    /// Every Redis command's time limit: a hung Redis costs a request at most this.
+    pub command_timeout_ms: u64,
+    /// Failures in a row after which the Redis tier is skipped...
+    pub breaker_failures: u32,
+    /// ...for this long, before one command probes it again.
+    pub breaker_open_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -419,6 +425,12 @@ impl Settings {
         at_most("jobs.max_attempts", u64::from(self.jobs.max_attempts), 1000)?;
         positive("jobs.max_attempts", u64::from(self.jobs.max_attempts))?;
         positive("cache.max_entries", self.cache.max_entries)?;
+        positive("redis.command_timeout_ms", self.redis.command_timeout_ms)?;
+        positive(
+            "redis.breaker_failures",
+            u64::from(self.redis.breaker_failures),
+        )?;
+        positive("redis.breaker_open_ms", self.redis.breaker_open_ms)?;
         positive("cache.max_bytes", self.cache.max_bytes)?;
         at_most(
             "jobs.backoff_base_ms",

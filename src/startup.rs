@@ -18,7 +18,7 @@ use actix_web::middleware::{from_fn, Compress};
 use actix_web::{web, App, HttpServer};
 use rampart_actors::{
     ActorSpec, Cache, CacheSettings, Db, DbError, DbGauge, DbProbe, DbSettings, Handle,
-    RestartPolicy, Tree,
+    RestartPolicy, SharedTier, SharedTierSettings, Tree,
 };
 use std::net::TcpListener;
 use std::str::FromStr;
@@ -31,6 +31,8 @@ pub enum StartupError {
     Cluster(#[from] ClusterError),
     #[error("database.url: {0}")]
     DatabaseUrl(String),
+    #[error("redis.url: {0}")]
+    RedisUrl(String),
     #[error("applying migrations: {0}")]
     Migrate(DbError),
     #[error("creating the demo merchant: {0}")]
@@ -117,13 +119,14 @@ impl Backend {
             stale_for: Duration::from_secs(settings.cache.stale_if_error_secs),
         };
         let reader = Cache::reader(&cache_settings);
-        let tier = reader.clone();
+        let shared = shared_tier(settings)?;
+        let (tier, shared_for_actor) = (reader.clone(), shared.clone());
         let cache = tree.start(
             &spec("cache", settings.actors.cache),
             Some(&db_arbiter.handle()),
-            move |supervision| Cache::new(cache_settings, tier, supervision),
+            move |supervision| Cache::new(cache_settings, tier, shared_for_actor, supervision),
         );
-        let cache = StoreCache::new(cache, reader, settings);
+        let cache = StoreCache::new(cache, reader, shared, settings);
         let applied = db
             .run_within(Migrate, Duration::from_secs(120))
             .await
@@ -199,6 +202,25 @@ pub fn pg_config(settings: &Settings, url: &str) -> Result<tokio_postgres::Confi
             db.statement_timeout_ms, db.idle_in_transaction_timeout_ms
         ));
     Ok(pg)
+}
+
+/// The Redis tier, when `redis.url` is set.
+fn shared_tier(settings: &Settings) -> Result<Option<SharedTier>, StartupError> {
+    let Some(url) = &settings.redis.url else {
+        return Ok(None);
+    };
+    let tier = SharedTier::new(
+        SharedTierSettings {
+            url: url.expose().to_owned(),
+            command_timeout: Settings::ms(settings.redis.command_timeout_ms),
+            failures_to_open: settings.redis.breaker_failures,
+            open_for: Settings::ms(settings.redis.breaker_open_ms),
+            channel: "rampart:invalidations".to_owned(),
+        },
+        &uuid::Uuid::new_v4().simple().to_string(),
+    )
+    .map_err(|e| StartupError::RedisUrl(e.to_string()))?;
+    Ok(Some(tier))
 }
 
 /// Cursors must verify on every instance: the configured secret (required in production), else

@@ -3,9 +3,8 @@
 //! list page, and what a write invalidates.
 //!
 //! A write invalidates before its response is sent, so the writer's next read on this instance
-//! sees it. Other instances learn of writes through the Redis tier's pub/sub (a later issue);
-//! until then, with `redis.url` set (a deployment of several instances) entries stay fresh for
-//! at most one second, which keeps the contract's "within 1 second on every other instance".
+//! sees it; other instances drop their copies when the Redis channel's broadcast arrives
+//! (milliseconds). A broadcast lost while Redis was away cannot outlive an entry's freshness.
 
 use crate::domain::listing::CursorKey;
 use crate::error::ApiError;
@@ -15,7 +14,7 @@ use crate::store::merchants::Exists;
 use crate::store::products::{self, Product};
 use rampart_actors::{
     current_deadline, with_deadline, Cache, CacheReader, Db, DbError, Entry, Handle, LoadError,
-    Loaded, Lookup,
+    Loaded, Lookup, SharedTier,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +24,8 @@ use uuid::Uuid;
 pub struct StoreCache {
     pub handle: Handle<Cache>,
     pub reader: CacheReader,
+    /// The Redis tier, for readiness and metrics.
+    pub shared: Option<SharedTier>,
     product_ttl: Duration,
     list_ttl: Duration,
 }
@@ -37,22 +38,19 @@ fn scope(merchant_id: Uuid) -> String {
     format!("merchant:{merchant_id}")
 }
 
-/// Without a way to tell other instances of a write, an entry may stay fresh this long at most.
-const UNSHARED_FRESHNESS: Duration = Duration::from_secs(1);
-
 impl StoreCache {
-    pub fn new(handle: Handle<Cache>, reader: CacheReader, settings: &Settings) -> Self {
-        let mut product_ttl = Duration::from_secs(settings.cache.product_ttl_secs);
-        let mut list_ttl = Duration::from_secs(settings.cache.list_ttl_secs);
-        if settings.redis.url.is_some() {
-            product_ttl = product_ttl.min(UNSHARED_FRESHNESS);
-            list_ttl = list_ttl.min(UNSHARED_FRESHNESS);
-        }
+    pub fn new(
+        handle: Handle<Cache>,
+        reader: CacheReader,
+        shared: Option<SharedTier>,
+        settings: &Settings,
+    ) -> Self {
         Self {
             handle,
             reader,
-            product_ttl,
-            list_ttl,
+            shared,
+            product_ttl: Duration::from_secs(settings.cache.product_ttl_secs),
+            list_ttl: Duration::from_secs(settings.cache.list_ttl_secs),
         }
     }
 

@@ -109,7 +109,7 @@ fn cache_hits(c: &mut Criterion) {
         let cache = tree.start(
             &ActorSpec::new("cache").mailbox(1024),
             Some(&arbiter.handle()),
-            move |supervision| Cache::new(settings, tier, supervision),
+            move |supervision| Cache::new(settings, tier, None, supervision),
         );
         let body = vec![b'x'; 344];
         let loaded = cache

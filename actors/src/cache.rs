@@ -1,6 +1,8 @@
 //! `Cache`: owns the in-process tier of serialized responses (bytes with their entity tag).
 //!
-//! What it owns: a bounded moka tier (at most `max_entries` entries and `max_bytes` bytes; each
+//! What it owns: optionally the Redis tier ([`SharedTier`]: entries shared by every instance,
+//! and the channel through which invalidations reach every instance within a second); a bounded
+//! moka tier (at most `max_entries` entries and `max_bytes` bytes; each
 //! entry lives until its own `fresh_for`, then `stale_for` more for stale-if-error), the loads in
 //! flight, the per-scope generations, and its stats. Keys are opaque strings the caller builds
 //! (and must scope: a tenant's keys carry the tenant). Lists of a scope are keyed with the
@@ -8,10 +10,12 @@
 //!
 //! Messages (through [`crate::Handle`]):
 //! - [`Load`] → `Result<Option<Arc<Entry>>, LoadError>`: a miss. Concurrent loads of one key run
-//!   the loader once and share its outcome, error included (the next miss loads again). A load
-//!   that overlapped an invalidation of its key or scope answers its callers but is not stored.
-//! - [`Invalidate`] → `()`: drops keys and bumps scope generations; a writer awaits it before
-//!   answering, so its next read on this instance sees the write.
+//!   once (the Redis tier, then the loader) and share the outcome, error included (the next miss
+//!   loads again). A load that overlapped an invalidation of its key or scope answers its callers
+//!   but is not stored.
+//! - [`Invalidate`] → `()`: drops keys and bumps scope generations here and in Redis, and
+//!   broadcasts it; a writer awaits it before answering, so its next read on this instance sees
+//!   the write, and other instances drop their copies when the broadcast arrives.
 //! - [`Shrink`] → `u64` (entries dropped): the memory monitor's request to keep a fraction.
 //! - [`crate::Stop`].
 //!
@@ -27,6 +31,7 @@
 //! waiters, load errors, invalidations, evictions, entries and bytes.
 
 use crate::admission::{serve, serve_call, Envelope, Handle, Reply, Request};
+use crate::shared_tier::{Broadcast, SharedTier};
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
@@ -215,6 +220,10 @@ type Waiter = oneshot::Sender<Result<Option<Arc<Entry>>, LoadError>>;
 pub struct Cache {
     settings: CacheSettings,
     reader: CacheReader,
+    shared: Option<SharedTier>,
+    /// Keys this instance stored in the shared tier lately: if another instance's invalidation
+    /// arrives for one of them, the shared copy may predate it and is dropped again.
+    recently_shared: HashMap<Arc<str>, Instant>,
     /// Waiters of each load in flight, and the epoch it started at.
     inflight: HashMap<Arc<str>, (u64, Vec<Waiter>)>,
     /// A counter of changes; the epoch of each key's (and scope's) latest invalidation.
@@ -224,10 +233,17 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(settings: CacheSettings, reader: CacheReader, supervision: Supervision) -> Self {
+    pub fn new(
+        settings: CacheSettings,
+        reader: CacheReader,
+        shared: Option<SharedTier>,
+        supervision: Supervision,
+    ) -> Self {
         Self {
             settings,
             reader,
+            shared,
+            recently_shared: HashMap::new(),
             inflight: HashMap::new(),
             epoch: 0,
             invalidated: HashMap::new(),
@@ -264,6 +280,22 @@ impl Cache {
 
 impl Actor for Cache {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(shared) = self.shared.clone() {
+            let addr = ctx.address();
+            // Off the request path: every other instance's invalidations, as they come.
+            ctx.spawn(
+                shared
+                    .listen(move |broadcast| addr.do_send(Remote(broadcast)))
+                    .into_actor(self),
+            );
+        }
+        ctx.run_interval(Duration::from_secs(5), |cache, _| {
+            let horizon = Instant::now() - Duration::from_secs(5);
+            cache.recently_shared.retain(|_, at| *at > horizon);
+        });
+    }
 }
 
 impl Resilient for Cache {
@@ -319,43 +351,69 @@ impl Handler<Envelope<Load>> for Cache {
                 let Load { key, scope, loader } = load;
                 let started = cache.epoch;
                 let stale_for = cache.settings.stale_for;
-                ctx.spawn(
-                    loader()
-                        .into_actor(cache)
-                        .map(move |outcome, cache: &mut Cache, _| {
-                            let outcome = outcome.map(|loaded| {
-                                loaded.map(|l| {
-                                    let now = Instant::now();
-                                    Arc::new(Entry {
-                                        body: l.body,
-                                        tag: l.tag,
-                                        fresh_until: now + l.fresh_for,
-                                        stale_until: now + l.fresh_for + stale_for,
-                                    })
+                let shared = cache.shared.clone();
+                let lookup_key = Arc::clone(&key);
+                let fetch = async move {
+                    if let Some(shared) = shared {
+                        if let Some((tag, body, fresh_for)) = shared.get(&lookup_key).await {
+                            return (
+                                Ok(Some(Loaded {
+                                    body,
+                                    tag,
+                                    fresh_for,
+                                })),
+                                true,
+                            );
+                        }
+                    }
+                    (loader().await, false)
+                };
+                ctx.spawn(fetch.into_actor(cache).map(
+                    move |(outcome, from_shared), cache: &mut Cache, _| {
+                        let outcome = outcome.map(|loaded| {
+                            loaded.map(|l| {
+                                let now = Instant::now();
+                                Arc::new(Entry {
+                                    body: l.body,
+                                    tag: l.tag,
+                                    fresh_until: now + l.fresh_for,
+                                    stale_until: now + l.fresh_for + stale_for,
                                 })
-                            });
-                            match &outcome {
-                                Ok(Some(entry))
-                                    if !cache.changed_since(&key, scope.as_deref(), started) =>
-                                {
+                            })
+                        });
+                        match &outcome {
+                            Ok(Some(entry))
+                                if !cache.changed_since(&key, scope.as_deref(), started) =>
+                            {
+                                cache
+                                    .reader
+                                    .tier
+                                    .insert(Arc::clone(&key), Arc::clone(entry));
+                                if let (Some(shared), false) = (cache.shared.clone(), from_shared) {
                                     cache
-                                        .reader
-                                        .tier
-                                        .insert(Arc::clone(&key), Arc::clone(entry));
-                                }
-                                Ok(_) => {}
-                                Err(_) => {
-                                    cache.reader.stats.load_errors.fetch_add(1, Relaxed);
-                                }
-                            }
-                            if let Some((_, waiters)) = cache.inflight.remove(&key) {
-                                for waiter in waiters {
-                                    let _ = waiter.send(outcome.clone());
+                                        .recently_shared
+                                        .insert(Arc::clone(&key), Instant::now());
+                                    let (key, entry) = (Arc::clone(&key), Arc::clone(entry));
+                                    let fresh_for =
+                                        entry.fresh_until.saturating_duration_since(Instant::now());
+                                    actix_rt::spawn(async move {
+                                        shared.set(&key, &entry.tag, &entry.body, fresh_for).await;
+                                    });
                                 }
                             }
-                            cache.forget_old_invalidations();
-                        }),
-                );
+                            Ok(_) => {}
+                            Err(_) => {
+                                cache.reader.stats.load_errors.fetch_add(1, Relaxed);
+                            }
+                        }
+                        if let Some((_, waiters)) = cache.inflight.remove(&key) {
+                            for waiter in waiters {
+                                let _ = waiter.send(outcome.clone());
+                            }
+                        }
+                        cache.forget_old_invalidations();
+                    },
+                ));
             }
             Reply::Spawn(Box::pin(
                 async move {
@@ -379,6 +437,28 @@ impl Request for Invalidate {
     type Reply = ();
 }
 
+impl Cache {
+    /// Drops `keys` here and bumps the generation of `scopes` (at least to `at_least`).
+    fn invalidate_here(&mut self, keys: &[String], scopes: &[(String, u64)]) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        if let Ok(mut generations) = self.reader.generations.write() {
+            for (scope, at_least) in scopes {
+                let generation = generations.entry(scope.clone()).or_insert(0);
+                *generation = (*generation + 1).max(*at_least);
+            }
+        }
+        for key in keys.iter().chain(scopes.iter().map(|(s, _)| s)) {
+            self.reader.tier.invalidate(key.as_str());
+            self.invalidated.insert(key.clone(), epoch);
+        }
+        self.reader
+            .stats
+            .invalidations
+            .fetch_add((keys.len() + scopes.len()) as u64, Relaxed);
+    }
+}
+
 impl Handler<Envelope<Invalidate>> for Cache {
     type Result = ();
 
@@ -388,25 +468,52 @@ impl Handler<Envelope<Invalidate>> for Cache {
             ctx,
             envelope,
             |cache, Invalidate { keys, scopes }, _| {
-                cache.epoch += 1;
-                let epoch = cache.epoch;
-                if let Ok(mut generations) = cache.reader.generations.write() {
-                    for scope in &scopes {
-                        *generations.entry(scope.clone()).or_insert(0) += 1;
-                    }
-                }
-                for key in keys.iter().chain(&scopes) {
-                    cache.reader.tier.invalidate(key.as_str());
-                    cache.invalidated.insert(key.clone(), epoch);
-                }
-                cache
-                    .reader
-                    .stats
-                    .invalidations
-                    .fetch_add((keys.len() + scopes.len()) as u64, Relaxed);
-                Reply::Ready(())
+                let local: Vec<(String, u64)> = scopes.iter().map(|s| (s.clone(), 0)).collect();
+                cache.invalidate_here(&keys, &local);
+                let Some(shared) = cache.shared.clone() else {
+                    return Reply::Ready(());
+                };
+                // The shared copies go before the writer is answered: its next read here must not
+                // find the old value in Redis. Bounded by the command timeout and the breaker.
+                Reply::Spawn(Box::pin(
+                    async move { shared.invalidate(keys, scopes).await }
+                        .into_actor(cache)
+                        .map(|generations, cache: &mut Cache, _| {
+                            if let Ok(mut held) = cache.reader.generations.write() {
+                                for (scope, generation) in generations {
+                                    let mine = held.entry(scope).or_insert(0);
+                                    *mine = (*mine).max(generation);
+                                }
+                            }
+                        }),
+                ))
             },
         );
+    }
+}
+
+/// Another instance's invalidation, from the shared tier's channel.
+struct Remote(Broadcast);
+
+impl actix::Message for Remote {
+    type Result = ();
+}
+
+impl Handler<Remote> for Cache {
+    type Result = ();
+
+    fn handle(&mut self, Remote(broadcast): Remote, _ctx: &mut Context<Self>) {
+        self.invalidate_here(&broadcast.keys, &broadcast.scopes);
+        // A copy this instance shared just before the write may have reached Redis after the
+        // writer's DEL: drop it again.
+        let again: Vec<String> = broadcast
+            .keys
+            .into_iter()
+            .filter(|k| self.recently_shared.contains_key(k.as_str()))
+            .collect();
+        if let (Some(shared), false) = (self.shared.clone(), again.is_empty()) {
+            actix_rt::spawn(async move { shared.delete(again).await });
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod admission;
 pub mod cache;
 pub mod db;
 pub mod gcra;
+pub mod shared_tier;
 pub mod stats;
 pub mod supervision;
 pub mod tree;
@@ -33,6 +34,7 @@ pub use cache::{
 };
 pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping};
 pub use gcra::{Decision, Gcra};
+pub use shared_tier::{SharedTier, SharedTierSettings, SharedTierSnapshot};
 pub use stats::{ActorState, ActorStats, StatsSnapshot};
 pub use supervision::{ActorSpec, Resilient, RestartPolicy, Stop, Supervision};
 pub use tree::Tree;

@@ -9,8 +9,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 use rampart_actors::db::PoolSnapshot;
-use rampart_actors::CacheSnapshot;
 use rampart_actors::StatsSnapshot;
+use rampart_actors::{CacheSnapshot, SharedTierSnapshot};
 use std::fmt::Write;
 use std::time::Instant;
 
@@ -59,6 +59,7 @@ impl Metrics {
         actors: &[StatsSnapshot],
         pool: Option<&PoolSnapshot>,
         cache: Option<&CacheSnapshot>,
+        shared: Option<&SharedTierSnapshot>,
         rss_bytes: Option<u64>,
     ) -> String {
         let mut buf = Vec::new();
@@ -165,6 +166,25 @@ impl Metrics {
                 &mut std::iter::once((String::new(), p.queued.to_string())),
             );
         }
+        // One family per name, a row per tier.
+        let tiers = |memory: Option<u64>, redis: Option<u64>| {
+            [("memory", memory), ("redis", redis)]
+                .into_iter()
+                .filter_map(|(tier, v)| v.map(|v| (format!("{{tier=\"{tier}\"}}"), v.to_string())))
+                .collect::<Vec<_>>()
+        };
+        family(
+            "cache_hits_total",
+            "counter",
+            "Lookups answered by the tier",
+            &mut tiers(cache.map(|c| c.hits), shared.map(|r| r.hits)).into_iter(),
+        );
+        family(
+            "cache_misses_total",
+            "counter",
+            "Lookups the tier could not answer",
+            &mut tiers(cache.map(|c| c.misses), shared.map(|r| r.misses)).into_iter(),
+        );
         if let Some(c) = cache {
             let lookups = c.hits + c.misses;
             for (name, kind, help, value) in [
@@ -247,6 +267,66 @@ impl Metrics {
                     kind,
                     help,
                     &mut std::iter::once((r#"{tier="memory"}"#.to_owned(), value)),
+                );
+            }
+        }
+        if let Some(r) = shared {
+            let redis = r#"{tier="redis"}"#.to_owned();
+            for (name, kind, help, value) in [
+                (
+                    "cache_hits_total",
+                    "counter",
+                    "Lookups answered from the Redis tier",
+                    r.hits,
+                ),
+                (
+                    "cache_misses_total",
+                    "counter",
+                    "Redis tier lookups that found nothing",
+                    r.misses,
+                ),
+                (
+                    "cache_redis_errors_total",
+                    "counter",
+                    "Redis commands that failed",
+                    r.errors,
+                ),
+                (
+                    "cache_redis_timeouts_total",
+                    "counter",
+                    "Redis commands past the command timeout",
+                    r.timeouts,
+                ),
+                (
+                    "cache_redis_skipped_total",
+                    "counter",
+                    "Redis commands skipped while its breaker was open",
+                    r.skipped,
+                ),
+                (
+                    "cache_invalidations_sent_total",
+                    "counter",
+                    "Invalidations broadcast to other instances",
+                    r.invalidations_sent,
+                ),
+                (
+                    "cache_invalidations_received_total",
+                    "counter",
+                    "Invalidations received from other instances",
+                    r.invalidations_received,
+                ),
+                (
+                    "cache_redis_up",
+                    "gauge",
+                    "1 while Redis answers and its breaker is closed",
+                    u64::from(r.up),
+                ),
+            ] {
+                family(
+                    name,
+                    kind,
+                    help,
+                    &mut std::iter::once((redis.clone(), value.to_string())),
                 );
             }
         }

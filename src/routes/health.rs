@@ -37,12 +37,21 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             }
         },
     );
+    // Redis down is "degraded": the in-process tier and PostgreSQL still serve.
+    let mut degraded = false;
     checks.insert(
         "redis".into(),
-        if state.settings.redis.url.is_some() {
-            json!({"status": "unchecked"})
-        } else {
-            json!({"status": "disabled"})
+        match &state.cache.shared {
+            None => json!({"status": "disabled"}),
+            Some(shared) => {
+                if shared.ping().await {
+                    json!({"status": "up"})
+                } else {
+                    degraded = true;
+                    let breaker = if shared.snapshot().breaker_open { "open" } else { "closed" };
+                    json!({"status": "down", "reason": "no answer within the command timeout", "breaker": breaker})
+                }
+            }
         },
     );
     for actor in state.tree.snapshot() {
@@ -59,7 +68,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             }),
         );
     }
-    let body = json!({"status": if unready { "unready" } else { "ready" }, "checks": Value::Object(checks)});
+    let status = match (unready, degraded) {
+        (true, _) => "unready",
+        (false, true) => "degraded",
+        (false, false) => "ready",
+    };
+    let body = json!({"status": status, "checks": Value::Object(checks)});
     if unready {
         HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", "1"))
@@ -82,10 +96,12 @@ fn short_reason(e: &DbError) -> &'static str {
 pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) -> HttpResponse {
     let pool = state.gauge.snapshot();
     let cache = state.cache.reader.snapshot();
+    let shared = state.cache.shared.as_ref().map(|s| s.snapshot());
     let text = metrics.render(
         &state.tree.snapshot(),
         Some(&pool),
         Some(&cache),
+        shared.as_ref(),
         resident_memory(),
     );
     HttpResponse::Ok()

@@ -17,4 +17,5 @@ mod explain;
 mod idempotency;
 mod orders;
 mod pagination;
+mod shared_cache;
 mod tenancy;

@@ -113,6 +113,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 pub struct TestAppBuilder {
     settings: Settings,
     pg: &'static TestPg,
+    database: Option<String>,
 }
 
 impl TestAppBuilder {
@@ -126,8 +127,23 @@ impl TestAppBuilder {
         self
     }
 
+    /// Another instance of a deployment: the same database as `other`.
+    pub fn beside(mut self, other: &TestApp) -> Self {
+        self.database = Some(other.database_url.clone());
+        self
+    }
+
+    /// With the Redis tier on `redis`.
+    pub fn with_redis(self, redis: &TestRedis) -> Self {
+        let url = redis.url();
+        self.configure(|s| s.redis.url = Some(Secret::new(url)))
+    }
+
     pub async fn spawn(mut self) -> TestApp {
-        let url = self.pg.fresh_database().await;
+        let url = match self.database.take() {
+            Some(url) => url,
+            None => self.pg.fresh_database().await,
+        };
         self.settings.database.url = Some(Secret::new(url.clone()));
         let app = Application::build(self.settings.clone())
             .await
@@ -231,6 +247,7 @@ impl TestApp {
         TestAppBuilder {
             settings,
             pg: TestPg::shared(),
+            database: None,
         }
     }
 
@@ -361,5 +378,95 @@ impl TestApp {
             req = req.insert_header(("Idempotency-Key", key));
         }
         self.send(req, Some(body.to_string().as_bytes())).await
+    }
+}
+
+/// A temporary Redis on a free loopback port, killed when the test process ends. Tests stop,
+/// restart and freeze (SIGSTOP) it.
+pub struct TestRedis {
+    port: u16,
+    pid: std::sync::Mutex<Option<u32>>,
+}
+
+impl TestRedis {
+    pub fn start() -> TestRedis {
+        let redis = TestRedis {
+            port: rampart::pg_cluster::free_port().expect("port"),
+            pid: std::sync::Mutex::new(None),
+        };
+        redis.start_again();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start_again(&self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (make test installs it)");
+        let pid = child.id();
+        // Killed with the test process, however that ends.
+        let _ = std::process::Command::new("setsid")
+            .args([
+                "sh",
+                "-c",
+                &format!(
+                    "while kill -0 {} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 0.5; done; kill -CONT {pid} 2>/dev/null; kill -9 {pid} 2>/dev/null",
+                    std::process::id()
+                ),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        *self.pid.lock().expect("pid") = Some(pid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = *self.pid.lock().expect("pid") {
+            let _ = std::process::Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Kills the server and waits until its port refuses connections.
+    pub fn stop(&self) {
+        self.signal("-CONT");
+        self.signal("-9");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
     }
 }

@@ -1,0 +1,193 @@
+//! The Redis tier: several instances see each other's writes within a second; Redis stopped or
+//! frozen costs no request its answer, readiness says "degraded", and the tier comes back.
+
+use crate::support::{wait_until, TestApp, TestRedis};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[actix_rt::test]
+async fn a_write_on_one_instance_is_seen_on_another_within_a_second() {
+    let redis = TestRedis::start();
+    let a = TestApp::builder().with_redis(&redis).spawn().await;
+    let b = TestApp::builder()
+        .with_redis(&redis)
+        .beside(&a)
+        .spawn()
+        .await;
+    let m = a.create_merchant("Two instances").await;
+    let p = a.create_product(&m, "TWO-1", 100, 10).await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    let product = format!("/api/v1/stores/{}/products/{id}", m.id);
+    let list = format!("/api/v1/stores/{}/products?limit=5", m.id);
+    // Both instances hold it in memory now.
+    for app in [&a, &b] {
+        assert_eq!(app.get(&product).await.json()["price_cents"], 100);
+        assert_eq!(app.get(&list).await.json()["data"][0]["price_cents"], 100);
+    }
+
+    let stock = a
+        .post_json(
+            &format!("/api/v1/products/{id}/stock"),
+            Some(&m.api_key),
+            &json!({"delta": 5}),
+        )
+        .await;
+    assert_eq!(stock.status, 200);
+    let written = Instant::now();
+    assert_eq!(
+        a.get(&product).await.json()["stock"],
+        15,
+        "at once on the writer"
+    );
+    wait_until(
+        "the other instance sees the write",
+        Duration::from_secs(1),
+        async || {
+            b.get(&product).await.json()["stock"] == 15
+                && b.get(&list).await.json()["data"][0]["stock"] == 15
+        },
+    )
+    .await;
+    assert!(written.elapsed() < Duration::from_secs(1));
+    assert!(
+        b.cache
+            .shared
+            .as_ref()
+            .expect("redis tier")
+            .snapshot()
+            .invalidations_received
+            >= 1
+    );
+}
+
+#[actix_rt::test]
+async fn a_miss_on_one_instance_is_answered_from_the_entry_another_shared() {
+    let redis = TestRedis::start();
+    let a = TestApp::builder().with_redis(&redis).spawn().await;
+    let b = TestApp::builder()
+        .with_redis(&redis)
+        .beside(&a)
+        .spawn()
+        .await;
+    let m = a.create_merchant("Shared").await;
+    let p = a.create_product(&m, "SH-1", 100, 10).await;
+    let product = format!(
+        "/api/v1/stores/{}/products/{}",
+        m.id,
+        p["id"].as_str().expect("id")
+    );
+    assert_eq!(a.get(&product).await.status, 200);
+    let shared = b.cache.shared.clone().expect("redis tier");
+    wait_until(
+        "b finds a's entry in redis",
+        Duration::from_secs(5),
+        async || {
+            let before = b.db.stats().snapshot().handled;
+            let hit =
+                b.get(&product).await.status == 200 && b.db.stats().snapshot().handled == before;
+            hit && shared.snapshot().hits >= 1
+        },
+    )
+    .await;
+}
+
+async fn storefront_survives(
+    redis: &TestRedis,
+    outage: impl Fn(&TestRedis),
+    back: impl Fn(&TestRedis),
+) {
+    let app = TestApp::builder()
+        .with_redis(redis)
+        .configure(|s| {
+            s.redis.command_timeout_ms = 100;
+            s.redis.breaker_open_ms = 300;
+        })
+        .spawn()
+        .await;
+    let m = app.create_merchant("Outage").await;
+    let products: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let p = app.create_product(&m, &format!("R-{i}"), 100, 10).await;
+            ids.push(format!(
+                "/api/v1/stores/{}/products/{}",
+                m.id,
+                p["id"].as_str().expect("id")
+            ));
+        }
+        ids
+    };
+    assert_eq!(app.get(&products[0]).await.status, 200);
+    let ready = app.get("/health/ready").await.json();
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    outage(redis);
+    // Cached and uncached reads alike: answered, each within the command timeout's reach.
+    for path in products.iter().chain(products.iter()) {
+        let started = Instant::now();
+        let reply = app.get(path).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let list = app.get(&format!("/api/v1/stores/{}/products", m.id)).await;
+    assert_eq!(list.status, 200);
+    // A write still lands and is seen here.
+    let id = products[1].rsplit('/').next().expect("id").to_owned();
+    let stock = app
+        .post_json(
+            &format!("/api/v1/products/{id}/stock"),
+            Some(&m.api_key),
+            &json!({"delta": 1}),
+        )
+        .await;
+    assert_eq!(stock.status, 200);
+    assert_eq!(app.get(&products[1]).await.json()["stock"], 11);
+    let degraded = app.get("/health/ready").await;
+    assert_eq!(degraded.status, 200);
+    let body = degraded.json();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["checks"]["redis"]["status"], "down");
+
+    back(redis);
+    wait_until(
+        "readiness is ready again",
+        Duration::from_secs(10),
+        async || app.get("/health/ready").await.json()["status"] == "ready",
+    )
+    .await;
+    let shared = app.cache.shared.clone().expect("redis tier");
+    let sets_before = shared.snapshot().hits + shared.snapshot().misses;
+    app.create_product(&m, "R-after", 100, 1).await;
+    let fresh = app.create_product(&m, "R-fresh", 100, 1).await;
+    let path = format!(
+        "/api/v1/stores/{}/products/{}",
+        m.id,
+        fresh["id"].as_str().expect("id")
+    );
+    assert_eq!(app.get(&path).await.status, 200);
+    assert!(
+        shared.snapshot().hits + shared.snapshot().misses > sets_before,
+        "the redis tier is used again"
+    );
+}
+
+#[actix_rt::test]
+async fn redis_stopped_costs_no_storefront_read_and_readiness_turns_degraded_then_ready() {
+    let redis = TestRedis::start();
+    storefront_survives(&redis, TestRedis::stop, TestRedis::start_again).await;
+}
+
+#[actix_rt::test]
+async fn redis_frozen_with_sigstop_costs_no_storefront_read_beyond_the_command_timeout() {
+    let redis = TestRedis::start();
+    storefront_survives(&redis, TestRedis::freeze, TestRedis::thaw).await;
+}
