@@ -354,6 +354,16 @@ class Suite:
         log(f"{name}: {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, errors {result.get('errors')}")
         return result
 
+    def cache_counts(self):
+        """The in-process tier's hits and misses, from /metrics."""
+        text = urllib.request.urlopen(self.base() + "/metrics", timeout=5).read().decode()
+        counts = {}
+        for line in text.splitlines():
+            for name in ("cache_hits_total", "cache_misses_total"):
+                if line.startswith(name + '{tier="memory"}'):
+                    counts[name] = float(line.split()[-1])
+        return counts.get("cache_hits_total", 0.0), counts.get("cache_misses_total", 0.0)
+
     def warm(self, url, script, args):
         wrk(url, script, args, 3)
 
@@ -373,7 +383,13 @@ class Suite:
         r["ceiling_static"] = self.measure("HTTP ceiling (static body)", lambda: wrk(ceiling, "bench/lua/list.lua", ["", static], d), self.ceiling.pid)
         r["direct"] = self.measure("direct product read (no actors)", lambda: wrk(ceiling, "bench/lua/product.lua", [f"/direct/stores/{self.merchant}/products/", hot], d), self.ceiling.pid)
         profiler = self.start_profile(d) if os.environ.get("PROFILE") else None
+        hits0, misses0 = self.cache_counts()
         r["service"] = self.measure("product via actors", lambda: wrk(self.base(), "bench/lua/product.lua", [store, hot], d))
+        hits1, misses1 = self.cache_counts()
+        lookups = (hits1 - hits0) + (misses1 - misses0)
+        r["cache_hit_ratio"] = round((hits1 - hits0) / lookups, 6) if lookups else None
+        self.static_ceiling = r["ceiling_static"]
+        log(f"cache hit ratio during the product run: {r['cache_hit_ratio']}")
         if profiler:
             r["profile"] = self.finish_profile(profiler)
         peak = r["service"]["rps"]
@@ -381,6 +397,8 @@ class Suite:
         r["fixed_70pct"] = self.measure(f"product at 70% of peak ({rate}/s, corrected)", lambda: oha(self.product_regex(self.base()), rate, d))
         r["ratio_to_http_ceiling"] = round(peak / r["ceiling_static"]["rps"], 3)
         r["actor_tax_ratio"] = round(peak / r["direct"]["rps"], 3)
+        if r["ceiling_static"].get("p99_ms"):
+            r["p99_to_ceiling_p99"] = round(r["service"]["p99_ms"] / r["ceiling_static"]["p99_ms"], 3)
         return r
 
     def start_profile(self, d):
@@ -408,7 +426,11 @@ class Suite:
     def list(self, d):
         lst = str(self.work / "list.txt")
         self.warm(self.base(), "bench/lua/list.lua", ["", lst])
-        return {"service": self.measure("list", lambda: wrk(self.base(), "bench/lua/list.lua", ["", lst], d))}
+        r = {"service": self.measure("list", lambda: wrk(self.base(), "bench/lua/list.lua", ["", lst], d))}
+        ceiling = getattr(self, "static_ceiling", None)
+        if ceiling:
+            r["ratio_to_http_ceiling"] = round(r["service"]["rps"] / ceiling["rps"], 3)
+        return r
 
     def oversell_check(self):
         row = self.pg.sql(f"""

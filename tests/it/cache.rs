@@ -251,3 +251,41 @@ async fn list_pages_are_served_from_memory_and_every_write_shows_in_the_next_one
         .json();
     assert_eq!(theirs["data"], json!([]));
 }
+
+#[actix_rt::test]
+async fn shrink_drops_the_in_process_tier_to_the_fraction_asked_for_and_metrics_show_it() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("Shrink").await;
+    for i in 0..20 {
+        let p = app.create_product(&m, &format!("S-{i}"), 100, 1).await;
+        let path = format!(
+            "/api/v1/stores/{}/products/{}",
+            m.id,
+            p["id"].as_str().expect("id")
+        );
+        assert_eq!(app.get(&path).await.status, 200);
+    }
+    let full = app.cache.reader.snapshot();
+    assert!(full.entries >= 20, "{full:?}");
+    let dropped = app
+        .cache
+        .handle
+        .call(rampart_actors::Shrink(0.5))
+        .await
+        .expect("shrink");
+    let half = app.cache.reader.snapshot();
+    assert!(dropped >= 10, "{dropped} dropped");
+    assert!(half.bytes <= full.bytes / 2, "{half:?} after {full:?}");
+
+    let text = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    for family in [
+        r#"cache_hits_total{tier="memory"}"#,
+        r#"cache_misses_total{tier="memory"}"#,
+        r#"cache_hit_ratio{tier="memory"}"#,
+        r#"cache_entries{tier="memory"}"#,
+        r#"cache_bytes{tier="memory"}"#,
+        r#"cache_coalesced_total{tier="memory"}"#,
+    ] {
+        assert!(text.contains(family), "{family} in {text}");
+    }
+}
