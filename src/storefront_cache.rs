@@ -12,6 +12,7 @@ use crate::routes::products::ProductListing;
 use crate::settings::Settings;
 use crate::store::merchants::Exists;
 use crate::store::products::{self, Product};
+use actix_web::http::header::HeaderValue;
 use rampart_actors::{
     current_deadline, with_deadline, Cache, CacheReader, Db, DbError, Entry, Handle, LoadError,
     Loaded, Lookup, SharedTier,
@@ -26,6 +27,8 @@ pub struct StoreCache {
     pub reader: CacheReader,
     /// The Redis tier, for readiness and metrics.
     pub shared: Option<SharedTier>,
+    /// `Cache-Control` of storefront product reads (`cache.storefront_max_age_secs`).
+    pub cache_control: HeaderValue,
     product_ttl: Duration,
     list_ttl: Duration,
 }
@@ -49,6 +52,11 @@ impl StoreCache {
             handle,
             reader,
             shared,
+            cache_control: HeaderValue::from_str(&format!(
+                "public, max-age={}, must-revalidate",
+                settings.cache.storefront_max_age_secs
+            ))
+            .unwrap_or(HeaderValue::from_static("no-cache")),
             product_ttl: Duration::from_secs(settings.cache.product_ttl_secs),
             list_ttl: Duration::from_secs(settings.cache.list_ttl_secs),
         }

@@ -189,8 +189,6 @@ impl From<tokio_postgres::Error> for DbError {
             DbError::Conflict(db.message().to_owned())
         } else if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
             || *code == SqlState::UNTRANSLATABLE_CHARACTER
-            || *code == SqlState::STRING_DATA_RIGHT_TRUNCATION
-            || *code == SqlState::INVALID_TEXT_REPRESENTATION
         {
             DbError::InvalidInput(db.message().to_owned())
         } else if *code == SqlState::QUERY_CANCELED

@@ -355,13 +355,14 @@ pub async fn middleware(
     let method = req.method().clone();
     let response = next.call(req).await?;
     if let Some(metrics) = metrics {
+        // The label the resource carries: `match_pattern()` would run the routing regexes again.
         let route = response
             .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned());
+            .app_data::<RouteLabel>()
+            .map_or("unmatched", |label| label.0);
         metrics.observe(
             method.as_str(),
-            &route,
+            route,
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );

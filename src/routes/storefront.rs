@@ -13,14 +13,12 @@ use crate::store::products::Product;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-fn cache_headers(response: &mut HttpResponse, etag: &str, max_age: u64) {
+fn cache_headers(response: &mut HttpResponse, etag: &str, cache_control: &HeaderValue) {
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(etag) {
         headers.insert(header::ETAG, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}, must-revalidate")) {
-        headers.insert(header::CACHE_CONTROL, v);
-    }
+    headers.insert(header::CACHE_CONTROL, cache_control.clone());
 }
 
 #[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products", tag = "storefront", operation_id = "listStoreProducts",
@@ -61,7 +59,6 @@ pub async fn get(
         .product(&state.db, merchant_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let max_age = state.settings.cache.storefront_max_age_secs;
     // A hit serializes nothing: the stored bytes and tag are the response.
     let mut response = if not_modified(req.headers(), &entry.tag) {
         HttpResponse::NotModified().finish()
@@ -70,7 +67,7 @@ pub async fn get(
             .content_type("application/json")
             .body(entry.body.clone())
     };
-    cache_headers(&mut response, &entry.tag, max_age);
+    cache_headers(&mut response, &entry.tag, &state.cache.cache_control);
     Ok(response)
 }
 
