@@ -43,8 +43,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("not found")]
     NotFound,
+    /// The method `allow` names is the one the resource takes.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error("conflict: {detail}")]
     Conflict {
         kind: &'static str,
@@ -105,7 +106,7 @@ impl ApiError {
                 "Missing or invalid credentials",
             ),
             NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            MethodNotAllowed => (
+            MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method not allowed",
@@ -164,7 +165,7 @@ impl ApiError {
             | Unavailable { detail, .. } => detail.clone(),
             Unauthorized => "send `Authorization: Bearer <key>` with a valid key".into(),
             NotFound => "no such resource".into(),
-            MethodNotAllowed => "this resource does not support that method".into(),
+            MethodNotAllowed { .. } => "this resource does not support that method".into(),
             PreconditionFailed => {
                 "the resource changed: If-Match does not match its current ETag".into()
             }
@@ -249,6 +250,11 @@ impl ResponseError for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if let ApiError::Unauthorized = self {
             response

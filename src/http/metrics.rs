@@ -4,7 +4,7 @@
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::{web, HttpMessage};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
@@ -355,10 +355,12 @@ pub async fn middleware(
     let method = req.method().clone();
     let response = next.call(req).await?;
     if let Some(metrics) = metrics {
-        // The label the resource carries: `match_pattern()` would run the routing regexes again.
-        let route = response
-            .request()
-            .app_data::<RouteLabel>()
+        // The label the resource carries (or the storefront's router set): `match_pattern()`
+        // would run the routing regexes again.
+        let request = response.request();
+        let label = request.extensions().get::<RouteLabel>().copied();
+        let route = label
+            .or_else(|| request.app_data::<RouteLabel>().copied())
             .map_or("unmatched", |label| label.0);
         metrics.observe(
             method.as_str(),

@@ -19,73 +19,54 @@ fn route(pattern: &'static str) -> actix_web::Resource {
     web::resource(pattern).app_data(RouteLabel(pattern))
 }
 
-/// Dynamic path segments are matched by regex, route by route, in registration order: the hot
-/// storefront paths come first and under one scope, so a product read costs two matches rather
-/// than one per route registered before it (it showed as a tenth of the CPU in a profile).
+/// Dynamic path segments are matched by regex, route by route, in registration order, and a
+/// profile of cached product reads showed those regexes at a sixth of all CPU. The storefront,
+/// the hot path, sits under a static scope (a string comparison) and matches its own three
+/// routes by splitting the path ([`storefront::route`]); it comes first.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let store = |tail: &str, label: &'static str| {
-        web::resource(tail.to_owned()).app_data(RouteLabel(label))
-    };
-    cfg.service(
-        web::scope("/api/v1/stores/{merchant_id}")
-            .service(
-                store(
-                    "/products/{id}",
-                    "/api/v1/stores/{merchant_id}/products/{id}",
-                )
-                .route(web::get().to(storefront::get)),
-            )
-            .service(
-                store("/products", "/api/v1/stores/{merchant_id}/products")
-                    .route(web::get().to(storefront::list)),
-            )
-            .service(
-                store("/orders", "/api/v1/stores/{merchant_id}/orders")
-                    .route(web::post().to(storefront::checkout)),
-            ),
-    )
-    .service(route("/health").route(web::get().to(health::live)))
-    .service(route("/health/ready").route(web::get().to(health::ready)))
-    .service(route("/metrics").route(web::get().to(health::metrics)))
-    .service(route("/api-docs/openapi.json").route(web::get().to(openapi::document)))
-    .service(
-        route("/api/v1/admin/merchants")
-            .route(web::post().to(admin::create_merchant))
-            .wrap(from_fn(admin_gate)),
-    )
-    .service(
-        route("/api/v1/products")
-            .route(web::get().to(products::list))
-            .route(web::post().to(products::create))
-            .wrap(from_fn(merchant_gate)),
-    )
-    .service(
-        route("/api/v1/products/{id}")
-            .route(web::get().to(products::get))
-            .route(web::patch().to(products::update))
-            .route(web::delete().to(products::archive))
-            .wrap(from_fn(merchant_gate)),
-    )
-    .service(
-        route("/api/v1/products/{id}/stock")
-            .route(web::post().to(products::adjust_stock))
-            .wrap(from_fn(merchant_gate)),
-    )
-    .service(
-        route("/api/v1/orders")
-            .route(web::get().to(orders::list))
-            .wrap(from_fn(merchant_gate)),
-    )
-    .service(
-        route("/api/v1/orders/{id}")
-            .route(web::get().to(orders::get))
-            .wrap(from_fn(merchant_gate)),
-    )
-    .service(
-        route("/api/v1/orders/{id}/status")
-            .route(web::post().to(orders::change_status))
-            .wrap(from_fn(merchant_gate)),
-    );
+    cfg.service(web::scope("/api/v1/stores").default_service(web::to(storefront::route)))
+        .service(route("/health").route(web::get().to(health::live)))
+        .service(route("/health/ready").route(web::get().to(health::ready)))
+        .service(route("/metrics").route(web::get().to(health::metrics)))
+        .service(route("/api-docs/openapi.json").route(web::get().to(openapi::document)))
+        .service(
+            route("/api/v1/admin/merchants")
+                .route(web::post().to(admin::create_merchant))
+                .wrap(from_fn(admin_gate)),
+        )
+        .service(
+            route("/api/v1/products")
+                .route(web::get().to(products::list))
+                .route(web::post().to(products::create))
+                .wrap(from_fn(merchant_gate)),
+        )
+        .service(
+            route("/api/v1/products/{id}")
+                .route(web::get().to(products::get))
+                .route(web::patch().to(products::update))
+                .route(web::delete().to(products::archive))
+                .wrap(from_fn(merchant_gate)),
+        )
+        .service(
+            route("/api/v1/products/{id}/stock")
+                .route(web::post().to(products::adjust_stock))
+                .wrap(from_fn(merchant_gate)),
+        )
+        .service(
+            route("/api/v1/orders")
+                .route(web::get().to(orders::list))
+                .wrap(from_fn(merchant_gate)),
+        )
+        .service(
+            route("/api/v1/orders/{id}")
+                .route(web::get().to(orders::get))
+                .wrap(from_fn(merchant_gate)),
+        )
+        .service(
+            route("/api/v1/orders/{id}/status")
+                .route(web::post().to(orders::change_status))
+                .wrap(from_fn(merchant_gate)),
+        );
 }
 
 /// Unknown routes: a problem+json 404.

@@ -4,6 +4,7 @@ use crate::domain::listing::Listing;
 use crate::domain::order::CheckoutBody;
 use crate::domain::product::ProductListParams;
 use crate::error::{ApiError, FieldError};
+use crate::http::metrics::RouteLabel;
 use crate::http::Json;
 use crate::routes::products::ProductListing;
 use crate::routes::support::{not_modified, path_id};
@@ -11,7 +12,7 @@ use crate::state::AppState;
 use crate::store::orders::{Checkout, CheckoutOutcome, IdempotencyKey, Order};
 use crate::store::products::Product;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 
 fn cache_headers(response: &mut HttpResponse, etag: &str, cache_control: &HeaderValue) {
     let headers = response.headers_mut();
@@ -27,11 +28,11 @@ fn cache_headers(response: &mut HttpResponse, etag: &str, cache_control: &Header
         (status = 400, description = "bad filter, sort or cursor; `status` is not a storefront filter", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)))]
 pub async fn list(
-    state: web::Data<AppState>,
-    merchant: web::Path<String>,
-    params: web::Query<ProductListParams>,
+    state: &AppState,
+    merchant: &str,
+    params: ProductListParams,
 ) -> Result<HttpResponse, ApiError> {
-    let merchant_id = path_id(&merchant)?;
+    let merchant_id = path_id(merchant)?;
     let listing = ProductListing::parse(&state.cursor_key, merchant_id, true, &params)?;
     let page = state
         .cache
@@ -49,11 +50,11 @@ pub async fn list(
         (status = 304, description = "not modified", headers(("ETag" = String), ("Cache-Control" = String))),
         (status = 404, description = "no such active product in this store", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, response = crate::routes::openapi::Unavailable)))]
 pub async fn get(
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-    req: HttpRequest,
+    state: &AppState,
+    (merchant, id): (&str, &str),
+    req: &HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (merchant_id, id) = (path_id(&path.0)?, path_id(&path.1)?);
+    let (merchant_id, id) = (path_id(merchant)?, path_id(id)?);
     let entry = state
         .cache
         .product(&state.db, merchant_id, id)
@@ -69,6 +70,52 @@ pub async fn get(
     };
     cache_headers(&mut response, &entry.tag, &state.cache.cache_control);
     Ok(response)
+}
+
+/// The storefront's routes under `/api/v1/stores`: `{merchant_id}/products/{id}` (GET),
+/// `{merchant_id}/products` (GET), `{merchant_id}/orders` (POST); anything else is 404, another
+/// method 405 with `Allow`.
+pub async fn route(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let rest = req.path().strip_prefix("/api/v1/stores/").unwrap_or("");
+    let mut segments = rest.split('/');
+    let route = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    );
+    match route {
+        (Some(merchant), Some("products"), Some(id), None) => {
+            allow(&req, "GET", "/api/v1/stores/{merchant_id}/products/{id}")?;
+            get(&state, (merchant, id), &req).await
+        }
+        (Some(merchant), Some("products"), None, None) => {
+            allow(&req, "GET", "/api/v1/stores/{merchant_id}/products")?;
+            let params = web::Query::<ProductListParams>::from_query(req.query_string())
+                .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+            list(&state, merchant, params.into_inner()).await
+        }
+        (Some(merchant), Some("orders"), None, None) => {
+            allow(&req, "POST", "/api/v1/stores/{merchant_id}/orders")?;
+            let body = Json::<CheckoutBody>::from_request(&req, &mut payload.into_inner()).await?;
+            checkout(&state, merchant, &req, body).await
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Labels the request for the metrics; a method other than `method` is 405.
+fn allow(req: &HttpRequest, method: &'static str, label: &'static str) -> Result<(), ApiError> {
+    req.extensions_mut().insert(RouteLabel(label));
+    if req.method().as_str() == method {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed { allow: method })
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -116,12 +163,12 @@ fn order_response(body: Vec<u8>, order_id: uuid::Uuid, replayed: bool) -> HttpRe
         (status = 422, description = "invalid body, unknown or archived product, mixed currencies, or an Idempotency-Key reused with another body", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, response = crate::routes::openapi::Unavailable)))]
 pub async fn checkout(
-    state: web::Data<AppState>,
-    merchant: web::Path<String>,
-    req: HttpRequest,
+    state: &AppState,
+    merchant: &str,
+    req: &HttpRequest,
     Json(body): Json<CheckoutBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let merchant_id = path_id(&merchant)?;
+    let merchant_id = path_id(merchant)?;
     let key = idempotency_key(req.headers())?;
     let request = body.parse()?;
     let idempotency = key.map(|key| IdempotencyKey {

@@ -199,3 +199,39 @@ async fn a_checkout_of_more_than_fifty_items_is_refused_with_one_error_however_l
         assert_eq!(errors[0]["field"], "items");
     }
 }
+
+#[actix_rt::test]
+async fn storefront_paths_are_routed_exactly_with_405_and_allow_for_other_methods() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("Routes").await;
+    let p = app.create_product(&m, "RT-1", 100, 1).await;
+    let product = format!(
+        "/api/v1/stores/{}/products/{}",
+        m.id,
+        p["id"].as_str().expect("id")
+    );
+    assert_eq!(app.get(&product).await.status, 200);
+    let put = app
+        .send(app.client.put(app.url(&product)), Some(b"{}"))
+        .await;
+    put.problem(405);
+    assert_eq!(put.header("allow"), Some("GET"));
+    let get_orders = app.get(&format!("/api/v1/stores/{}/orders", m.id)).await;
+    get_orders.problem(405);
+    assert_eq!(get_orders.header("allow"), Some("POST"));
+    for path in [
+        format!("{product}/extra"),
+        format!("{product}/"),
+        format!("/api/v1/stores/{}", m.id),
+        format!("/api/v1/stores/{}/nothing", m.id),
+        "/api/v1/stores".to_owned(),
+        "/api/v1/storesx".to_owned(),
+    ] {
+        app.get(&path).await.problem(404);
+    }
+    let text = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    assert!(
+        text.contains(r#"route="/api/v1/stores/{merchant_id}/products/{id}",status="200""#),
+        "{text}"
+    );
+}
