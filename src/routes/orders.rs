@@ -4,7 +4,7 @@ use crate::domain::listing::{CursorScope, Listing};
 use crate::domain::order::{OrderListParams, OrderStatus, StatusBody};
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
-use crate::routes::support::{listing, path_id};
+use crate::routes::support::{listing_body, path_id};
 use crate::state::AppState;
 use crate::store::orders::{self, ChangeStatus, Order, OrderQuery, StatusOutcome};
 use actix_web::{web, HttpResponse};
@@ -31,14 +31,16 @@ pub async fn list(
         page: page.clone(),
     };
     let result = state.db.run(orders::List(query)).await?;
-    Ok(listing(
-        result.rows,
-        result.has_more,
-        result.total,
-        &page,
-        (&state.cursor_key, &scope),
-        Order::position,
-    ))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(listing_body(
+            result.rows,
+            result.has_more,
+            result.total,
+            &page,
+            (&state.cursor_key, &scope),
+            Order::position,
+        )))
 }
 
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", operation_id = "getOrder", params(("id" = uuid::Uuid, Path)),

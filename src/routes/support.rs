@@ -3,7 +3,6 @@
 use crate::domain::listing::{CursorKey, CursorScope, Listing, Position};
 use crate::error::ApiError;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::HttpResponse;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -74,21 +73,7 @@ impl IfMatch {
     }
 }
 
-/// A page of results as the API shows it, with a signed cursor to the next page.
-pub fn listing<T: Serialize>(
-    rows: Vec<T>,
-    has_more: bool,
-    total: Option<i64>,
-    page: &crate::domain::listing::Page,
-    cursors: (&CursorKey, &CursorScope),
-    position: impl Fn(&T) -> Position,
-) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(listing_body(rows, has_more, total, page, cursors, position))
-}
-
-/// [`listing`]'s body.
+/// A page of results as the API shows it (JSON), with a signed cursor to the next page.
 pub fn listing_body<T: Serialize>(
     rows: Vec<T>,
     has_more: bool,

@@ -1,7 +1,7 @@
 //! The Redis tier: several instances see each other's writes within a second; Redis stopped or
 //! frozen costs no request its answer, readiness says "degraded", and the tier comes back.
 
-use crate::support::{wait_until, TestApp, TestRedis};
+use crate::support::{wait_until, Merchant, TestApp, TestRedis};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -109,12 +109,12 @@ async fn a_write_on_one_instance_is_seen_by_a_second_process_within_a_second() {
     assert!(written.elapsed() < Duration::from_secs(1));
 }
 
-#[actix_rt::test]
-async fn a_write_on_one_instance_is_seen_on_another_in_the_same_process_too() {
-    let redis = TestRedis::start();
-    let a = TestApp::builder().with_redis(&redis).spawn().await;
+/// Two instances in this process on one database and one Redis, a merchant and its product:
+/// the instances, the merchant, the product's id and its storefront path.
+async fn two_instances(redis: &TestRedis) -> (TestApp, TestApp, Merchant, String, String) {
+    let a = TestApp::builder().with_redis(redis).spawn().await;
     let b = TestApp::builder()
-        .with_redis(&redis)
+        .with_redis(redis)
         .beside(&a)
         .spawn()
         .await;
@@ -122,6 +122,13 @@ async fn a_write_on_one_instance_is_seen_on_another_in_the_same_process_too() {
     let p = a.create_product(&m, "TWO-1", 100, 10).await;
     let id = p["id"].as_str().expect("id").to_owned();
     let product = format!("/api/v1/stores/{}/products/{id}", m.id);
+    (a, b, m, id, product)
+}
+
+#[actix_rt::test]
+async fn a_write_on_one_instance_is_seen_on_another_in_the_same_process_too() {
+    let redis = TestRedis::start();
+    let (a, b, m, id, product) = two_instances(&redis).await;
     assert_eq!(b.get(&product).await.json()["price_cents"], 100);
     let stock = a
         .post_json(
@@ -151,19 +158,7 @@ async fn a_write_on_one_instance_is_seen_on_another_in_the_same_process_too() {
 #[actix_rt::test]
 async fn a_miss_on_one_instance_is_answered_from_the_entry_another_shared() {
     let redis = TestRedis::start();
-    let a = TestApp::builder().with_redis(&redis).spawn().await;
-    let b = TestApp::builder()
-        .with_redis(&redis)
-        .beside(&a)
-        .spawn()
-        .await;
-    let m = a.create_merchant("Shared").await;
-    let p = a.create_product(&m, "SH-1", 100, 10).await;
-    let product = format!(
-        "/api/v1/stores/{}/products/{}",
-        m.id,
-        p["id"].as_str().expect("id")
-    );
+    let (a, b, _, _, product) = two_instances(&redis).await;
     assert_eq!(a.get(&product).await.status, 200);
     let shared = b.cache.shared.clone().expect("redis tier");
     wait_until(
