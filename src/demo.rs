@@ -6,6 +6,7 @@
 //! that does not (another database, a cluster made anew) is replaced by a new demo merchant's.
 
 use crate::domain::merchant::{hash_api_key, NewMerchant};
+use crate::pg_cluster::write_private;
 use crate::settings::Settings;
 use crate::startup::blocking;
 use crate::store::merchants::{self, FindByKey};
@@ -38,7 +39,8 @@ pub async fn ensure(
         let dir = settings.database.data_dir.clone();
         let written = blocking(move || {
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(&path, key)
+            // A credential: readable by the service's user only.
+            write_private(&path, &key)
         })
         .await;
         if !matches!(written, Ok(Ok(()))) {

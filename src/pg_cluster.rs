@@ -368,7 +368,7 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Writes `contents` to a new file readable by its owner only.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);

@@ -214,6 +214,14 @@ async fn the_kept_demo_key_survives_runs_on_other_databases_and_works_on_the_nex
         kept,
         "the kept key belongs to the embedded cluster"
     );
+    let mode = std::fs::metadata(data.join("demo-api-key"))
+        .expect("kept key")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "a credential only its owner reads"
+    );
 
     let mut again = serve_in(&data, None);
     let printed = again.demo_key().await;
