@@ -15,8 +15,9 @@ use crate::store::products::{self, Product};
 use actix_web::http::header::HeaderValue;
 use rampart_actors::{
     current_deadline, with_deadline, Cache, CacheReader, Db, DbError, Entry, Handle, LoadError,
-    Loaded, Lookup, SharedTier,
+    Loaded, Loader, Lookup, SharedTier,
 };
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -71,29 +72,19 @@ impl StoreCache {
         merchant_id: Uuid,
         id: Uuid,
     ) -> Result<Option<Arc<Entry>>, ApiError> {
-        let key = product_key(merchant_id, id);
-        let stale = match self.reader.lookup(&key) {
-            Lookup::Fresh(entry) => return Ok(Some(entry)),
-            Lookup::Stale(entry) => Some(entry),
-            Lookup::Missing => None,
-        };
-        let (db, fresh_for, deadline) = (db.clone(), self.product_ttl, current_deadline());
-        let loader: rampart_actors::Loader = Box::new(move || {
-            Box::pin(async move {
-                let read = db.run(products::Get {
+        let db = db.clone();
+        let load = async move || {
+            let product = db
+                .run(products::Get {
                     merchant_id,
                     id,
                     active_only: true,
-                });
-                let product = match deadline {
-                    Some(at) => with_deadline(at, read).await,
-                    None => read.await,
-                }
-                .map_err(|e| Arc::new(e) as LoadError)?;
-                product.map(|p| serialize(&p, fresh_for)).transpose()
-            })
-        });
-        self.load_or_stale(key, scope(merchant_id), loader, stale)
+                })
+                .await?;
+            product.map(|p| serialize(&p)).transpose()
+        };
+        let key = product_key(merchant_id, id);
+        self.read_through(key, scope(merchant_id), self.product_ttl, load)
             .await
     }
 
@@ -113,55 +104,65 @@ impl StoreCache {
             self.reader.generation(&scope),
             listing.fingerprint()
         );
+        let db = db.clone();
+        let load = async move || {
+            let result = db.run(products::List(listing.query.clone())).await?;
+            // An empty page may mean there is no such store: only then is it worth asking.
+            if result.rows.is_empty() && !db.run(Exists(merchant_id)).await? {
+                return Ok(None);
+            }
+            Ok(Some((listing.body(result, &cursor_key), Arc::from(""))))
+        };
+        self.read_through(key, scope, self.list_ttl, load).await
+    }
+
+    /// The read-through every kind shares: a fresh entry from the tier; else `load` (within the
+    /// request's deadline) once for all concurrent misses, its body and tag stored fresh for
+    /// `fresh_for`; when that fails because the database is unavailable, the stale entry if any.
+    async fn read_through<L, F>(
+        &self,
+        key: String,
+        scope: String,
+        fresh_for: Duration,
+        load: L,
+    ) -> Result<Option<Arc<Entry>>, ApiError>
+    where
+        L: FnOnce() -> F + Send + 'static,
+        F: Future<Output = Result<Option<(Vec<u8>, Arc<str>)>, DbError>> + Send + 'static,
+    {
         let stale = match self.reader.lookup(&key) {
             Lookup::Fresh(entry) => return Ok(Some(entry)),
             Lookup::Stale(entry) => Some(entry),
             Lookup::Missing => None,
         };
-        let (db, fresh_for, deadline) = (db.clone(), self.list_ttl, current_deadline());
-        let loader: rampart_actors::Loader = Box::new(move || {
+        // The load runs on the actor's thread, outside this request's task: its deadline goes along.
+        let deadline = current_deadline();
+        let loader: Loader = Box::new(move || {
             Box::pin(async move {
-                let work = async {
-                    let result = db.run(products::List(listing.query.clone())).await?;
-                    // An empty page may mean there is no such store: only then is it worth asking.
-                    if result.rows.is_empty() && !db.run(Exists(merchant_id)).await? {
-                        return Ok(None);
-                    }
-                    Ok(Some(listing.body(result, &cursor_key)))
-                };
-                let body: Option<Vec<u8>> = match deadline {
-                    Some(at) => with_deadline(at, work).await,
-                    None => work.await,
+                let loaded = match deadline {
+                    Some(at) => with_deadline(at, load()).await,
+                    None => load().await,
                 }
-                .map_err(|e: DbError| Arc::new(e) as LoadError)?;
-                Ok(body.map(|body| Loaded {
+                .map_err(|e| Arc::new(e) as LoadError)?;
+                Ok(loaded.map(|(body, tag)| Loaded {
                     body: body.into(),
-                    tag: Arc::from(""),
+                    tag,
                     fresh_for,
                 }))
             })
         });
-        self.load_or_stale(key, scope, loader, stale).await
-    }
-
-    /// Loads `key` through the actor; when that fails because the database is unavailable,
-    /// answers the stale entry, if any.
-    async fn load_or_stale(
-        &self,
-        key: String,
-        scope: String,
-        loader: rampart_actors::Loader,
-        stale: Option<Arc<Entry>>,
-    ) -> Result<Option<Arc<Entry>>, ApiError> {
         match self.handle.load(key.into(), Some(scope), loader).await {
             Ok(entry) => Ok(entry),
-            Err(e) => match stale {
-                Some(entry) if ApiError::from_load(&e).is_unavailable() => {
-                    self.reader.served_stale();
-                    Ok(Some(entry))
+            Err(e) => {
+                let error = ApiError::from_load(&e);
+                match stale {
+                    Some(entry) if error.is_unavailable() => {
+                        self.reader.served_stale();
+                        Ok(Some(entry))
+                    }
+                    _ => Err(error),
                 }
-                _ => Err(ApiError::from_load(&e)),
-            },
+            }
         }
     }
 
@@ -195,11 +196,7 @@ impl StoreCache {
     }
 }
 
-fn serialize(product: &Product, fresh_for: Duration) -> Result<Loaded, LoadError> {
-    let body = serde_json::to_vec(product).map_err(|e| Arc::new(e) as LoadError)?;
-    Ok(Loaded {
-        body: body.into(),
-        tag: product.etag().into(),
-        fresh_for,
-    })
+fn serialize(product: &Product) -> Result<(Vec<u8>, Arc<str>), DbError> {
+    let body = serde_json::to_vec(product).map_err(|e| DbError::Other(e.to_string()))?;
+    Ok((body, product.etag().into()))
 }

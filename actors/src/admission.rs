@@ -230,13 +230,13 @@ impl<A: Actor> Handle<A> {
         if let Some(task_deadline) = current_deadline() {
             deadline = deadline.min(task_deadline);
         }
-        let caller = Caller::new(deadline);
-        let _abandon_on_drop = AbandonOnDrop(caller.clone());
+        // Held until the answer: dropped early (the caller went away), it abandons the call.
+        let caller = AbandonOnDrop(Caller::new(deadline));
         let (reply, mut answer) = oneshot::channel();
         let envelope = Envelope {
             msg,
             reply,
-            caller: caller.clone(),
+            caller: caller.0.clone(),
             span: tracing::Span::current(),
         };
         match self.inner.addr.try_send(envelope) {
@@ -249,7 +249,7 @@ impl<A: Actor> Handle<A> {
         }
         let answered = match tokio::time::timeout_at(deadline, &mut answer).await {
             Ok(answered) => answered,
-            Err(_) if caller.abandon() => return Err(CallError::Timeout),
+            Err(_) if caller.0.abandon() => return Err(CallError::Timeout),
             // Committed: the outcome is on its way and is what the caller must hear.
             Err(_) => match tokio::time::timeout(COMMIT_OUTCOME_WAIT, answer).await {
                 Ok(answered) => answered,

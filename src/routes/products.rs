@@ -132,10 +132,11 @@ impl ProductListing {
     /// What identifies this page's content: listing, sort, filters and page (cursor position or
     /// offset), for cache keys.
     pub fn fingerprint(&self) -> String {
+        let (scope, query) = (&self.scope, &self.query);
         format!(
-            "{}:{}:{:?}",
-            self.scope.listing, self.scope.sort, self.query.filter
-        ) + &format!(":{:?}", self.query.page)
+            "{}:{}:{:?}:{:?}",
+            scope.listing, scope.sort, query.filter, query.page
+        )
     }
 
     /// The page's JSON, with a cursor to the next page signed with `key`.

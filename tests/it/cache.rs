@@ -15,11 +15,7 @@ async fn a_thousand_concurrent_reads_of_an_uncached_product_make_one_database_lo
     let app = TestApp::spawn().await;
     let m = app.create_merchant("Popular").await;
     let p = app.create_product(&m, "POP-1", 100, 5).await;
-    let path = format!(
-        "/api/v1/stores/{}/products/{}",
-        m.id,
-        p["id"].as_str().expect("id")
-    );
+    let path = m.store_product(&p);
     let before = (db_handled(&app), app.cache.reader.snapshot().loads);
     let replies = join_all((0..1000).map(|_| app.get(&path))).await;
     for reply in &replies {
@@ -85,14 +81,7 @@ async fn every_write_is_visible_on_the_next_storefront_read_of_the_same_instance
     assert_eq!(cancel.status, 200);
     assert_eq!(read().await.json()["stock"], 15, "after a cancel");
 
-    let archive = app
-        .send(
-            app.client
-                .delete(app.url(&format!("/api/v1/products/{id}")))
-                .bearer_auth(&m.api_key),
-            None,
-        )
-        .await;
+    let archive = app.archive_product(&m, &id).await;
     assert_eq!(archive.status, 204);
     assert_eq!(read().await.status, 404, "after archiving");
 }
@@ -102,11 +91,7 @@ async fn if_none_match_with_the_current_tag_is_304_without_touching_postgresql()
     let app = TestApp::spawn().await;
     let m = app.create_merchant("Tags").await;
     let p = app.create_product(&m, "T-1", 100, 1).await;
-    let path = format!(
-        "/api/v1/stores/{}/products/{}",
-        m.id,
-        p["id"].as_str().expect("id")
-    );
+    let path = m.store_product(&p);
     let tag = app
         .get(&path)
         .await
@@ -141,13 +126,7 @@ async fn postgresql_down_a_cached_product_still_answers_and_an_uncached_one_is_5
     let m = app.create_merchant("Outage").await;
     let cached = app.create_product(&m, "C-1", 100, 1).await;
     let uncached = app.create_product(&m, "U-1", 100, 1).await;
-    let path = |p: &serde_json::Value| {
-        format!(
-            "/api/v1/stores/{}/products/{}",
-            m.id,
-            p["id"].as_str().expect("id")
-        )
-    };
+    let path = |p: &serde_json::Value| m.store_product(p);
     assert_eq!(app.get(&path(&cached)).await.status, 200);
 
     // `fast`: the test cluster commits asynchronously, and a crash would lose the products.
@@ -258,11 +237,7 @@ async fn shrink_drops_the_in_process_tier_to_the_fraction_asked_for_and_metrics_
     let m = app.create_merchant("Shrink").await;
     for i in 0..20 {
         let p = app.create_product(&m, &format!("S-{i}"), 100, 1).await;
-        let path = format!(
-            "/api/v1/stores/{}/products/{}",
-            m.id,
-            p["id"].as_str().expect("id")
-        );
+        let path = m.store_product(&p);
         assert_eq!(app.get(&path).await.status, 200);
     }
     let full = app.cache.reader.snapshot();

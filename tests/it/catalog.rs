@@ -142,14 +142,7 @@ async fn delete_archives_so_the_storefront_hides_it_and_the_merchant_still_sees_
         .await;
     assert_eq!(revalidated.status, 304);
 
-    let deleted = app
-        .send(
-            app.client
-                .delete(app.url(&format!("/api/v1/products/{id}")))
-                .bearer_auth(&m.api_key),
-            None,
-        )
-        .await;
+    let deleted = app.archive_product(&m, id).await;
     assert_eq!(deleted.status, 204);
     app.get(&store_path).await.problem(404);
     let own = app

@@ -267,15 +267,7 @@ async fn unknown_archived_and_mixed_currency_items_are_422_naming_the_item() {
         .json();
     let archived = app.create_product(&merchant, "OLD", 100, 5).await;
     let del = app
-        .send(
-            app.client
-                .delete(app.url(&format!(
-                    "/api/v1/products/{}",
-                    archived["id"].as_str().expect("id")
-                )))
-                .bearer_auth(&merchant.api_key),
-            None,
-        )
+        .archive_product(&merchant, archived["id"].as_str().expect("id"))
         .await;
     assert_eq!(del.status, 204);
     let other = app.create_merchant("Other").await;

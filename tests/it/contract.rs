@@ -1,7 +1,7 @@
 //! The edge of the contract: credentials before the body, malformed before invalid, text
 //! PostgreSQL cannot store, strong `If-Match` and 428, bounded checkout bodies.
 
-use crate::support::{TestApp, ADMIN_TOKEN};
+use crate::support::TestApp;
 use awc::http::Method;
 use serde_json::json;
 
@@ -51,7 +51,6 @@ async fn a_bad_or_missing_key_is_401_with_www_authenticate_whatever_the_body() {
         )
         .await;
     reply.problem(401);
-    let _ = ADMIN_TOKEN;
 }
 
 #[actix_rt::test]
@@ -205,11 +204,7 @@ async fn storefront_paths_are_routed_exactly_with_405_and_allow_for_other_method
     let app = TestApp::spawn().await;
     let m = app.create_merchant("Routes").await;
     let p = app.create_product(&m, "RT-1", 100, 1).await;
-    let product = format!(
-        "/api/v1/stores/{}/products/{}",
-        m.id,
-        p["id"].as_str().expect("id")
-    );
+    let product = m.store_product(&p);
     assert_eq!(app.get(&product).await.status, 200);
     let put = app
         .send(app.client.put(app.url(&product)), Some(b"{}"))

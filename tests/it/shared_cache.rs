@@ -192,11 +192,7 @@ async fn storefront_survives(
         let mut ids = Vec::new();
         for i in 0..5 {
             let p = app.create_product(&m, &format!("R-{i}"), 100, 10).await;
-            ids.push(format!(
-                "/api/v1/stores/{}/products/{}",
-                m.id,
-                p["id"].as_str().expect("id")
-            ));
+            ids.push(m.store_product(&p));
         }
         ids
     };
@@ -251,11 +247,7 @@ async fn storefront_survives(
     let sets_before = shared.snapshot().hits + shared.snapshot().misses;
     app.create_product(&m, "R-after", 100, 1).await;
     let fresh = app.create_product(&m, "R-fresh", 100, 1).await;
-    let path = format!(
-        "/api/v1/stores/{}/products/{}",
-        m.id,
-        fresh["id"].as_str().expect("id")
-    );
+    let path = m.store_product(&fresh);
     assert_eq!(app.get(&path).await.status, 200);
     assert!(
         shared.snapshot().hits + shared.snapshot().misses > sets_before,

@@ -236,6 +236,14 @@ pub struct Merchant {
     pub api_key: String,
 }
 
+impl Merchant {
+    /// The storefront path of one of this merchant's products (its JSON).
+    pub fn store_product(&self, product: &Value) -> String {
+        let id = product["id"].as_str().expect("id");
+        format!("/api/v1/stores/{}/products/{id}", self.id)
+    }
+}
+
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
         let mut settings = Settings::for_tests().expect("test settings");
@@ -280,6 +288,13 @@ impl TestApp {
     pub async fn get_as(&self, key: &str, path: &str) -> Reply {
         self.send(self.client.get(self.url(path)).bearer_auth(key), None)
             .await
+    }
+
+    /// Archives a product (`DELETE /api/v1/products/{id}`) as its merchant.
+    pub async fn archive_product(&self, merchant: &Merchant, id: &str) -> Reply {
+        let url = self.url(&format!("/api/v1/products/{id}"));
+        let req = self.client.delete(url).bearer_auth(&merchant.api_key);
+        self.send(req, None).await
     }
 
     pub async fn post_json(&self, path: &str, key: Option<&str>, body: &Value) -> Reply {
