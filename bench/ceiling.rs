@@ -9,11 +9,11 @@
 //! `CEILING_BODY_FILE` (the static body), `CEILING_POOL_SIZE`.
 
 use actix_web::http::header;
-use actix_web::middleware::{from_fn, Compress};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rampart::http::metrics::Metrics;
-use rampart::http::{metrics, problems, request_id};
+use rampart::http::{compress, metrics, problems, request_id};
 use rampart::store::products;
 use rampart_actors::{Caller, Conn, DbCommand};
 use std::str::FromStr;
@@ -121,7 +121,7 @@ fn main() -> std::io::Result<()> {
                     web::scope("/direct")
                         .route("/stores/{merchant_id}/products/{id}", web::get().to(direct))
                         .wrap(problems::fallback())
-                        .wrap(Compress::default())
+                        .wrap(from_fn(compress::middleware))
                         .wrap(from_fn(metrics::middleware))
                         .wrap(from_fn(request_id::middleware)),
                 )

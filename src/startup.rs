@@ -14,7 +14,7 @@ use crate::storefront_cache::StoreCache;
 use crate::{demo, http, routes};
 use actix::Arbiter;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::{from_fn, Compress};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use rampart_actors::{
     ActorSpec, Cache, CacheSettings, Db, DbError, DbGauge, DbProbe, DbSettings, Handle,
@@ -308,7 +308,7 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
                 .wrap(http::problems::fallback())
-                .wrap(Compress::default())
+                .wrap(from_fn(http::compress::middleware))
                 .wrap(from_fn(http::deadline::middleware))
                 .wrap(from_fn(http::metrics::middleware))
                 .wrap(from_fn(http::request_id::middleware))

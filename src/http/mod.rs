@@ -2,6 +2,7 @@
 //! problem+json.
 
 pub mod auth;
+pub mod compress;
 pub mod deadline;
 pub mod json;
 pub mod metrics;

@@ -184,19 +184,33 @@ async fn creating_a_merchant_shows_its_key_once_and_stores_only_a_hash() {
 }
 
 #[actix_rt::test]
-async fn responses_are_compressed_when_the_client_asks() {
+async fn bodies_worth_compressing_are_compressed_as_the_client_prefers_and_small_ones_are_not() {
     let app = TestApp::spawn().await;
-    let reply = app
-        .send(
+    let fetch = |path: &'static str, accept: &'static str| {
+        app.send(
             app.client
-                .get(app.url("/metrics"))
-                .insert_header(("Accept-Encoding", "gzip"))
+                .get(app.url(path))
+                .insert_header(("Accept-Encoding", accept))
                 .no_decompress(),
             None,
         )
-        .await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("content-encoding"), Some("gzip"));
+    };
+    let metrics = fetch("/metrics", "gzip").await;
+    assert_eq!(metrics.status, 200);
+    assert_eq!(metrics.header("content-encoding"), Some("gzip"));
+    assert_eq!(metrics.header("vary"), Some("accept-encoding"));
+    let preferred = fetch("/metrics", "gzip;q=0.5, br").await;
+    assert_eq!(preferred.header("content-encoding"), Some("br"));
+
+    let health = fetch("/health", "gzip, br").await;
+    assert_eq!(health.status, 200);
+    assert!(health.body.len() < 1024, "{} bytes", health.body.len());
+    assert_eq!(health.header("content-encoding"), None);
+    serde_json::from_slice::<serde_json::Value>(&health.body).expect("plain JSON");
+
+    let nothing_we_have = fetch("/metrics", "zstd, identity;q=0").await;
+    assert_eq!(nothing_we_have.status, 200);
+    assert_eq!(nothing_we_have.header("content-encoding"), None);
 }
 
 #[actix_rt::test]
