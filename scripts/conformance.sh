@@ -25,6 +25,9 @@ base="http://127.0.0.1:$port"
 export RAMPART_ADMIN_TOKEN="conformance-admin-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 RAMPART_ENV=test RAMPART__SERVER__PORT=$port RAMPART__DATABASE__DATA_DIR="$data" \
   RAMPART__ADMIN__TOKEN="$RAMPART_ADMIN_TOKEN" RAMPART__LOG__FILTER=error \
+  RAMPART__RATE_LIMIT__CLASSES__STOREFRONT__LIMIT=1000000 \
+  RAMPART__RATE_LIMIT__CLASSES__CHECKOUT__LIMIT=1000000 \
+  RAMPART__RATE_LIMIT__CLASSES__MERCHANT__LIMIT=1000000 \
   ./target/debug/rampart serve > "$data/rampart.log" 2>&1 &
 pid=$!
 cleanup() {

@@ -68,6 +68,8 @@ pub enum ApiError {
         title: &'static str,
         detail: String,
     },
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
     #[error("overloaded")]
     Overloaded { retry_after: u64 },
     #[error("unavailable: {detail}")]
@@ -138,6 +140,11 @@ impl ApiError {
                 "Invalid request",
             ),
             Unprocessable { kind, title, .. } => (StatusCode::UNPROCESSABLE_ENTITY, kind, title),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             Overloaded { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -179,6 +186,10 @@ impl ApiError {
                 .map(|e| format!("{}: {}", e.field, e.message))
                 .collect::<Vec<_>>()
                 .join("; "),
+            RateLimited { .. } => {
+                "this client made too many requests of this kind; retry after the indicated delay"
+                    .into()
+            }
             Overloaded { .. } => "too much work in flight; retry after the indicated delay".into(),
             Internal(_) => {
                 "an unexpected error occurred; it has been logged with this request id".into()
@@ -244,8 +255,9 @@ impl ResponseError for ApiError {
             _ => None,
         };
         let mut response = problem_response(status, kind, title, self.detail(), errors);
-        if let ApiError::Overloaded { retry_after } | ApiError::Unavailable { retry_after, .. } =
-            self
+        if let ApiError::Overloaded { retry_after }
+        | ApiError::RateLimited { retry_after }
+        | ApiError::Unavailable { retry_after, .. } = self
         {
             response
                 .headers_mut()
@@ -286,6 +298,10 @@ impl ApiError {
                     retry_after: 2,
                 }
             }
+            DbError::CircuitOpen { retry_after } => ApiError::Unavailable {
+                detail: "the database is failing; requests to it are paused".into(),
+                retry_after: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            },
             DbError::Conflict(_) => ApiError::Unavailable {
                 detail: "concurrent updates collided; retry".into(),
                 retry_after: 1,

@@ -3,6 +3,7 @@
 //! invalid values are errors that name the key.
 
 use config::{Config, Environment, File, FileFormat};
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,6 +57,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub rate_limit: RateLimitSettings,
+    pub breakers: BreakerConfig,
     pub cache: CacheSettings,
     pub jobs: JobSettings,
     pub memory: MemorySettings,
@@ -129,7 +131,38 @@ pub struct RedisSettings {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
+    /// Keys each class holds in process at most (least recently used out first).
+    pub max_keys: u64,
     pub classes: RateLimitClasses,
+}
+
+/// Every dependency's circuit (resilience4j's model); Redis's uses `redis.breaker_*` instead.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub failure_rate_percent: u32,
+    pub slow_call_rate_percent: u32,
+    pub slow_call_ms: u64,
+    pub window: u32,
+    pub minimum_calls: u32,
+    pub open_ms: u64,
+    pub half_open_probes: u32,
+    /// Circuits made at run time (webhook hosts) kept at most.
+    pub max_circuits: usize,
+}
+
+impl BreakerConfig {
+    pub fn breaker(&self) -> rampart_actors::BreakerSettings {
+        rampart_actors::BreakerSettings {
+            failure_rate: f64::from(self.failure_rate_percent) / 100.0,
+            slow_call_rate: f64::from(self.slow_call_rate_percent) / 100.0,
+            slow_call: Duration::from_millis(self.slow_call_ms),
+            window: self.window,
+            minimum_calls: self.minimum_calls,
+            open_for: Duration::from_millis(self.open_ms),
+            half_open_probes: self.half_open_probes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,8 +249,10 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct ActorSettings {
     pub call_deadline_ms: u64,
+    pub breakers: ActorLimits,
     pub db: ActorLimits,
     pub cache: ActorLimits,
+    pub limiter: ActorLimits,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -234,64 +269,12 @@ pub struct DevSettings {
     pub demo_merchant: bool,
 }
 
-/// An address range whose `X-Forwarded-For` is believed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
-            None => max,
-        };
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V4(ip)) => {
-                mask_eq(&net.octets(), &ip.to_ipv6_mapped().octets(), self.prefix)
-            }
-            (IpAddr::V4(_), IpAddr::V6(ip)) => ip
-                .to_ipv4_mapped()
-                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
-        }
-    }
-}
-
-fn mask_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
-    let full = usize::from(prefix / 8);
-    let rest = prefix % 8;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rest);
-    (a[full] & mask) == (b[full] & mask)
+/// A trusted proxy range: a CIDR, or one address.
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
 }
 
 impl Settings {
@@ -355,7 +338,7 @@ impl Settings {
             return Err(invalid("server.host", "must not be empty"));
         }
         for cidr in &self.server.trusted_proxies {
-            Cidr::from_str(cidr).map_err(|m| invalid("server.trusted_proxies", m))?;
+            parse_net(cidr).map_err(|m| invalid("server.trusted_proxies", m))?;
         }
         positive(
             "server.body_limit_bytes",
@@ -415,6 +398,32 @@ impl Settings {
                 return Err(invalid(key, "limit and period_secs must be greater than 0"));
             }
         }
+        positive("rate_limit.max_keys", self.rate_limit.max_keys)?;
+        let b = &self.breakers;
+        at_most(
+            "breakers.failure_rate_percent",
+            u64::from(b.failure_rate_percent),
+            100,
+        )?;
+        at_most(
+            "breakers.slow_call_rate_percent",
+            u64::from(b.slow_call_rate_percent),
+            100,
+        )?;
+        positive(
+            "breakers.failure_rate_percent",
+            u64::from(b.failure_rate_percent),
+        )?;
+        positive(
+            "breakers.slow_call_rate_percent",
+            u64::from(b.slow_call_rate_percent),
+        )?;
+        positive("breakers.slow_call_ms", b.slow_call_ms)?;
+        positive("breakers.window", u64::from(b.window))?;
+        positive("breakers.minimum_calls", u64::from(b.minimum_calls))?;
+        positive("breakers.open_ms", b.open_ms)?;
+        positive("breakers.half_open_probes", u64::from(b.half_open_probes))?;
+        positive("breakers.max_circuits", b.max_circuits as u64)?;
         if self.memory.soft_limit_mb > self.memory.hard_limit_mb {
             return Err(invalid(
                 "memory.soft_limit_mb",
@@ -483,11 +492,11 @@ impl Settings {
         Ok(())
     }
 
-    pub fn trusted_proxies(&self) -> Vec<Cidr> {
+    pub fn trusted_proxies(&self) -> Vec<IpNet> {
         self.server
             .trusted_proxies
             .iter()
-            .filter_map(|c| c.parse().ok())
+            .filter_map(|c| parse_net(c).ok())
             .collect()
     }
 
@@ -501,14 +510,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidr_matches_addresses_inside_its_prefix_only() {
-        let net: Cidr = "10.1.0.0/16".parse().unwrap();
-        assert!(net.contains("10.1.200.3".parse().unwrap()));
-        assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        let one: Cidr = "127.0.0.1".parse().unwrap();
-        assert!(one.contains("127.0.0.1".parse().unwrap()));
-        assert!(!one.contains("127.0.0.2".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    fn trusted_proxies_are_cidrs_or_single_addresses() {
+        let net = parse_net("10.1.0.0/16").unwrap();
+        assert!(net.contains(&"10.1.200.3".parse::<IpAddr>().unwrap()));
+        assert!(!net.contains(&"10.2.0.1".parse::<IpAddr>().unwrap()));
+        let one = parse_net("127.0.0.1").unwrap();
+        assert!(one.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+        assert!(!one.contains(&"127.0.0.2".parse::<IpAddr>().unwrap()));
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("::1").is_ok());
     }
 
     #[test]

@@ -17,8 +17,9 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use rampart_actors::{
-    ActorSpec, Cache, CacheSettings, Db, DbError, DbGauge, DbProbe, DbSettings, Handle,
-    RestartPolicy, SharedTier, SharedTierSettings, Tree,
+    ActorSpec, BreakerBoard, BreakerSettings, Breakers, Cache, CacheSettings, Db, DbError, DbGauge,
+    DbProbe, DbSettings, Handle, LimitClass, Limiter, RateLimits, RedisLink, RestartPolicy,
+    SharedTier, SharedTierSettings, Tree,
 };
 use std::net::TcpListener;
 use std::str::FromStr;
@@ -57,8 +58,9 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| StartupError::Blocking(e.to_string()))
 }
 
-/// The database side of the service: the cluster (when local), the supervision tree and `Db`.
-/// `rampart migrate` and `rampart merchant create` use it without the HTTP server.
+/// The supervised side of the service: the cluster (when local), the supervision tree and the
+/// handles to its actors. `rampart migrate` and `rampart merchant create` use it without the
+/// HTTP server.
 pub struct Backend {
     pub db: Handle<Db>,
     /// Readiness' own lane to PostgreSQL: never queued behind requests.
@@ -66,12 +68,28 @@ pub struct Backend {
     /// Pool usage, read without a message.
     pub gauge: DbGauge,
     pub cache: StoreCache,
+    /// Every dependency's circuit, read without a message.
+    pub breakers: BreakerBoard,
+    pub circuits: Handle<Breakers>,
+    /// The rate limits, decided on the caller's thread (`None`: `rate_limit.enabled` is off).
+    pub limits: Option<RateLimits>,
     pub tree: Arc<Tree>,
     db_arbiter: Arbiter,
     cluster: Option<Cluster>,
 }
 
 impl Backend {
+    /// Starts the supervision tree. In start order (stopped in reverse), each child with its
+    /// arbiter, mailbox and restart intensity (`actors.<name>.*`, at most `max_restarts` within
+    /// `restart_window_secs`, then failed and reported by readiness):
+    ///
+    /// | actor      | arbiter | mailbox                        | owns                              |
+    /// |------------|---------|--------------------------------|-----------------------------------|
+    /// | `breakers` | main    | `actors.breakers.mailbox`      | every dependency's circuit        |
+    /// | `db`       | db      | `actors.db.mailbox`            | the PostgreSQL pool               |
+    /// | `db_probe` | db      | 16                             | readiness' own connection         |
+    /// | `cache`    | db      | `actors.cache.mailbox`         | the in-process and Redis tiers    |
+    /// | `limiter`  | main    | `actors.limiter.mailbox`       | the rate limits (local or Redis)  |
     pub async fn start(settings: &Settings) -> Result<Self, StartupError> {
         let (pg, cluster) = database(settings).await?;
         let mut tree = Tree::new();
@@ -84,12 +102,24 @@ impl Backend {
                 })
                 .call_deadline(Settings::ms(settings.actors.call_deadline_ms))
         };
-        let limits = settings.actors.db;
+        let actors = &settings.actors;
+
+        // The circuits exist before the actors that call through them.
+        let board = BreakerBoard::new();
+        let pg_circuit = board.register("postgres", settings.breakers.breaker());
+        let redis = redis_link(settings, &board)?;
+        let breakers_board = board.clone();
+        let defaults = settings.breakers.breaker();
+        let max_circuits = settings.breakers.max_circuits;
+        let circuits = tree.start(&spec("breakers", actors.breakers), None, move |sup| {
+            Breakers::new(breakers_board, defaults, max_circuits, sup)
+        });
+
         let db_settings = DbSettings {
             pg: pg.clone(),
             max_connections: settings.database.max_connections,
             max_inflight: settings.database.max_inflight,
-            max_waiting: limits.mailbox,
+            max_waiting: actors.db.mailbox,
             wait_timeout: Settings::ms(settings.database.wait_timeout_ms),
             create_timeout: Settings::ms(settings.database.create_timeout_ms),
             recycle_timeout: Settings::ms(settings.database.recycle_timeout_ms),
@@ -99,19 +129,18 @@ impl Backend {
         let db_arbiter = Arbiter::new();
         let db_gauge = gauge.clone();
         let db = tree.start(
-            &spec("db", limits),
+            &spec("db", actors.db),
             Some(&db_arbiter.handle()),
-            move |supervision| Db::new(db_settings, db_gauge, supervision),
+            move |sup| Db::new(db_settings, db_gauge, sup).with_circuit(pg_circuit),
         );
-        // Its own thread too: a Db thread busy with traffic must not delay the probe.
+        // Beside Db, with its own connection and mailbox: a Db busy with traffic must not make
+        // the instance look unready.
         let probe_spec = ActorSpec::new("db_probe")
             .mailbox(16)
             .call_deadline(Settings::ms(settings.health.ready_timeout_ms));
-        let probe = tree.start(
-            &probe_spec,
-            Some(&db_arbiter.handle()),
-            move |supervision| DbProbe::new(pg, supervision),
-        );
+        let probe = tree.start(&probe_spec, Some(&db_arbiter.handle()), move |sup| {
+            DbProbe::new(pg, sup)
+        });
         // Beside Db: its loads call Db on the same thread; its hits never reach it.
         let cache_settings = CacheSettings {
             max_entries: settings.cache.max_entries,
@@ -119,14 +148,34 @@ impl Backend {
             stale_for: Duration::from_secs(settings.cache.stale_if_error_secs),
         };
         let reader = Cache::reader(&cache_settings);
-        let shared = shared_tier(settings)?;
+        let shared = redis.clone().map(|link| {
+            SharedTier::new(
+                link,
+                SharedTierSettings {
+                    channel: "rampart:invalidations".to_owned(),
+                    resubscribe_after: Settings::ms(settings.redis.breaker_open_ms),
+                },
+                &uuid::Uuid::new_v4().simple().to_string(),
+            )
+        });
         let (tier, shared_for_actor) = (reader.clone(), shared.clone());
         let cache = tree.start(
-            &spec("cache", settings.actors.cache),
+            &spec("cache", actors.cache),
             Some(&db_arbiter.handle()),
-            move |supervision| Cache::new(cache_settings, tier, shared_for_actor, supervision),
+            move |sup| Cache::new(cache_settings, tier, shared_for_actor, sup),
         );
         let cache = StoreCache::new(cache, reader, shared, settings);
+
+        let limits = settings
+            .rate_limit
+            .enabled
+            .then(|| RateLimits::new(limit_classes(settings), settings.rate_limit.max_keys, redis));
+        if let Some(limits) = limits.clone() {
+            tree.start(&spec("limiter", actors.limiter), None, move |sup| {
+                Limiter::new(limits, Duration::from_secs(1), sup)
+            });
+        }
+
         let applied = db
             .run_within(Migrate, Duration::from_secs(120))
             .await
@@ -139,6 +188,9 @@ impl Backend {
             probe,
             gauge,
             cache,
+            breakers: board,
+            circuits,
+            limits,
             tree: Arc::new(tree),
             db_arbiter,
             cluster,
@@ -204,23 +256,45 @@ pub fn pg_config(settings: &Settings, url: &str) -> Result<tokio_postgres::Confi
     Ok(pg)
 }
 
-/// The Redis tier, when `redis.url` is set.
-fn shared_tier(settings: &Settings) -> Result<Option<SharedTier>, StartupError> {
+/// The link to Redis, when `redis.url` is set, behind Redis's circuit: `redis.breaker_failures`
+/// failed commands in a row open it for `redis.breaker_open_ms`.
+fn redis_link(
+    settings: &Settings,
+    board: &BreakerBoard,
+) -> Result<Option<RedisLink>, StartupError> {
     let Some(url) = &settings.redis.url else {
         return Ok(None);
     };
-    let tier = SharedTier::new(
-        SharedTierSettings {
-            url: url.expose().to_owned(),
-            command_timeout: Settings::ms(settings.redis.command_timeout_ms),
-            failures_to_open: settings.redis.breaker_failures,
-            open_for: Settings::ms(settings.redis.breaker_open_ms),
-            channel: "rampart:invalidations".to_owned(),
-        },
-        &uuid::Uuid::new_v4().simple().to_string(),
-    )
-    .map_err(|e| StartupError::RedisUrl(e.to_string()))?;
-    Ok(Some(tier))
+    let r = &settings.redis;
+    let breaker = BreakerSettings {
+        failure_rate: 1.0,
+        window: r.breaker_failures,
+        minimum_calls: r.breaker_failures,
+        open_for: Settings::ms(r.breaker_open_ms),
+        half_open_probes: 1,
+        ..settings.breakers.breaker()
+    };
+    let circuit = board.register("redis", breaker);
+    RedisLink::new(url.expose(), Settings::ms(r.command_timeout_ms), circuit)
+        .map(Some)
+        .map_err(|e| StartupError::RedisUrl(e.to_string()))
+}
+
+/// The rate limit classes of `rate_limit.classes.*`, by the names the edge asks for.
+fn limit_classes(settings: &Settings) -> Vec<LimitClass> {
+    let c = &settings.rate_limit.classes;
+    [
+        ("storefront", c.storefront),
+        ("checkout", c.checkout),
+        ("merchant", c.merchant),
+    ]
+    .into_iter()
+    .map(|(name, class)| LimitClass {
+        name: name.to_owned(),
+        limit: class.limit,
+        period: Duration::from_secs(class.period_secs),
+    })
+    .collect()
 }
 
 /// Cursors must verify on every instance: the configured secret (required in production), else
@@ -291,6 +365,9 @@ impl Application {
             probe: backend.probe.clone(),
             gauge: backend.gauge.clone(),
             cache: backend.cache.clone(),
+            breakers: backend.breakers.clone(),
+            limits: backend.limits.clone(),
+            trusted_proxies: settings.trusted_proxies(),
             tree: Arc::clone(&backend.tree),
             settings: Arc::clone(&settings),
             cursor_key: cursor_key(&settings),
@@ -309,6 +386,7 @@ impl Application {
                 .default_service(web::to(routes::not_found))
                 .wrap(http::problems::fallback())
                 .wrap(from_fn(http::compress::middleware))
+                .wrap(from_fn(http::rate_limit::middleware))
                 .wrap(from_fn(http::deadline::middleware))
                 .wrap(from_fn(http::metrics::middleware))
                 .wrap(from_fn(http::request_id::middleware))

@@ -3,7 +3,8 @@
 use crate::domain::listing::CursorKey;
 use crate::settings::Settings;
 use crate::storefront_cache::StoreCache;
-use rampart_actors::{Db, DbGauge, DbProbe, Handle, Tree};
+use ipnet::IpNet;
+use rampart_actors::{BreakerBoard, Db, DbGauge, DbProbe, Handle, RateLimits, Tree};
 use std::sync::Arc;
 
 pub struct AppState {
@@ -11,6 +12,10 @@ pub struct AppState {
     pub probe: Handle<DbProbe>,
     pub gauge: DbGauge,
     pub cache: StoreCache,
+    pub breakers: BreakerBoard,
+    /// `None`: `rate_limit.enabled` is off.
+    pub limits: Option<RateLimits>,
+    pub trusted_proxies: Vec<IpNet>,
     pub tree: Arc<Tree>,
     pub settings: Arc<Settings>,
     pub cursor_key: CursorKey,

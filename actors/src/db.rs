@@ -31,6 +31,7 @@
 //! behind traffic: a busy instance must not report itself unready.
 
 use crate::admission::{serve_call, CallError, Caller, Envelope, Handle, Reply, Request};
+use crate::breaker::{Call, Circuit};
 use crate::stats::ActorStats;
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::fut::WrapFuture;
@@ -136,6 +137,9 @@ pub enum DbError {
     Timeout,
     #[error("database actor overloaded")]
     Overloaded,
+    /// PostgreSQL's circuit is open: nothing was sent.
+    #[error("database circuit open for {retry_after:?} more")]
+    CircuitOpen { retry_after: Duration },
     #[error("constraint {name} violated")]
     Constraint { name: String, kind: ConstraintKind },
     /// Serialization failure or deadlock: safe to retry the whole transaction.
@@ -303,6 +307,7 @@ impl DbGauge {
 pub struct Db {
     settings: DbSettings,
     gauge: DbGauge,
+    circuit: Option<Circuit>,
     supervision: Supervision,
 }
 
@@ -311,10 +316,24 @@ impl Db {
         Self {
             settings,
             gauge,
+            circuit: None,
             supervision,
         }
     }
+
+    /// Commands go through PostgreSQL's circuit: refused at once while it is open; a command
+    /// whose connection fails, or that has no answer a second past its caller's deadline, counts
+    /// as a failure. An error the server answers (a lock timeout, a constraint) is PostgreSQL
+    /// working, not failing.
+    pub fn with_circuit(mut self, circuit: Circuit) -> Self {
+        self.circuit = Some(circuit);
+        self
+    }
 }
+
+/// How long past its caller's deadline a command may go unanswered before it counts against
+/// PostgreSQL's circuit (the server enforces the deadline itself when it is alive).
+const UNANSWERED_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs `command` as a task of its own holding `slot`, unless its caller is gone by the time a
 /// connection is free. A panic inside it closes the connection it held and resumes in the
@@ -325,6 +344,7 @@ async fn run_in_task<C: DbCommand>(
     slot: OwnedSemaphorePermit,
     caller: Caller,
     stats: Arc<ActorStats>,
+    call: Option<Call>,
 ) -> Result<C::Output, DbError> {
     let task = actix_rt::spawn(async move {
         let _slot = slot;
@@ -336,17 +356,41 @@ async fn run_in_task<C: DbCommand>(
             return expired();
         }
         let client = match tokio::time::timeout_at(caller.deadline(), pool.get()).await {
-            Ok(client) => client?,
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                let e = DbError::from(e);
+                if let (Some(call), DbError::Unavailable(_)) = (call, &e) {
+                    call.failed();
+                }
+                return Err(e);
+            }
             Err(_) => return expired(),
         };
         if !caller.is_live() {
             return expired();
         }
+        let unanswered_at = caller.deadline() + UNANSWERED_GRACE;
         let mut conn = Conn { client, caller };
-        match AssertUnwindSafe(command.run(&mut conn))
-            .catch_unwind()
-            .await
-        {
+        let mut call = call;
+        let outcome = {
+            let work = AssertUnwindSafe(command.run(&mut conn)).catch_unwind();
+            tokio::pin!(work);
+            tokio::select! {
+            outcome = &mut work => outcome,
+            () = tokio::time::sleep_until(unanswered_at) => {
+                // No answer well past the deadline: PostgreSQL is hung or gone. Judged now,
+                // while the command itself is left to finish or fail.
+                if let Some(call) = call.take() {
+                    call.failed();
+                }
+                work.await
+            }
+            }
+        };
+        if let Some(call) = call {
+            call.finish(matches!(outcome, Ok(Err(DbError::Unavailable(_)))));
+        }
+        match outcome {
             Ok(result) => result,
             Err(panic) => {
                 // The connection may be mid-transaction: it leaves the pool and closes.
@@ -385,10 +429,19 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
 
     fn handle(&mut self, envelope: Envelope<Exec<C>>, ctx: &mut Context<Self>) {
         serve_call(self, ctx, envelope, |db, Exec(command), caller, _| {
+            let call = match db.circuit.as_ref().map(Circuit::try_call) {
+                Some(Err(open)) => {
+                    return Reply::Ready(Err(DbError::CircuitOpen {
+                        retry_after: open.retry_after,
+                    }))
+                }
+                Some(Ok(call)) => Some(call),
+                None => None,
+            };
             let gauge = db.gauge.clone();
             let stats = Arc::clone(db.supervision.stats());
             if let Ok(slot) = Arc::clone(&gauge.slots).try_acquire_owned() {
-                let work = run_in_task(gauge.pool, command, slot, caller, stats);
+                let work = run_in_task(gauge.pool, command, slot, caller, stats, call);
                 return Reply::Spawn(Box::pin(work.into_actor(db)));
             }
             if gauge.waiting.load(Ordering::Relaxed) >= db.settings.max_waiting {
@@ -410,7 +463,7 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
                         return Err(DbError::Timeout);
                     }
                 };
-                run_in_task(gauge.pool, command, slot, caller, stats).await
+                run_in_task(gauge.pool, command, slot, caller, stats, call).await
             };
             Reply::Spawn(Box::pin(work.into_actor(db)))
         });

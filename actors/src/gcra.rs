@@ -167,4 +167,72 @@ mod tests {
         let rate = allowed.len() as f64 / (now as f64 / SEC as f64);
         assert!(rate > 7.0 && rate <= 10.5, "sustained {rate}/s");
     }
+
+    /// The reference: a token bucket of `limit` tokens (counted in nanoseconds of refill), one
+    /// token per request, refilled continuously at `limit` per `period`.
+    struct Bucket {
+        capacity: u64,
+        cost: u64,
+        level: u64,
+        at: u64,
+    }
+
+    impl Bucket {
+        fn new(limit: u32, period: Duration) -> Self {
+            let cost = (period.as_nanos() / u128::from(limit)) as u64;
+            Self {
+                capacity: cost * u64::from(limit),
+                cost,
+                level: cost * u64::from(limit),
+                at: 0,
+            }
+        }
+        fn take(&mut self, now: u64) -> bool {
+            self.level = (self.level + (now - self.at)).min(self.capacity);
+            self.at = now;
+            if self.level >= self.cost {
+                self.level -= self.cost;
+                true
+            } else {
+                false
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn gcra_decides_every_request_as_a_token_bucket_does(
+            limit in 1u32..50,
+            period_ms in 1u64..10_000,
+            gaps in proptest::collection::vec(0u64..2_000_000_000, 1..300),
+        ) {
+            let period = Duration::from_millis(period_ms);
+            let gcra = Gcra::new(limit, period);
+            let mut bucket = Bucket::new(limit, period);
+            let mut tat = None;
+            let mut now = 0;
+            for gap in gaps {
+                now += gap % (period_ms * 1_000_000 / u64::from(limit) * 3 + 1);
+                let allowed = match gcra.check(tat, now) {
+                    Decision::Allow { tat: t, remaining, .. } => {
+                        tat = Some(t);
+                        proptest::prop_assert!(remaining < limit);
+                        true
+                    }
+                    Decision::Deny { retry_after, .. } => {
+                        // Waiting as told is enough, and not a nanosecond less would be.
+                        let at = now + retry_after.as_nanos() as u64;
+                        let allowed_then = matches!(gcra.check(tat, at), Decision::Allow { .. });
+                        proptest::prop_assert!(allowed_then);
+                        if retry_after.as_nanos() > 0 {
+                            let denied_before = matches!(gcra.check(tat, at - 1), Decision::Deny { .. });
+                            proptest::prop_assert!(denied_before);
+                        }
+                        false
+                    }
+                };
+                proptest::prop_assert_eq!(allowed, bucket.take(now), "at {} ns", now);
+            }
+        }
+    }
 }

@@ -16,9 +16,13 @@
 //!   their callers' deadlines, and `DbProbe`, the readiness lane.
 
 pub mod admission;
+pub mod breaker;
+pub mod breakers;
 pub mod cache;
 pub mod db;
 pub mod gcra;
+pub mod limiter;
+pub mod redis_link;
 pub mod shared_tier;
 pub mod stats;
 pub mod supervision;
@@ -28,12 +32,19 @@ pub use admission::{
     current_deadline, serve, serve_call, with_deadline, CallError, Caller, Envelope, Handle, Reply,
     Request,
 };
+pub use breaker::{
+    Breaker, BreakerSettings, Call, Circuit, CircuitSnapshot, CircuitState, Observer, Open,
+    Transition,
+};
+pub use breakers::{BreakerBoard, Breakers, Change, CircuitFor};
 pub use cache::{
     Cache, CacheReader, CacheSettings, CacheSnapshot, Entry, Invalidate, LoadError, Loaded, Loader,
     Lookup, Shrink,
 };
 pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping};
 pub use gcra::{Decision, Gcra};
+pub use limiter::{ClassSnapshot, LimitClass, Limiter, LimiterSnapshot, RateLimits, Verdict};
+pub use redis_link::{LinkSnapshot, RedisLink};
 pub use shared_tier::{SharedTier, SharedTierSettings, SharedTierSnapshot};
 pub use stats::{ActorState, ActorStats, StatsSnapshot};
 pub use supervision::{ActorSpec, Resilient, RestartPolicy, Stop, Supervision};

@@ -10,7 +10,7 @@ use prometheus::{
 };
 use rampart_actors::db::PoolSnapshot;
 use rampart_actors::StatsSnapshot;
-use rampart_actors::{CacheSnapshot, SharedTierSnapshot};
+use rampart_actors::{CacheSnapshot, CircuitSnapshot, LimiterSnapshot, SharedTierSnapshot};
 use std::fmt::Write;
 use std::time::Instant;
 
@@ -60,6 +60,7 @@ impl Metrics {
         pool: Option<&PoolSnapshot>,
         cache: Option<&CacheSnapshot>,
         shared: Option<&SharedTierSnapshot>,
+        guardians: &Guardians<'_>,
         rss_bytes: Option<u64>,
     ) -> String {
         let mut buf = Vec::new();
@@ -189,18 +190,6 @@ impl Metrics {
             let lookups = c.hits + c.misses;
             for (name, kind, help, value) in [
                 (
-                    "cache_hits_total",
-                    "counter",
-                    "Lookups answered fresh from the in-process tier",
-                    c.hits.to_string(),
-                ),
-                (
-                    "cache_misses_total",
-                    "counter",
-                    "Lookups that needed a load",
-                    c.misses.to_string(),
-                ),
-                (
                     "cache_stale_hits_total",
                     "counter",
                     "Answers given from a stale entry after a failed load",
@@ -274,18 +263,6 @@ impl Metrics {
             let redis = r#"{tier="redis"}"#.to_owned();
             for (name, kind, help, value) in [
                 (
-                    "cache_hits_total",
-                    "counter",
-                    "Lookups answered from the Redis tier",
-                    r.hits,
-                ),
-                (
-                    "cache_misses_total",
-                    "counter",
-                    "Redis tier lookups that found nothing",
-                    r.misses,
-                ),
-                (
                     "cache_redis_errors_total",
                     "counter",
                     "Redis commands that failed",
@@ -330,6 +307,66 @@ impl Metrics {
                 );
             }
         }
+        let circuits = guardians.circuits;
+        let by_circuit = |f: fn(&CircuitSnapshot) -> u64| {
+            circuits
+                .iter()
+                .map(move |c| (format!("{{circuit=\"{}\"}}", c.name), f(c).to_string()))
+        };
+        family(
+            "circuit_state",
+            "gauge",
+            "0 closed, 1 half-open, 2 open",
+            &mut by_circuit(|c| u64::from(c.state.level())),
+        );
+        family(
+            "circuit_refused_total",
+            "counter",
+            "Calls refused while the circuit was open",
+            &mut by_circuit(|c| c.refused),
+        );
+        family(
+            "circuit_failures_total",
+            "counter",
+            "Calls that failed",
+            &mut by_circuit(|c| c.failures),
+        );
+        family(
+            "circuit_opened_total",
+            "counter",
+            "Times the circuit opened",
+            &mut by_circuit(|c| c.times_opened),
+        );
+        if let Some(limiter) = guardians.limiter {
+            family(
+                "rate_limit_decisions_total",
+                "counter",
+                "Rate limit decisions by class",
+                &mut limiter.classes.iter().flat_map(|c| {
+                    [("allowed", c.allowed), ("denied", c.denied)].map(|(d, n)| {
+                        (
+                            format!("{{class=\"{}\",decision=\"{d}\"}}", c.name),
+                            n.to_string(),
+                        )
+                    })
+                }),
+            );
+            family(
+                "rate_limit_keys",
+                "gauge",
+                "Keys held in process by class",
+                &mut limiter
+                    .classes
+                    .iter()
+                    .map(|c| (format!("{{class=\"{}\"}}", c.name), c.keys.to_string())),
+            );
+            family(
+                "rate_limit_fallbacks_total",
+                "counter",
+                "Decisions taken in process because Redis did not answer",
+                &mut std::iter::once((String::new(), limiter.fallbacks.to_string())),
+            );
+        }
         if let Some(rss) = rss_bytes {
             family(
                 "process_resident_memory_bytes",
@@ -340,6 +377,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The guardians' figures, read at scrape time.
+pub struct Guardians<'a> {
+    pub circuits: &'a [CircuitSnapshot],
+    pub limiter: Option<&'a LimiterSnapshot>,
 }
 
 /// The route pattern a resource serves, attached to it as app data for the metrics' labels.

@@ -2,11 +2,13 @@
 //! problem+json.
 
 pub mod auth;
+pub mod client_ip;
 pub mod compress;
 pub mod deadline;
 pub mod json;
 pub mod metrics;
 pub mod problems;
+pub mod rate_limit;
 pub mod request_id;
 
 pub use auth::{AdminAuth, MerchantAuth};

@@ -3,12 +3,12 @@
 //! pool's gauge. They are unauthenticated, so they show states and short reasons, never driver
 //! messages or panic text (those are logged).
 
-use crate::http::metrics::{resident_memory, Metrics};
+use crate::http::metrics::{resident_memory, Guardians, Metrics};
 use crate::settings::Settings;
 use crate::state::AppState;
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use rampart_actors::{ActorState, DbError};
+use rampart_actors::{ActorState, CircuitState, DbError};
 use serde_json::{json, Map, Value};
 
 /// 200 while the process serves; touches no dependency.
@@ -54,6 +54,19 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             }
         },
     );
+    // An open circuit other than PostgreSQL's (whose check above decides readiness) degrades.
+    for circuit in state.breakers.snapshot() {
+        let closed = circuit.state == CircuitState::Closed;
+        degraded |= !closed && circuit.name != "postgres";
+        checks.insert(
+            format!("circuit.{}", circuit.name),
+            json!({
+                "status": if closed { "up" } else { "down" },
+                "state": circuit.state,
+                "open_for_ms": circuit.open_for_ms,
+            }),
+        );
+    }
     for actor in state.tree.snapshot() {
         let failed = actor.state == ActorState::Failed || actor.state == ActorState::Stopped;
         unready |= failed;
@@ -97,11 +110,18 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
     let pool = state.gauge.snapshot();
     let cache = state.cache.reader.snapshot();
     let shared = state.cache.shared.as_ref().map(|s| s.snapshot());
+    let circuits = state.breakers.snapshot();
+    let limiter = state.limits.as_ref().map(|l| l.snapshot());
+    let guardians = Guardians {
+        circuits: &circuits,
+        limiter: limiter.as_ref(),
+    };
     let text = metrics.render(
         &state.tree.snapshot(),
         Some(&pool),
         Some(&cache),
         shared.as_ref(),
+        &guardians,
         resident_memory(),
     );
     HttpResponse::Ok()

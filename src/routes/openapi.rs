@@ -97,6 +97,19 @@ pub struct Unprocessable(pub Problem);
 )]
 pub struct Unavailable(pub Problem);
 
+/// Past this client's (or this API key's) rate limit for the class of the route.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(
+        ("Retry-After" = u32, description = "seconds until a request is allowed again"),
+        ("RateLimit-Limit" = u32, description = "requests per period of this class"),
+        ("RateLimit-Remaining" = u32, description = "always 0 here"),
+        ("RateLimit-Reset" = u32, description = "seconds; equal to `Retry-After`"),
+    )
+)]
+pub struct RateLimited(pub Problem);
+
 /// `GET /health`.
 #[derive(Serialize, ToSchema)]
 pub struct Liveness {
@@ -135,7 +148,7 @@ pub struct Readiness {
     components(
         schemas(Problem, FieldError, Liveness, Readiness),
         responses(BadRequest, Unauthorized, NotFound, Conflict, PreconditionFailed, PreconditionRequired,
-            PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
+            PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable, RateLimited),
     ),
     modifiers(&Security),
 )]
@@ -168,11 +181,58 @@ pub async fn document() -> HttpResponse {
     let body = DOCUMENT.get_or_init(|| {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
         camel_case_links(&mut doc);
+        rate_limited_routes(&mut doc);
         serde_json::to_vec(&doc).unwrap_or_default()
     });
     HttpResponse::Ok()
         .content_type("application/json")
         .body(body.clone())
+}
+
+/// Every operation of a limited route (`/api/v1/`, but admin and ops) may answer 429, and every
+/// response it gives carries the `RateLimit-*` headers ([`crate::http::rate_limit`]). Shared
+/// response components (a `$ref`) are left as they are: they also serve unlimited routes.
+fn rate_limited_routes(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let header = |what: &str| serde_json::json!({"description": what, "schema": {"type": "integer", "minimum": 0}});
+    let headers = serde_json::json!({
+        "RateLimit-Limit": header("requests per period of this route's class"),
+        "RateLimit-Remaining": header("requests left now"),
+        "RateLimit-Reset": header("seconds until the window is empty again"),
+    });
+    for (path, item) in paths.iter_mut() {
+        let limited = path.starts_with("/api/v1/")
+            && !path.starts_with("/api/v1/admin/")
+            && !path.starts_with("/api/v1/ops/");
+        let Some(item) = item.as_object_mut().filter(|_| limited) else {
+            continue;
+        };
+        for operation in item.values_mut() {
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(|r| r.as_object_mut())
+            else {
+                continue;
+            };
+            for response in responses.values_mut() {
+                if let Some(response) = response.as_object_mut().filter(|r| !r.contains_key("$ref"))
+                {
+                    let own = response
+                        .entry("headers")
+                        .or_insert_with(|| serde_json::json!({}));
+                    if let (Some(own), Some(add)) = (own.as_object_mut(), headers.as_object()) {
+                        own.extend(add.clone());
+                    }
+                }
+            }
+            responses.insert(
+                "429".into(),
+                serde_json::json!({"$ref": "#/components/responses/RateLimited"}),
+            );
+        }
+    }
 }
 
 fn camel_case_links(value: &mut serde_json::Value) {
@@ -207,6 +267,7 @@ mod tests {
     fn document() -> serde_json::Value {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
         camel_case_links(&mut doc);
+        rate_limited_routes(&mut doc);
         doc
     }
 

@@ -14,6 +14,7 @@ mod db_actor;
 mod deadlines;
 mod edge;
 mod explain;
+mod guardians;
 mod idempotency;
 mod orders;
 mod pagination;

@@ -1,77 +1,15 @@
 //! The Redis tier: several instances see each other's writes within a second; Redis stopped or
 //! frozen costs no request its answer, readiness says "degraded", and the tier comes back.
 
-use crate::support::{wait_until, Merchant, TestApp, TestRedis};
+use crate::support::{wait_until, Merchant, OtherProcess, TestApp, TestRedis};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-/// `rampart serve` in a process of its own: another instance of `app`'s deployment (the same
-/// PostgreSQL database and Redis), killed when dropped.
-struct OtherProcess {
-    child: std::process::Child,
-    base: String,
-    client: awc::Client,
-}
-
-impl OtherProcess {
-    async fn start(app: &TestApp, redis: &TestRedis) -> OtherProcess {
-        let port = rampart::pg_cluster::free_port().expect("port");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
-            .env(
-                "RAMPART_CONFIG_DIR",
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
-            )
-            .env("RAMPART_ENV", "test")
-            .env("RAMPART__SERVER__PORT", port.to_string())
-            .env("RAMPART__SERVER__WORKERS", "2")
-            .env("RAMPART__DATABASE__URL", &app.database_url)
-            .env("RAMPART__REDIS__URL", redis.url())
-            .env("RAMPART__LOG__FILTER", "error")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn rampart");
-        let other = OtherProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            client: awc::Client::default(),
-        };
-        wait_until(
-            "the second process is ready",
-            Duration::from_secs(60),
-            async || other.status("/health/ready").await == Some(200),
-        )
-        .await;
-        other
-    }
-
-    async fn status(&self, path: &str) -> Option<u16> {
-        let reply = self.client.get(format!("{}{path}", self.base)).send().await;
-        reply.ok().map(|r| r.status().as_u16())
-    }
-
-    async fn json(&self, path: &str) -> serde_json::Value {
-        let mut reply = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request");
-        serde_json::from_slice(&reply.body().await.expect("body")).expect("json")
-    }
-}
-
-impl Drop for OtherProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[actix_rt::test]
 async fn a_write_on_one_instance_is_seen_by_a_second_process_within_a_second() {
     let redis = TestRedis::start();
     let a = TestApp::builder().with_redis(&redis).spawn().await;
-    let b = OtherProcess::start(&a, &redis).await;
+    let b = OtherProcess::start(&a, &redis, &[("RAMPART__RATE_LIMIT__ENABLED", "false")]).await;
     let m = a.create_merchant("Two instances").await;
     let p = a.create_product(&m, "TWO-1", 100, 10).await;
     let id = p["id"].as_str().expect("id").to_owned();

@@ -252,6 +252,8 @@ impl TestApp {
         settings.server.shutdown_timeout_secs = 2;
         settings.admin.token = Some(Secret::new(ADMIN_TOKEN));
         settings.dev.demo_merchant = false;
+        // Limits are the guardians tests' subject; elsewhere they would only add 429s.
+        settings.rate_limit.enabled = false;
         TestAppBuilder {
             settings,
             pg: TestPg::shared(),
@@ -483,5 +485,69 @@ impl TestRedis {
 
     pub fn thaw(&self) {
         self.signal("-CONT");
+    }
+}
+
+/// `rampart serve` in a process of its own: another instance of `app`'s deployment (the same
+/// PostgreSQL database and Redis), with `env` on top of the test configuration; killed when
+/// dropped.
+pub struct OtherProcess {
+    child: std::process::Child,
+    pub base: String,
+    pub client: awc::Client,
+}
+
+impl OtherProcess {
+    pub async fn start(app: &TestApp, redis: &TestRedis, env: &[(&str, &str)]) -> OtherProcess {
+        let port = rampart::pg_cluster::free_port().expect("port");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"));
+        command
+            .env(
+                "RAMPART_CONFIG_DIR",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+            )
+            .env("RAMPART_ENV", "test")
+            .env("RAMPART__SERVER__PORT", port.to_string())
+            .env("RAMPART__SERVER__WORKERS", "2")
+            .env("RAMPART__DATABASE__URL", &app.database_url)
+            .env("RAMPART__REDIS__URL", redis.url())
+            .env("RAMPART__LOG__FILTER", "error")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null());
+        let child = command.spawn().expect("spawn rampart");
+        let other = OtherProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: awc::Client::default(),
+        };
+        wait_until(
+            "the other process is ready",
+            Duration::from_secs(60),
+            async || other.status("/health/ready").await == Some(200),
+        )
+        .await;
+        other
+    }
+
+    pub async fn status(&self, path: &str) -> Option<u16> {
+        let reply = self.client.get(format!("{}{path}", self.base)).send().await;
+        reply.ok().map(|r| r.status().as_u16())
+    }
+
+    pub async fn json(&self, path: &str) -> serde_json::Value {
+        let mut reply = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        serde_json::from_slice(&reply.body().await.expect("body")).expect("json")
+    }
+}
+
+impl Drop for OtherProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

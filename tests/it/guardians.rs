@@ -1,0 +1,240 @@
+//! The guardians at the edge: rate limits (each class on its own, per client, across instances
+//! through Redis, in process without it) and the circuits of the dependencies.
+
+use crate::support::{wait_until, OtherProcess, TestApp, TestPg, TestRedis};
+use rampart::settings::{RateLimitClass, Settings};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn storefront_limit(limit: u32, period_secs: u64) -> impl FnOnce(&mut Settings) {
+    move |s| {
+        s.rate_limit.enabled = true;
+        s.rate_limit.classes.storefront = RateLimitClass { limit, period_secs };
+    }
+}
+
+fn header_u64(reply: &crate::support::Reply, name: &str) -> u64 {
+    reply
+        .header(name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .parse()
+        .expect("a number")
+}
+
+#[actix_rt::test]
+async fn a_limited_route_tells_its_budget_and_refuses_past_it_with_429_and_retry_after() {
+    let app = TestApp::builder()
+        .configure(storefront_limit(3, 60))
+        .spawn()
+        .await;
+    let m = app.create_merchant("Limits").await;
+    let product = app.create_product(&m, "L-1", 100, 5).await;
+    let path = m.store_product(&product);
+    for remaining in [2, 1, 0] {
+        let reply = app.get(&path).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(header_u64(&reply, "ratelimit-limit"), 3);
+        assert_eq!(header_u64(&reply, "ratelimit-remaining"), remaining);
+        let reset = header_u64(&reply, "ratelimit-reset");
+        assert!((1..=60).contains(&reset), "reset {reset}");
+    }
+    let refused = app.get(&path).await;
+    assert_eq!(refused.problem(429)["type"], "/problems/rate-limited");
+    let retry_after = header_u64(&refused, "retry-after");
+    // 3 per 60 s: one more is allowed 20 s after the first.
+    assert!(
+        (19..=20).contains(&retry_after),
+        "retry after {retry_after}"
+    );
+    assert_eq!(header_u64(&refused, "ratelimit-reset"), retry_after);
+    assert_eq!(header_u64(&refused, "ratelimit-remaining"), 0);
+
+    // A checkout counts against its own class only.
+    let body = json!({"customer_email": "c@example.com",
+                      "items": [{"product_id": product["id"], "quantity": 1}]});
+    let checkout = app.checkout(&m.id, &body, None).await;
+    assert_eq!(
+        checkout.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&checkout.body)
+    );
+    assert!(checkout.header("ratelimit-limit").is_some());
+
+    // Ops endpoints are never limited.
+    for _ in 0..10 {
+        for ops in ["/health", "/health/ready", "/metrics"] {
+            let reply = app.get(ops).await;
+            assert_eq!(reply.status, 200, "{ops}");
+            assert!(reply.header("ratelimit-limit").is_none(), "{ops}");
+        }
+    }
+    let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    assert!(
+        metrics.contains(r#"rate_limit_decisions_total{class="storefront",decision="denied"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[actix_rt::test]
+async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+    let direct = TestApp::builder()
+        .configure(storefront_limit(2, 60))
+        .spawn()
+        .await;
+    let m = direct.create_merchant("Direct").await;
+    let path = format!("/api/v1/stores/{}/products", m.id);
+    let from = |forwarded: &'static str| {
+        direct.send(
+            direct
+                .client
+                .get(direct.url(&path))
+                .insert_header(("X-Forwarded-For", forwarded)),
+            None,
+        )
+    };
+    // From an untrusted peer, a new address per request changes nothing: the peer is the client.
+    assert_eq!(from("1.1.1.1").await.status, 200);
+    assert_eq!(from("2.2.2.2").await.status, 200);
+    assert_eq!(from("3.3.3.3").await.status, 429);
+
+    let proxied = TestApp::builder()
+        .configure(storefront_limit(2, 60))
+        .configure(|s| s.server.trusted_proxies = vec!["127.0.0.0/8".into()])
+        .spawn()
+        .await;
+    let m = proxied.create_merchant("Proxied").await;
+    let path = format!("/api/v1/stores/{}/products", m.id);
+    let from = |forwarded: &'static str| {
+        proxied.send(
+            proxied
+                .client
+                .get(proxied.url(&path))
+                .insert_header(("X-Forwarded-For", forwarded)),
+            None,
+        )
+    };
+    assert_eq!(from("198.51.100.7").await.status, 200);
+    assert_eq!(from("198.51.100.7").await.status, 200);
+    assert_eq!(from("198.51.100.7").await.status, 429);
+    // A client cannot escape by writing a hop of its own left of the one the proxy added.
+    assert_eq!(from("6.6.6.6, 198.51.100.7").await.status, 429);
+    // Another client behind the same proxy has its own budget.
+    assert_eq!(from("198.51.100.8").await.status, 200);
+}
+
+#[actix_rt::test]
+async fn three_instances_on_one_redis_hold_the_limit_together_and_each_limits_alone_without_it() {
+    let redis = TestRedis::start();
+    let a = TestApp::builder()
+        .with_redis(&redis)
+        .configure(storefront_limit(100, 60))
+        .spawn()
+        .await;
+    let limit = [
+        ("RAMPART__RATE_LIMIT__ENABLED", "true"),
+        ("RAMPART__RATE_LIMIT__CLASSES__STOREFRONT__LIMIT", "100"),
+        (
+            "RAMPART__RATE_LIMIT__CLASSES__STOREFRONT__PERIOD_SECS",
+            "60",
+        ),
+    ];
+    let b = OtherProcess::start(&a, &redis, &limit).await;
+    let c = OtherProcess::start(&a, &redis, &limit).await;
+    let m = a.create_merchant("Shared limits").await;
+    let path = format!("/api/v1/stores/{}/products", m.id);
+    let get = async |base: &str, client: &awc::Client| {
+        let reply = client.get(format!("{base}{path}")).send().await;
+        reply.map(|r| r.status().as_u16()).unwrap_or(0)
+    };
+    let a_base = a.url("");
+    let started = Instant::now();
+    let mut admitted = 0;
+    for round in 0..100 {
+        let statuses = futures_util::future::join3(
+            get(&a_base, &a.client),
+            get(&b.base, &b.client),
+            get(&c.base, &c.client),
+        )
+        .await;
+        for status in [statuses.0, statuses.1, statuses.2] {
+            assert!(status == 200 || status == 429, "round {round}: {status}");
+            admitted += u32::from(status == 200);
+        }
+    }
+    // 100 per 60 s: one more every 0.6 s while the 300 requests ran.
+    let refill = (started.elapsed().as_secs_f64() / 0.6).ceil() as u32;
+    assert!(
+        (100..=100 + refill).contains(&admitted),
+        "{admitted} admitted in total (refill {refill})"
+    );
+
+    // Redis gone: every instance limits on its own at once, never unlimited.
+    redis.stop();
+    for (base, client) in [(&a_base, &a.client), (&b.base, &b.client)] {
+        let mut statuses = Vec::new();
+        for _ in 0..130 {
+            statuses.push(get(base, client).await);
+        }
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!(ok + limited, 130, "{statuses:?}");
+        assert!((100..=110).contains(&ok), "{base}: {ok} admitted locally");
+    }
+    let metrics = String::from_utf8(a.get("/metrics").await.body).expect("utf8");
+    let fallbacks = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rate_limit_fallbacks_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("rate_limit_fallbacks_total");
+    assert!(fallbacks >= 130, "{fallbacks} fallbacks");
+}
+
+#[actix_rt::test]
+async fn postgresql_down_opens_its_circuit_and_503s_carry_the_time_left_until_it_closes_again() {
+    let pg: &'static TestPg = Box::leak(Box::new(TestPg::dedicated()));
+    let app = TestApp::builder()
+        .on(pg)
+        .configure(|s| {
+            s.breakers.minimum_calls = 3;
+            s.breakers.window = 5;
+            s.breakers.open_ms = 4000;
+            s.breakers.half_open_probes = 1;
+        })
+        .spawn()
+        .await;
+    let m = app.create_merchant("Circuit").await;
+    app.create_product(&m, "P-1", 100, 1).await;
+
+    pg.cluster.stop_with("fast").expect("stop PostgreSQL");
+    wait_until("the circuit opens", Duration::from_secs(20), async || {
+        let reply = app.get_as(&m.api_key, "/api/v1/products").await;
+        assert_eq!(reply.status, 503);
+        reply.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("paused"))
+    })
+    .await;
+    let refused = app.get_as(&m.api_key, "/api/v1/products").await;
+    refused.problem(503);
+    let retry_after = header_u64(&refused, "retry-after");
+    assert!((1..=4).contains(&retry_after), "retry after {retry_after}");
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.json()["checks"]["circuit.postgres"]["state"], "open");
+    let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    assert!(
+        metrics.contains(r#"circuit_state{circuit="postgres"} 2"#),
+        "{metrics}"
+    );
+
+    pg.cluster.start_again().expect("start PostgreSQL");
+    wait_until("the circuit closes", Duration::from_secs(20), async || {
+        app.get_as(&m.api_key, "/api/v1/products").await.status == 200
+    })
+    .await;
+    let ready = app.get("/health/ready").await;
+    assert_eq!(
+        ready.json()["checks"]["circuit.postgres"]["state"],
+        "closed"
+    );
+}
