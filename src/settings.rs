@@ -61,6 +61,7 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub jobs: JobSettings,
     pub memory: MemorySettings,
+    pub overload: OverloadSettings,
     pub email: EmailSettings,
     pub webhooks: WebhookSettings,
     pub health: HealthSettings,
@@ -207,6 +208,24 @@ pub struct MemorySettings {
     pub soft_limit_mb: u64,
     pub hard_limit_mb: u64,
     pub check_interval_ms: u64,
+    /// Samples kept for the trend (one per interval).
+    pub window_samples: usize,
+    /// Steady growth above this over the window is flagged as a suspected leak.
+    pub leak_mb_per_min: u64,
+    /// The share of its entries the cache keeps when memory turns critical.
+    pub cache_keep_percent: u32,
+}
+
+/// The concurrency limit at the HTTP edge (see `rampart_actors::concurrency`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadSettings {
+    pub enabled: bool,
+    /// Off: the limit stays at `initial_limit`.
+    pub adaptive: bool,
+    pub initial_limit: usize,
+    pub min_limit: usize,
+    pub max_limit: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +262,10 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+    /// Requests that take at least this long are logged with their request id (0: never).
+    pub slow_request_ms: u64,
+    /// Database commands that take at least this long are logged with their request id.
+    pub slow_query_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +276,7 @@ pub struct ActorSettings {
     pub db: ActorLimits,
     pub cache: ActorLimits,
     pub limiter: ActorLimits,
+    pub memory: ActorLimits,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -399,6 +423,21 @@ impl Settings {
             }
         }
         positive("rate_limit.max_keys", self.rate_limit.max_keys)?;
+        let o = &self.overload;
+        positive("overload.min_limit", o.min_limit as u64)?;
+        if !(o.min_limit <= o.initial_limit && o.initial_limit <= o.max_limit) {
+            return Err(invalid(
+                "overload.initial_limit",
+                "must lie between overload.min_limit and overload.max_limit",
+            ));
+        }
+        positive("memory.check_interval_ms", self.memory.check_interval_ms)?;
+        positive("memory.window_samples", self.memory.window_samples as u64)?;
+        at_most(
+            "memory.cache_keep_percent",
+            u64::from(self.memory.cache_keep_percent),
+            100,
+        )?;
         let b = &self.breakers;
         at_most(
             "breakers.failure_rate_percent",

@@ -17,9 +17,10 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use rampart_actors::{
-    ActorSpec, BreakerBoard, BreakerSettings, Breakers, Cache, CacheSettings, Db, DbError, DbGauge,
-    DbProbe, DbSettings, Handle, LimitClass, Limiter, RateLimits, RedisLink, RestartPolicy,
-    SharedTier, SharedTierSettings, Tree,
+    ActorSpec, BreakerBoard, BreakerSettings, Breakers, Cache, CacheSettings, ConcurrencyLimit, Db,
+    DbError, DbGauge, DbProbe, DbSettings, Handle, LimitClass, LimitSettings, Limiter, MemoryBoard,
+    MemoryMonitor, MemorySettings, RateLimits, RedisLink, RestartPolicy, SharedTier,
+    SharedTierSettings, Tree,
 };
 use std::net::TcpListener;
 use std::str::FromStr;
@@ -73,6 +74,11 @@ pub struct Backend {
     pub circuits: Handle<Breakers>,
     /// The rate limits, decided on the caller's thread (`None`: `rate_limit.enabled` is off).
     pub limits: Option<RateLimits>,
+    /// The concurrency limit of the edge, which the memory monitor turns to shedding.
+    pub concurrency: ConcurrencyLimit,
+    pub memory: MemoryBoard,
+    /// Every actor's handle, for tests and tools.
+    pub handles: Handles,
     pub tree: Arc<Tree>,
     db_arbiter: Arbiter,
     cluster: Option<Cluster>,
@@ -90,6 +96,7 @@ impl Backend {
     /// | `db_probe` | db      | 16                             | readiness' own connection         |
     /// | `cache`    | db      | `actors.cache.mailbox`         | the in-process and Redis tiers    |
     /// | `limiter`  | main    | `actors.limiter.mailbox`       | the rate limits (local or Redis)  |
+    /// | `memory`   | main    | `actors.memory.mailbox`        | memory and lag samples, shedding  |
     pub async fn start(settings: &Settings) -> Result<Self, StartupError> {
         let (pg, cluster) = database(settings).await?;
         let mut tree = Tree::new();
@@ -128,10 +135,18 @@ impl Backend {
         // The pool coordinates every worker's queries, so it runs once, on a thread of its own.
         let db_arbiter = Arbiter::new();
         let db_gauge = gauge.clone();
+        let slow_query =
+            (settings.log.slow_query_ms > 0).then(|| Settings::ms(settings.log.slow_query_ms));
         let db = tree.start(
             &spec("db", actors.db),
             Some(&db_arbiter.handle()),
-            move |sup| Db::new(db_settings, db_gauge, sup).with_circuit(pg_circuit),
+            move |sup| {
+                let db = Db::new(db_settings, db_gauge, sup).with_circuit(pg_circuit);
+                match slow_query {
+                    Some(at_least) => db.with_slow_query(at_least),
+                    None => db,
+                }
+            },
         );
         // Beside Db, with its own connection and mailbox: a Db busy with traffic must not make
         // the instance look unready.
@@ -170,11 +185,39 @@ impl Backend {
             .rate_limit
             .enabled
             .then(|| RateLimits::new(limit_classes(settings), settings.rate_limit.max_keys, redis));
-        if let Some(limits) = limits.clone() {
+        let limiter = limits.clone().map(|limits| {
             tree.start(&spec("limiter", actors.limiter), None, move |sup| {
                 Limiter::new(limits, Duration::from_secs(1), sup)
-            });
-        }
+            })
+        });
+
+        let concurrency = ConcurrencyLimit::new(overload(settings));
+        let m = &settings.memory;
+        let memory_settings = MemorySettings {
+            interval: Settings::ms(m.check_interval_ms),
+            soft_bytes: m.soft_limit_mb << 20,
+            hard_bytes: m.hard_limit_mb << 20,
+            window: m.window_samples,
+            leak_bytes_per_sec: (m.leak_mb_per_min << 20) as f64 / 60.0,
+            shrink_to: f64::from(m.cache_keep_percent) / 100.0,
+        };
+        let (board_tx, board_rx) = std::sync::mpsc::channel();
+        let (limit_for_monitor, cache_for_monitor) = (concurrency.clone(), cache.handle.clone());
+        let db_thread = db_arbiter.handle();
+        let memory = tree.start(&spec("memory", actors.memory), None, move |sup| {
+            let monitor = MemoryMonitor::new(
+                memory_settings,
+                limit_for_monitor,
+                Some(cache_for_monitor),
+                sup,
+            )
+            .watch("db", &db_thread, Duration::from_millis(250));
+            let _ = board_tx.send(monitor.board());
+            monitor
+        });
+        let memory_board = board_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| StartupError::Blocking("the memory monitor did not start".into()))?;
 
         let applied = db
             .run_within(Migrate, Duration::from_secs(120))
@@ -183,14 +226,25 @@ impl Backend {
         for name in applied {
             tracing::info!(migration = %name, "migration applied");
         }
+        let handles = Handles {
+            db: db.clone(),
+            probe: probe.clone(),
+            cache: cache.handle.clone(),
+            breakers: circuits.clone(),
+            limiter,
+            memory,
+        };
         Ok(Self {
             db,
             probe,
             gauge,
             cache,
+            handles,
             breakers: board,
             circuits,
             limits,
+            concurrency,
+            memory: memory_board,
             tree: Arc::new(tree),
             db_arbiter,
             cluster,
@@ -280,6 +334,38 @@ fn redis_link(
         .map_err(|e| StartupError::RedisUrl(e.to_string()))
 }
 
+/// The edge's concurrency limit: adaptive, fixed, or (disabled) out of reach.
+fn overload(settings: &Settings) -> LimitSettings {
+    let o = &settings.overload;
+    if !o.enabled {
+        return LimitSettings {
+            adaptive: false,
+            initial: usize::MAX / 2,
+            min: usize::MAX / 2,
+            max: usize::MAX / 2,
+            ..LimitSettings::default()
+        };
+    }
+    LimitSettings {
+        adaptive: o.adaptive,
+        initial: o.initial_limit,
+        min: o.min_limit,
+        max: o.max_limit,
+        ..LimitSettings::default()
+    }
+}
+
+/// The handle of every actor of the tree.
+#[derive(Clone)]
+pub struct Handles {
+    pub db: Handle<Db>,
+    pub probe: Handle<DbProbe>,
+    pub cache: Handle<Cache>,
+    pub breakers: Handle<Breakers>,
+    pub limiter: Option<Handle<Limiter>>,
+    pub memory: Handle<MemoryMonitor>,
+}
+
 /// The rate limit classes of `rate_limit.classes.*`, by the names the edge asks for.
 fn limit_classes(settings: &Settings) -> Vec<LimitClass> {
     let c = &settings.rate_limit.classes;
@@ -367,6 +453,8 @@ impl Application {
             cache: backend.cache.clone(),
             breakers: backend.breakers.clone(),
             limits: backend.limits.clone(),
+            concurrency: backend.concurrency.clone(),
+            memory: backend.memory.clone(),
             trusted_proxies: settings.trusted_proxies(),
             tree: Arc::clone(&backend.tree),
             settings: Arc::clone(&settings),
@@ -388,6 +476,7 @@ impl Application {
                 .wrap(from_fn(http::compress::middleware))
                 .wrap(from_fn(http::rate_limit::middleware))
                 .wrap(from_fn(http::deadline::middleware))
+                .wrap(from_fn(http::shed::middleware))
                 .wrap(from_fn(http::metrics::middleware))
                 .wrap(from_fn(http::request_id::middleware))
         })
@@ -437,6 +526,10 @@ impl Application {
 
     pub fn cache(&self) -> &StoreCache {
         &self.backend.cache
+    }
+
+    pub fn handles(&self) -> &Handles {
+        &self.backend.handles
     }
 
     /// Serves until SIGTERM or SIGINT (or [`ServerHandle::stop`]): stops accepting, lets

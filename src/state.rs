@@ -4,7 +4,9 @@ use crate::domain::listing::CursorKey;
 use crate::settings::Settings;
 use crate::storefront_cache::StoreCache;
 use ipnet::IpNet;
-use rampart_actors::{BreakerBoard, Db, DbGauge, DbProbe, Handle, RateLimits, Tree};
+use rampart_actors::{
+    BreakerBoard, ConcurrencyLimit, Db, DbGauge, DbProbe, Handle, MemoryBoard, RateLimits, Tree,
+};
 use std::sync::Arc;
 
 pub struct AppState {
@@ -15,6 +17,8 @@ pub struct AppState {
     pub breakers: BreakerBoard,
     /// `None`: `rate_limit.enabled` is off.
     pub limits: Option<RateLimits>,
+    pub concurrency: ConcurrencyLimit,
+    pub memory: MemoryBoard,
     pub trusted_proxies: Vec<IpNet>,
     pub tree: Arc<Tree>,
     pub settings: Arc<Settings>,

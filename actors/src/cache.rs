@@ -373,6 +373,8 @@ impl Handler<Envelope<Load>> for Cache {
                     }
                     (loader().await, false)
                 };
+                // In the first waiter's span: what the load logs names that request.
+                let fetch = tracing::Instrument::instrument(fetch, tracing::Span::current());
                 ctx.spawn(fetch.into_actor(cache).map(
                     move |(outcome, from_shared), cache: &mut Cache, _| {
                         let outcome = outcome.map(|loaded| {

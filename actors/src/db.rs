@@ -308,6 +308,7 @@ pub struct Db {
     settings: DbSettings,
     gauge: DbGauge,
     circuit: Option<Circuit>,
+    slow_query: Option<Duration>,
     supervision: Supervision,
 }
 
@@ -317,6 +318,7 @@ impl Db {
             settings,
             gauge,
             circuit: None,
+            slow_query: None,
             supervision,
         }
     }
@@ -327,6 +329,13 @@ impl Db {
     /// working, not failing.
     pub fn with_circuit(mut self, circuit: Circuit) -> Self {
         self.circuit = Some(circuit);
+        self
+    }
+
+    /// Commands that run at least this long are logged, in their caller's span (its request
+    /// id), with their type.
+    pub fn with_slow_query(mut self, at_least: Duration) -> Self {
+        self.slow_query = Some(at_least);
         self
     }
 }
@@ -345,60 +354,74 @@ async fn run_in_task<C: DbCommand>(
     caller: Caller,
     stats: Arc<ActorStats>,
     call: Option<Call>,
+    slow_query: Option<Duration>,
 ) -> Result<C::Output, DbError> {
-    let task = actix_rt::spawn(async move {
-        let _slot = slot;
-        let expired = || {
-            stats.expired();
-            Err(DbError::Timeout)
-        };
-        if !caller.is_live() {
-            return expired();
-        }
-        let client = match tokio::time::timeout_at(caller.deadline(), pool.get()).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                let e = DbError::from(e);
-                if let (Some(call), DbError::Unavailable(_)) = (call, &e) {
-                    call.failed();
+    let span = tracing::Span::current();
+    let task = actix_rt::spawn(tracing::Instrument::instrument(
+        async move {
+            let _slot = slot;
+            let expired = || {
+                stats.expired();
+                Err(DbError::Timeout)
+            };
+            if !caller.is_live() {
+                return expired();
+            }
+            let client = match tokio::time::timeout_at(caller.deadline(), pool.get()).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    let e = DbError::from(e);
+                    if let (Some(call), DbError::Unavailable(_)) = (call, &e) {
+                        call.failed();
+                    }
+                    return Err(e);
                 }
-                return Err(e);
+                Err(_) => return expired(),
+            };
+            if !caller.is_live() {
+                return expired();
             }
-            Err(_) => return expired(),
-        };
-        if !caller.is_live() {
-            return expired();
-        }
-        let unanswered_at = caller.deadline() + UNANSWERED_GRACE;
-        let mut conn = Conn { client, caller };
-        let mut call = call;
-        let outcome = {
-            let work = AssertUnwindSafe(command.run(&mut conn)).catch_unwind();
-            tokio::pin!(work);
-            tokio::select! {
-            outcome = &mut work => outcome,
-            () = tokio::time::sleep_until(unanswered_at) => {
-                // No answer well past the deadline: PostgreSQL is hung or gone. Judged now,
-                // while the command itself is left to finish or fail.
-                if let Some(call) = call.take() {
-                    call.failed();
+            let unanswered_at = caller.deadline() + UNANSWERED_GRACE;
+            let started = std::time::Instant::now();
+            let mut conn = Conn { client, caller };
+            let mut call = call;
+            let outcome = {
+                let work = AssertUnwindSafe(command.run(&mut conn)).catch_unwind();
+                tokio::pin!(work);
+                tokio::select! {
+                outcome = &mut work => outcome,
+                () = tokio::time::sleep_until(unanswered_at) => {
+                    // No answer well past the deadline: PostgreSQL is hung or gone. Judged now,
+                    // while the command itself is left to finish or fail.
+                    if let Some(call) = call.take() {
+                        call.failed();
+                    }
+                    work.await
                 }
-                work.await
+                }
+            };
+            if let Some(call) = call {
+                call.finish(matches!(outcome, Ok(Err(DbError::Unavailable(_)))));
             }
+            let took = started.elapsed();
+            if slow_query.is_some_and(|slow| took >= slow) {
+                tracing::warn!(
+                    command = std::any::type_name::<C>(),
+                    took_ms = took.as_millis() as u64,
+                    "slow query"
+                );
             }
-        };
-        if let Some(call) = call {
-            call.finish(matches!(outcome, Ok(Err(DbError::Unavailable(_)))));
-        }
-        match outcome {
-            Ok(result) => result,
-            Err(panic) => {
-                // The connection may be mid-transaction: it leaves the pool and closes.
-                drop(Object::take(conn.client));
-                std::panic::resume_unwind(panic)
+            match outcome {
+                Ok(result) => result,
+                Err(panic) => {
+                    // The connection may be mid-transaction: it leaves the pool and closes.
+                    drop(Object::take(conn.client));
+                    std::panic::resume_unwind(panic)
+                }
             }
-        }
-    });
+        },
+        span,
+    ));
     match task.await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -441,7 +464,8 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
             let gauge = db.gauge.clone();
             let stats = Arc::clone(db.supervision.stats());
             if let Ok(slot) = Arc::clone(&gauge.slots).try_acquire_owned() {
-                let work = run_in_task(gauge.pool, command, slot, caller, stats, call);
+                let slow = db.slow_query;
+                let work = run_in_task(gauge.pool, command, slot, caller, stats, call, slow);
                 return Reply::Spawn(Box::pin(work.into_actor(db)));
             }
             if gauge.waiting.load(Ordering::Relaxed) >= db.settings.max_waiting {
@@ -449,6 +473,7 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
                 return Reply::Ready(Err(DbError::Overloaded));
             }
             gauge.waiting.fetch_add(1, Ordering::Relaxed);
+            let slow = db.slow_query;
             let work = async move {
                 let slot = tokio::time::timeout_at(
                     caller.deadline(),
@@ -463,7 +488,7 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
                         return Err(DbError::Timeout);
                     }
                 };
-                run_in_task(gauge.pool, command, slot, caller, stats, call).await
+                run_in_task(gauge.pool, command, slot, caller, stats, call, slow).await
             };
             Reply::Spawn(Box::pin(work.into_actor(db)))
         });

@@ -14,14 +14,21 @@
 //!   single-flight loads, scoped invalidation and stale-if-error; hits are read without a message.
 //! - [`db`]: the `Db` actor owning a deadpool-postgres pool and running typed commands within
 //!   their callers' deadlines, and `DbProbe`, the readiness lane.
+//! - The guardians: [`breaker`] (a circuit per dependency, resilience4j's model) and
+//!   [`breakers`] (the actor owning them all); [`limiter`] (GCRA rate limits in process or in
+//!   Redis); [`concurrency`] (an adaptive concurrency limit with criticality); [`memory`] (the
+//!   monitor that sheds and shrinks the cache under memory pressure); [`redis_link`] (one Redis
+//!   dependency behind its circuit).
 
 pub mod admission;
 pub mod breaker;
 pub mod breakers;
 pub mod cache;
+pub mod concurrency;
 pub mod db;
 pub mod gcra;
 pub mod limiter;
+pub mod memory;
 pub mod redis_link;
 pub mod shared_tier;
 pub mod stats;
@@ -41,11 +48,15 @@ pub use cache::{
     Cache, CacheReader, CacheSettings, CacheSnapshot, Entry, Invalidate, LoadError, Loaded, Loader,
     Lookup, Shrink,
 };
+pub use concurrency::{ConcurrencyLimit, Criticality, LimitSettings, LimitSnapshot, Permit};
 pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping};
 pub use gcra::{Decision, Gcra};
 pub use limiter::{ClassSnapshot, LimitClass, Limiter, LimiterSnapshot, RateLimits, Verdict};
+pub use memory::{
+    MemoryBoard, MemoryLevel, MemoryMonitor, MemorySettings, MemorySnapshot, Pressure,
+};
 pub use redis_link::{LinkSnapshot, RedisLink};
 pub use shared_tier::{SharedTier, SharedTierSettings, SharedTierSnapshot};
 pub use stats::{ActorState, ActorStats, StatsSnapshot};
-pub use supervision::{ActorSpec, Resilient, RestartPolicy, Stop, Supervision};
+pub use supervision::{ActorSpec, Crash, Resilient, RestartPolicy, Stop, Supervision};
 pub use tree::Tree;

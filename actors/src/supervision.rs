@@ -136,6 +136,42 @@ impl Message for Stop {
     type Result = ();
 }
 
+/// Makes the actor's handler panic: a fault injected by tests (and by people checking a
+/// deployment's supervision), answered with [`crate::CallError::Panicked`] and a restart.
+pub struct Crash;
+
+impl crate::admission::Request for Crash {
+    type Reply = ();
+}
+
+/// Lets tests crash each actor kind of this crate through its mailbox.
+macro_rules! crashable {
+    ($($actor:ty),* $(,)?) => {$(
+        impl actix::Handler<crate::admission::Envelope<Crash>> for $actor {
+            type Result = ();
+
+            fn handle(
+                &mut self,
+                envelope: crate::admission::Envelope<Crash>,
+                ctx: &mut Context<Self>,
+            ) {
+                crate::admission::serve(self, ctx, envelope, |_, Crash, _| {
+                    panic!("crash injected into {}", stringify!($actor))
+                });
+            }
+        }
+    )*};
+}
+
+crashable!(
+    crate::db::Db,
+    crate::db::DbProbe,
+    crate::cache::Cache,
+    crate::breakers::Breakers,
+    crate::limiter::Limiter,
+    crate::memory::MemoryMonitor,
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,14 +10,34 @@ use prometheus::{
 };
 use rampart_actors::db::PoolSnapshot;
 use rampart_actors::StatsSnapshot;
-use rampart_actors::{CacheSnapshot, CircuitSnapshot, LimiterSnapshot, SharedTierSnapshot};
+use rampart_actors::{
+    CacheSnapshot, CircuitSnapshot, LimitSnapshot, LimiterSnapshot, MemoryLevel, MemorySnapshot,
+    SharedTierSnapshot,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    /// Requests by status class (1xx..5xx), for people.
+    by_class: [AtomicU64; 5],
+    started: Instant,
+}
+
+/// Requests served since start, for people.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RequestCounts {
+    pub total: u64,
+    /// By status class: `2xx`, `4xx`...
+    pub by_status_class: BTreeMap<String, u64>,
+    pub uptime_secs: u64,
+    /// The mean rate since start.
+    pub per_second: f64,
 }
 
 impl Metrics {
@@ -43,10 +63,32 @@ impl Metrics {
             registry,
             requests,
             latency,
+            by_class: Default::default(),
+            started: Instant::now(),
         })
     }
 
+    pub fn counts(&self) -> RequestCounts {
+        let by_status_class: BTreeMap<String, u64> = self
+            .by_class
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("{}xx", i + 1), n.load(Relaxed)))
+            .collect();
+        let total = by_status_class.values().sum();
+        let uptime = self.started.elapsed().as_secs_f64();
+        RequestCounts {
+            total,
+            by_status_class,
+            uptime_secs: uptime as u64,
+            per_second: (total as f64 / uptime.max(1.0) * 10.0).round() / 10.0,
+        }
+    }
+
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        if let Some(class) = self.by_class.get(usize::from(status / 100).wrapping_sub(1)) {
+            class.fetch_add(1, Relaxed);
+        }
         let status = status.to_string();
         let labels = [method, route, status.as_str()];
         self.requests.with_label_values(&labels).inc();
@@ -367,6 +409,83 @@ impl Metrics {
                 &mut std::iter::once((String::new(), limiter.fallbacks.to_string())),
             );
         }
+        let o = guardians.overload;
+        for (name, kind, help, value) in [
+            (
+                "overload_limit",
+                "gauge",
+                "The edge's concurrency limit now",
+                o.limit as f64,
+            ),
+            (
+                "overload_inflight",
+                "gauge",
+                "Requests holding a place under the limit",
+                o.inflight as f64,
+            ),
+            (
+                "overload_shed_total",
+                "counter",
+                "Requests shed at the edge",
+                o.shed as f64,
+            ),
+        ] {
+            family(
+                name,
+                kind,
+                help,
+                &mut std::iter::once((String::new(), value.to_string())),
+            );
+        }
+        if let Some(m) = guardians.memory {
+            let level = match m.level {
+                MemoryLevel::Normal => 0,
+                MemoryLevel::Warning => 1,
+                MemoryLevel::Critical => 2,
+            };
+            for (name, help, value) in [
+                (
+                    "memory_level",
+                    "0 normal, 1 warning, 2 critical",
+                    f64::from(level),
+                ),
+                (
+                    "memory_trend_bytes_per_second",
+                    "Resident memory's slope over the window",
+                    m.trend_bytes_per_sec,
+                ),
+                (
+                    "memory_leak_suspected",
+                    "1 while memory grows steadily",
+                    f64::from(u8::from(m.leak_suspected)),
+                ),
+                (
+                    "memory_available_bytes",
+                    "The machine's available memory",
+                    m.available_bytes as f64,
+                ),
+                (
+                    "process_cpu_percent",
+                    "The process's CPU use over the last interval",
+                    f64::from(m.cpu_percent),
+                ),
+            ] {
+                family(
+                    name,
+                    "gauge",
+                    help,
+                    &mut std::iter::once((String::new(), value.to_string())),
+                );
+            }
+            family(
+                "arbiter_lag_seconds",
+                "gauge",
+                "How late the latest timer fired on each watched arbiter",
+                &mut m.arbiter_lag_ms.iter().map(|(name, ms)| {
+                    (format!("{{arbiter=\"{name}\"}}"), (ms / 1000.0).to_string())
+                }),
+            );
+        }
         if let Some(rss) = rss_bytes {
             family(
                 "process_resident_memory_bytes",
@@ -383,6 +502,8 @@ impl Metrics {
 pub struct Guardians<'a> {
     pub circuits: &'a [CircuitSnapshot],
     pub limiter: Option<&'a LimiterSnapshot>,
+    pub memory: Option<&'a MemorySnapshot>,
+    pub overload: &'a LimitSnapshot,
 }
 
 /// The route pattern a resource serves, attached to it as app data for the metrics' labels.
@@ -397,6 +518,21 @@ pub async fn middleware(
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().clone();
     let response = next.call(req).await?;
+    let took = started.elapsed();
+    let slow = response
+        .request()
+        .app_data::<web::Data<crate::state::AppState>>()
+        .map_or(0, |s| s.settings.log.slow_request_ms);
+    if slow > 0 && took.as_millis() >= u128::from(slow) {
+        // Inside the request's span: the line carries its request id.
+        tracing::warn!(
+            method = %method,
+            path = response.request().path(),
+            status = response.status().as_u16(),
+            took_ms = took.as_millis() as u64,
+            "slow request"
+        );
+    }
     if let Some(metrics) = metrics {
         // The label the resource carries (or the storefront's router set): `match_pattern()`
         // would run the routing regexes again.

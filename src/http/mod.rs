@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod problems;
 pub mod rate_limit;
 pub mod request_id;
+pub mod shed;
 
 pub use auth::{AdminAuth, MerchantAuth};
 pub use json::Json;

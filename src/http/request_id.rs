@@ -27,7 +27,9 @@ pub async fn middleware(
         .and_then(|v| v.to_str().ok())
         .filter(|v| sane(v))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
+    // At ERROR level so the span is on whatever the filter lets through: every line logged
+    // for the request (a slow query on the Db thread included) carries its id.
+    let span = tracing::error_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let mut response = REQUEST_ID
         .scope(id.clone(), next.call(req).instrument(span))
         .await?;

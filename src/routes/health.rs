@@ -8,7 +8,7 @@ use crate::settings::Settings;
 use crate::state::AppState;
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use rampart_actors::{ActorState, CircuitState, DbError};
+use rampart_actors::{ActorState, CircuitState, DbError, MemoryLevel};
 use serde_json::{json, Map, Value};
 
 /// 200 while the process serves; touches no dependency.
@@ -67,6 +67,26 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             }),
         );
     }
+    // Memory critical sheds all but ops: still serving them, so "degraded".
+    if let Some(memory) = state.memory.snapshot() {
+        let critical = memory.level == MemoryLevel::Critical;
+        degraded |= critical;
+        checks.insert(
+            "memory".into(),
+            json!({
+                "status": if critical { "down" } else { "up" },
+                "level": memory.level,
+                "rss_bytes": memory.rss_bytes,
+                "trend_bytes_per_sec": memory.trend_bytes_per_sec.round(),
+                "leak_suspected": memory.leak_suspected,
+            }),
+        );
+    }
+    let overload = state.concurrency.snapshot();
+    checks.insert(
+        "overload".into(),
+        json!({"status": "up", "limit": overload.limit, "inflight": overload.inflight, "shed": overload.shed}),
+    );
     for actor in state.tree.snapshot() {
         let failed = actor.state == ActorState::Failed || actor.state == ActorState::Stopped;
         unready |= failed;
@@ -112,9 +132,12 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
     let shared = state.cache.shared.as_ref().map(|s| s.snapshot());
     let circuits = state.breakers.snapshot();
     let limiter = state.limits.as_ref().map(|l| l.snapshot());
+    let memory = state.memory.snapshot();
     let guardians = Guardians {
         circuits: &circuits,
         limiter: limiter.as_ref(),
+        memory: memory.as_ref(),
+        overload: &state.concurrency.snapshot(),
     };
     let text = metrics.render(
         &state.tree.snapshot(),

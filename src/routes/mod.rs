@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod health;
 pub mod openapi;
+pub mod ops;
 pub mod orders;
 pub mod products;
 pub mod storefront;
@@ -44,6 +45,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(route("/health/ready").route(web::get().to(health::ready)))
         .service(route("/metrics").route(web::get().to(health::metrics)))
         .service(route("/api-docs/openapi.json").route(web::get().to(openapi::document)))
+        .service(
+            route("/api/v1/ops/stats")
+                .route(web::get().to(ops::stats))
+                .wrap(from_fn(admin_gate)),
+        )
         .service(
             route("/api/v1/admin/merchants")
                 .route(web::post().to(admin::create_merchant))

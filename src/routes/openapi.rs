@@ -143,7 +143,7 @@ pub struct Readiness {
         crate::routes::products::update, crate::routes::products::archive, crate::routes::products::adjust_stock,
         crate::routes::storefront::list, crate::routes::storefront::get, crate::routes::storefront::checkout,
         crate::routes::orders::list, crate::routes::orders::get, crate::routes::orders::change_status,
-        health_doc, ready_doc, metrics_doc,
+        health_doc, ready_doc, metrics_doc, crate::routes::ops::stats,
     ),
     components(
         schemas(Problem, FieldError, Liveness, Readiness),

@@ -1,8 +1,9 @@
 //! The guardians at the edge: rate limits (each class on its own, per client, across instances
 //! through Redis, in process without it) and the circuits of the dependencies.
 
-use crate::support::{wait_until, OtherProcess, TestApp, TestPg, TestRedis};
+use crate::support::{wait_until, OtherProcess, TestApp, TestPg, TestRedis, ADMIN_TOKEN};
 use rampart::settings::{RateLimitClass, Settings};
+use rampart_actors::{CallError, Crash, Pressure};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -237,4 +238,169 @@ async fn postgresql_down_opens_its_circuit_and_503s_carry_the_time_left_until_it
         ready.json()["checks"]["circuit.postgres"]["state"],
         "closed"
     );
+}
+
+#[actix_rt::test]
+async fn memory_forced_critical_sheds_all_but_ops_and_shrinks_the_cache_until_it_lifts() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.memory.soft_limit_mb = 4096;
+            s.memory.hard_limit_mb = 8192;
+            s.memory.cache_keep_percent = 0;
+        })
+        .spawn()
+        .await;
+    let m = app.create_merchant("Pressure").await;
+    let product = app.create_product(&m, "M-1", 100, 5).await;
+    let path = m.store_product(&product);
+    assert_eq!(app.get(&path).await.status, 200);
+    assert!(app.cache.reader.snapshot().entries >= 1);
+
+    // An injected pressure source: 16 GiB more than the process holds.
+    app.actors
+        .memory
+        .call(Pressure(16 << 30))
+        .await
+        .expect("pressure");
+    let shed = app.get(&path).await;
+    assert_eq!(shed.problem(503)["type"], "/problems/overloaded");
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    let checkout = app
+        .checkout(
+            &m.id,
+            &json!({"customer_email": "c@example.com",
+            "items": [{"product_id": product["id"], "quantity": 1}]}),
+            None,
+        )
+        .await;
+    assert_eq!(checkout.status, 503, "a checkout is shed too");
+    assert_eq!(app.get("/health").await.status, 200, "never shed");
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "degraded");
+    assert_eq!(ready.json()["checks"]["memory"]["level"], "critical");
+    wait_until("the cache shrinks", Duration::from_secs(5), async || {
+        app.cache.reader.snapshot().entries == 0
+    })
+    .await;
+
+    app.actors
+        .memory
+        .call(Pressure(0))
+        .await
+        .expect("pressure lifted");
+    assert_eq!(app.get(&path).await.status, 200);
+    assert_eq!(app.get("/health/ready").await.json()["status"], "ready");
+    let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    assert!(metrics.contains("overload_shed_total 2"), "{metrics}");
+}
+
+#[actix_rt::test]
+async fn a_crash_injected_into_each_actor_restarts_it_and_the_service_keeps_serving() {
+    let app = TestApp::builder()
+        .configure(|s| s.rate_limit.enabled = true)
+        .spawn()
+        .await;
+    let m = app.create_merchant("Crashes").await;
+    let product = app.create_product(&m, "X-1", 100, 5).await;
+    let a = &app.actors;
+    let crashes = [
+        ("db", a.db.call(Crash).await),
+        ("db_probe", a.probe.call(Crash).await),
+        ("cache", a.cache.call(Crash).await),
+        ("breakers", a.breakers.call(Crash).await),
+        ("memory", a.memory.call(Crash).await),
+        (
+            "limiter",
+            a.limiter.as_ref().expect("limiter").call(Crash).await,
+        ),
+    ];
+    for (name, outcome) in crashes {
+        assert!(
+            matches!(outcome, Err(CallError::Panicked)),
+            "{name}: {outcome:?}"
+        );
+    }
+    assert_eq!(app.get(&m.store_product(&product)).await.status, 200);
+    assert_eq!(app.get_as(&m.api_key, "/api/v1/products").await.status, 200);
+    let ready = app.get("/health/ready").await;
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    for name in ["db", "db_probe", "cache", "breakers", "memory", "limiter"] {
+        assert_eq!(
+            ready.json()["checks"][format!("actor.{name}")]["restarts"],
+            1,
+            "{name}"
+        );
+    }
+    let stats = app
+        .send(
+            app.client
+                .get(app.url("/api/v1/ops/stats"))
+                .bearer_auth(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(stats.status, 200);
+    let actors = stats.json()["actors"].as_array().expect("actors").len();
+    assert_eq!(actors, 6, "breakers, db, db_probe, cache, limiter, memory");
+
+    // Past its intensity (5 within 10 s by default) an actor is failed, and readiness names it.
+    for _ in 0..5 {
+        let _ = a.breakers.call(Crash).await;
+    }
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["checks"]["actor.breakers"]["state"], "failed");
+}
+
+#[actix_rt::test]
+async fn slow_requests_and_slow_queries_are_logged_with_their_request_id() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("Slow").await;
+    let log = std::env::temp_dir().join(format!("rampart-slow-{}.log", std::process::id()));
+    let other = OtherProcess::logging_to(
+        &app,
+        &[
+            ("RAMPART__LOG__FORMAT", "json"),
+            ("RAMPART__LOG__FILTER", "warn"),
+            ("RAMPART__LOG__SLOW_REQUEST_MS", "1"),
+            ("RAMPART__LOG__SLOW_QUERY_MS", "1"),
+        ],
+        &log,
+    )
+    .await;
+    // A list that misses the cache runs a query; at a 1 ms threshold both are slow.
+    let reply = other
+        .client
+        .get(format!(
+            "{}/api/v1/stores/{}/products?q=slow",
+            other.base, m.id
+        ))
+        .insert_header(("X-Request-Id", "slow-req-0001"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(reply.status(), 200);
+    wait_until(
+        "both lines are logged",
+        Duration::from_secs(10),
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|l: &serde_json::Value| l.to_string().contains("slow-req-0001"))
+                .collect();
+            let has = |what: &str| lines.iter().any(|l| l["message"] == what);
+            has("slow request") && has("slow query")
+        },
+    )
+    .await;
+    drop(other);
+    let _ = std::fs::remove_file(&log);
 }

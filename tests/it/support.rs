@@ -152,6 +152,7 @@ impl TestAppBuilder {
         let db = app.db().clone();
         let gauge = app.gauge().clone();
         let cache = app.cache().clone();
+        let actors = app.handles().clone();
         let handle = app.handle();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         actix_rt::spawn(async move {
@@ -164,6 +165,7 @@ impl TestAppBuilder {
             db,
             gauge,
             cache,
+            actors,
             handle,
             stopped: Some(done_rx),
             client: awc::Client::builder()
@@ -180,6 +182,8 @@ pub struct TestApp {
     pub db: Handle<Db>,
     pub gauge: rampart_actors::DbGauge,
     pub cache: rampart::storefront_cache::StoreCache,
+    /// Every actor of the supervision tree.
+    pub actors: rampart::startup::Handles,
     pub handle: actix_web::dev::ServerHandle,
     stopped: Option<tokio::sync::oneshot::Receiver<()>>,
     pub client: awc::Client,
@@ -499,6 +503,27 @@ pub struct OtherProcess {
 
 impl OtherProcess {
     pub async fn start(app: &TestApp, redis: &TestRedis, env: &[(&str, &str)]) -> OtherProcess {
+        let mut with_redis = vec![("RAMPART__REDIS__URL", redis.url())];
+        with_redis.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        Self::spawn(app, &with_redis, std::process::Stdio::null()).await
+    }
+
+    /// Without Redis, its log (stderr) written to `log`.
+    pub async fn logging_to(
+        app: &TestApp,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> OtherProcess {
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let file = std::fs::File::create(log).expect("log file");
+        Self::spawn(app, &env, file.into()).await
+    }
+
+    async fn spawn(
+        app: &TestApp,
+        env: &[(&str, String)],
+        log: std::process::Stdio,
+    ) -> OtherProcess {
         let port = rampart::pg_cluster::free_port().expect("port");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"));
         command
@@ -510,10 +535,10 @@ impl OtherProcess {
             .env("RAMPART__SERVER__PORT", port.to_string())
             .env("RAMPART__SERVER__WORKERS", "2")
             .env("RAMPART__DATABASE__URL", &app.database_url)
-            .env("RAMPART__REDIS__URL", redis.url())
             .env("RAMPART__LOG__FILTER", "error")
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null());
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
         let child = command.spawn().expect("spawn rampart");
         let other = OtherProcess {
             child,

@@ -1,0 +1,54 @@
+//! Overload shedding at the edge: every request asks the [`ConcurrencyLimit`] for a place by its
+//! criticality. Ops endpoints (health, metrics, ops, the API description) are never shed; a
+//! checkout is shed only at the full limit, after browsing and merchant traffic; under memory
+//! pressure everything but ops is. A shed request is answered 503 with `Retry-After` at once,
+//! before any other work (two atomic operations and the problem body).
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{web, ResponseError};
+use rampart_actors::Criticality;
+use std::time::Instant;
+
+fn criticality(req: &ServiceRequest) -> Criticality {
+    let path = req.path();
+    let ops = path == "/health"
+        || path.starts_with("/health/")
+        || path == "/metrics"
+        || path.starts_with("/api/v1/ops/")
+        || path.starts_with("/api-docs/");
+    if ops {
+        Criticality::Critical
+    } else if req.method() == Method::POST
+        && path.starts_with("/api/v1/stores/")
+        && path.ends_with("/orders")
+    {
+        Criticality::Important
+    } else {
+        Criticality::Sheddable
+    }
+}
+
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(limit) = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.concurrency.clone())
+    else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let Some(permit) = limit.try_acquire(criticality(&req)) else {
+        let response = ApiError::Overloaded { retry_after: 1 }.error_response();
+        return Ok(req.into_response(response).map_into_right_body());
+    };
+    let started = Instant::now();
+    let response = next.call(req).await;
+    permit.finish(started.elapsed());
+    Ok(response?.map_into_left_body())
+}

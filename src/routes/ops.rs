@@ -1,0 +1,67 @@
+//! `GET /api/v1/ops/stats` (admin): one JSON snapshot of what `/metrics` shows, for people.
+
+use crate::http::metrics::{resident_memory, Metrics, RequestCounts};
+use crate::http::AdminAuth;
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use rampart_actors::db::PoolSnapshot;
+use rampart_actors::{
+    CacheSnapshot, Change, CircuitSnapshot, LimitSnapshot, LimiterSnapshot, MemorySnapshot,
+    SharedTierSnapshot, StatsSnapshot,
+};
+use serde::Serialize;
+
+/// Every actor, tier, guardian and the pool, read now without waiting in any mailbox.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OpsStats {
+    /// Per actor: state, mailbox depth and capacity, handled, refused, expired, restarts.
+    #[schema(value_type = Vec<Object>)]
+    pub actors: Vec<StatsSnapshot>,
+    #[schema(value_type = Object)]
+    pub cache: CacheSnapshot,
+    /// The Redis tier (absent without `redis.url`).
+    #[schema(value_type = Option<Object>)]
+    pub redis: Option<SharedTierSnapshot>,
+    /// Rate limit decisions per class (absent with `rate_limit.enabled` off).
+    #[schema(value_type = Option<Object>)]
+    pub limiter: Option<LimiterSnapshot>,
+    /// One circuit per dependency.
+    #[schema(value_type = Vec<Object>)]
+    pub breakers: Vec<CircuitSnapshot>,
+    /// The circuits' latest changes, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub breaker_changes: Vec<Change>,
+    #[schema(value_type = Option<Object>)]
+    pub memory: Option<MemorySnapshot>,
+    /// The edge's concurrency limit and what it shed.
+    #[schema(value_type = Object)]
+    pub overload: LimitSnapshot,
+    #[schema(value_type = Object)]
+    pub pool: PoolSnapshot,
+    pub requests: RequestCounts,
+    /// Resident memory now, bytes.
+    pub rss_bytes: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/ops/stats", tag = "ops", operation_id = "opsStats",
+    responses((status = 200, body = OpsStats), (status = 401, response = crate::routes::openapi::Unauthorized)),
+    security(("admin_token" = [])))]
+pub async fn stats(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    metrics: web::Data<Metrics>,
+) -> HttpResponse {
+    HttpResponse::Ok().json(OpsStats {
+        actors: state.tree.snapshot(),
+        cache: state.cache.reader.snapshot(),
+        redis: state.cache.shared.as_ref().map(|s| s.snapshot()),
+        limiter: state.limits.as_ref().map(|l| l.snapshot()),
+        breakers: state.breakers.snapshot(),
+        breaker_changes: state.breakers.history(),
+        memory: state.memory.snapshot(),
+        overload: state.concurrency.snapshot(),
+        pool: state.gauge.snapshot(),
+        requests: metrics.counts(),
+        rss_bytes: resident_memory(),
+    })
+}
