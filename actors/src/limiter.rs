@@ -16,9 +16,15 @@
 //!   used first out, so memory stays bounded however many distinct clients come. A key pushed
 //!   out early gets a fresh burst: the price of the bound.
 //! - With Redis: one atomic Lua script per decision, on Redis's clock (instances' clocks may
-//!   differ), so the limits hold across every instance together. Redis down, hung or behind an
-//!   open circuit: the decision is taken in process at once (never unlimited) and counted as a
-//!   fallback.
+//!   differ), so the limits hold across every instance together. A decision may grant up to a
+//!   lease of requests ahead ([`lease_size`]: a hundredth of the limit, 1 to 64), spent by this
+//!   instance without asking Redis again for as long as they stand for (at most a second), so a
+//!   busy key costs one round trip per lease, not per request. Leased requests are counted in
+//!   Redis when granted, so nothing is admitted uncounted; what a lease can do is move a few
+//!   requests later in time: over any window the instances together admit at most the limit
+//!   plus one lease per instance and key (limits under 200 lease nothing: exact). Redis down,
+//!   hung or behind an open circuit: the decision is taken in process at once (never unlimited)
+//!   and counted as a fallback.
 
 use crate::gcra::{Decision, Gcra};
 use crate::redis_link::RedisLink;
@@ -62,7 +68,16 @@ struct Class {
     spec: LimitClass,
     gcra: Gcra,
     table: Table<Arc<str>, u64>,
+    /// With Redis: requests granted by Redis ahead, per key (left, valid until), spent here.
+    leases: Table<Arc<str>, (u32, Instant)>,
+    /// How many requests one Redis decision may grant ahead (see the module's header).
+    lease: u32,
     counts: ClassCounts,
+}
+
+/// The requests one Redis decision may grant ahead: a hundredth of the limit, 1 to 64.
+pub fn lease_size(limit: u32) -> u32 {
+    (limit / 100).clamp(1, 64)
 }
 
 #[derive(Debug, Default)]
@@ -107,26 +122,29 @@ pub struct LimiterSnapshot {
     pub fallbacks: u64,
 }
 
-/// GCRA on Redis's clock. KEYS[1]: the key; ARGV: emission interval and burst tolerance in
-/// microseconds, the limit. Answers {allowed, remaining, retry_after_us, reset_after_us}.
+/// GCRA on Redis's clock, for up to `want` requests at once. KEYS[1]: the key; ARGV: emission
+/// interval and burst tolerance in microseconds, the limit, `want`. Grants as many of the `want`
+/// as the limit allows now (the TAT moves by one interval per granted request) and answers
+/// {granted, remaining, retry_after_us, reset_after_us}.
 const SCRIPT: &str = r#"
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local allowed_from = tat - tolerance
-if now < allowed_from then
-  return {0, 0, allowed_from - now, tat - now}
+if now < tat - tolerance then
+  return {0, 0, tat - tolerance - now, tat - now}
 end
-local new_tat = tat + interval
+local granted = math.floor((now + tolerance - tat) / interval) + 1
+if granted > want then granted = want end
+local new_tat = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-local used = math.ceil((new_tat - now) / interval)
-local remaining = limit - used
+local remaining = limit - math.ceil((new_tat - now) / interval)
 if remaining < 0 then remaining = 0 end
-return {1, remaining, 0, new_tat - now}
+return {granted, remaining, 0, new_tat - now}
 "#;
 
 impl RateLimits {
@@ -141,6 +159,12 @@ impl RateLimits {
                     .eviction_policy(EvictionPolicy::lru())
                     .time_to_idle(spec.period.max(Duration::from_secs(1)))
                     .build(),
+                leases: Table::builder()
+                    .max_capacity(max_keys)
+                    .eviction_policy(EvictionPolicy::lru())
+                    .time_to_live(Duration::from_secs(1))
+                    .build(),
+                lease: lease_size(spec.limit),
                 counts: ClassCounts::default(),
                 spec,
             })
@@ -239,6 +263,27 @@ impl RateLimits {
         }
     }
 
+    /// A request spends a token leased earlier, if one is left and still valid: how many are
+    /// left after it.
+    fn spend_lease(c: &Class, key: &Arc<str>, now: Instant) -> Option<u32> {
+        let mut spent = None;
+        c.leases
+            .entry(Arc::clone(key))
+            .and_compute_with(|entry| match entry {
+                Some(e) => {
+                    let (left, until) = e.into_value();
+                    if left > 0 && now < until {
+                        spent = Some(left - 1);
+                        Op::Put((left - 1, until))
+                    } else {
+                        Op::Remove
+                    }
+                }
+                None => Op::Nop,
+            });
+        spent
+    }
+
     async fn check_shared(
         &self,
         link: &RedisLink,
@@ -246,10 +291,22 @@ impl RateLimits {
         c: &Class,
         key: &str,
     ) -> Option<Verdict> {
-        let interval = (c.spec.period.as_micros() / u128::from(c.spec.limit.max(1))).max(1) as u64;
-        let tolerance = interval * u64::from(c.spec.limit.max(1) - 1);
-        let redis_key = format!("rl:{}:{}", c.spec.name, key);
         let limit = c.spec.limit.max(1);
+        let lease_key: Arc<str> = Arc::from(key);
+        let now = Instant::now();
+        if let Some(left) = Self::spend_lease(c, &lease_key, now) {
+            return Some(Verdict {
+                allowed: true,
+                limit,
+                remaining: left,
+                reset_after: c.spec.period / limit,
+                retry_after: Duration::ZERO,
+            });
+        }
+        let interval = (c.spec.period.as_micros() / u128::from(limit)).max(1) as u64;
+        let tolerance = interval * u64::from(limit - 1);
+        let redis_key = format!("rl:{}:{}", c.spec.name, key);
+        let want = c.lease;
         let script = script.clone();
         let answer: Vec<i64> = link
             .run(|mut conn| async move {
@@ -258,18 +315,27 @@ impl RateLimits {
                     .arg(interval)
                     .arg(tolerance)
                     .arg(limit)
+                    .arg(want)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
-        let [allowed, remaining, retry_us, reset_us] = answer[..] else {
+        let [granted, remaining, retry_us, reset_us] = answer[..] else {
             return None;
         };
+        let granted = u32::try_from(granted).unwrap_or(0);
+        if granted > 1 {
+            // The rest is spent here within the time it stands for (at most a second): an
+            // instance can run ahead of Redis by no more than one lease per key.
+            let valid =
+                Duration::from_micros(interval * u64::from(granted)).min(Duration::from_secs(1));
+            c.leases.insert(lease_key, (granted - 1, now + valid));
+        }
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         Some(Verdict {
-            allowed: allowed == 1,
+            allowed: granted > 0,
             limit,
-            remaining: u32::try_from(remaining).unwrap_or(0),
+            remaining: u32::try_from(remaining).unwrap_or(0) + granted.saturating_sub(1),
             reset_after: micros(reset_us),
             retry_after: micros(retry_us),
         })

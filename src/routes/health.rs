@@ -82,6 +82,13 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             }),
         );
     }
+    if let Some(limits) = &state.limits {
+        let l = limits.snapshot();
+        checks.insert(
+            "rate_limit".into(),
+            json!({"status": "up", "mode": l.mode, "fallbacks": l.fallbacks}),
+        );
+    }
     let overload = state.concurrency.snapshot();
     checks.insert(
         "overload".into(),

@@ -201,11 +201,14 @@ async fn postgresql_down_opens_its_circuit_and_503s_carry_the_time_left_until_it
             s.breakers.window = 5;
             s.breakers.open_ms = 4000;
             s.breakers.half_open_probes = 1;
+            // Stale at once: every storefront read tries PostgreSQL first.
+            s.cache.product_ttl_secs = 0;
         })
         .spawn()
         .await;
     let m = app.create_merchant("Circuit").await;
-    app.create_product(&m, "P-1", 100, 1).await;
+    let product = app.create_product(&m, "P-1", 100, 1).await;
+    assert_eq!(app.get(&m.store_product(&product)).await.status, 200);
 
     pg.cluster.stop_with("fast").expect("stop PostgreSQL");
     wait_until("the circuit opens", Duration::from_secs(20), async || {
@@ -222,6 +225,10 @@ async fn postgresql_down_opens_its_circuit_and_503s_carry_the_time_left_until_it
     assert!((1..=4).contains(&retry_after), "retry after {retry_after}");
     let ready = app.get("/health/ready").await;
     assert_eq!(ready.json()["checks"]["circuit.postgres"]["state"], "open");
+    // Behind the open circuit, the storefront answers from its last copy.
+    let stale = app.get(&m.store_product(&product)).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.json()["sku"], "P-1");
     let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
     assert!(
         metrics.contains(r#"circuit_state{circuit="postgres"} 2"#),
