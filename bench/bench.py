@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "soak"]
+SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "guardians", "overload", "soak"]
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 PRODUCTS = 10_000
 HOT = 100
@@ -251,7 +251,7 @@ def oha(urls_regex, rate, duration, connections=64, method="GET", body=None, hea
             "p99_ms": round(pct.get("p99", 0) * 1000, 3), "max_ms": round(s.get("slowest", 0) * 1000, 3)}
 
 
-def oha_per_request(urls_regex, rate, duration, connections, csv_path):
+def oha_per_request(urls_regex, rate, duration, connections, csv_path, method="GET", body_lines=None, headers=()):
     """A fixed-rate, corrected run that keeps every request (oha's CSV). The first request on each
     connection also opens it, and with thousands of connections the opening is a storm that the
     latency correction charges to every request due meanwhile. So the figures are given for all
@@ -259,7 +259,11 @@ def oha_per_request(urls_regex, rate, duration, connections, csv_path):
     the first 5-second window that starts a second or more after the last connection opened."""
     cmd = ["oha", "--no-tui", "--output-format", "csv", "-o", str(csv_path), "-z", f"{duration}s",
            "-c", str(connections), "-q", str(int(rate)), "--latency-correction", "-t", "5s",
-           "--rand-regex-url", urls_regex]
+           "--rand-regex-url", urls_regex, "-m", method]
+    if body_lines:
+        cmd += ["-Z", str(body_lines)]
+    for h in headers:
+        cmd += ["-H", h]
     res = subprocess.run(cmd, text=True, capture_output=True, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"oha failed: {res.stderr[-500:]}")
@@ -293,6 +297,9 @@ def oha_per_request(urls_regex, rate, duration, connections, csv_path):
             "opening": percentiles([r[2] for r in rows if r[1] > 0]),
             "held_from_s": held_from,
             "held": percentiles([r[2] for r in rows if r[0] >= held_from]),
+            "by_status": {code: sum(1 for r in rows if r[3] == code) for code in sorted({r[3] for r in rows})},
+            "admitted": percentiles([r[2] for r in rows if r[3].startswith("2")]),
+            "refused": percentiles([r[2] for r in rows if r[3] == "503"]),
             "windows": windows}
 
 
@@ -571,6 +578,93 @@ class Suite:
             log(f"  {name}: connections all open after {res['all_open_after_s']} s; p99 of the requests that opened one "
                 f"{res['opening']['p99_ms']} ms; p99 on held connections (from {res['held_from_s']} s) {res['held']['p99_ms']} ms")
         return r
+
+    def extra_service(self, name, env):
+        """Another instance of the service on the same PostgreSQL and Redis, with `env` on top."""
+        port = free_port()
+        base = {**self.service.env, "RAMPART__SERVER__PORT": str(port), **env}
+        proc = Process(name, [str(ROOT / "target/release/rampart"), "serve"], base, port, self.out / f"{name}.log")
+        proc.start("/health/ready")
+        self.started.append(proc)
+        return proc
+
+    def guardians(self, d):
+        """The product read through the guardians (rate limit decision in Redis, leased; circuit;
+        concurrency limit) against the same read with all of them off, in turns."""
+        huge = {"RAMPART__RATE_LIMIT__ENABLED": "true",
+                "RAMPART__RATE_LIMIT__CLASSES__STOREFRONT__LIMIT": "1000000000",
+                "RAMPART__RATE_LIMIT__CLASSES__STOREFRONT__PERIOD_SECS": "60",
+                "RAMPART__OVERLOAD__ENABLED": "true"}
+        guarded = self.extra_service("guarded", huge)
+        bare = self.extra_service("unguarded", {"RAMPART__RATE_LIMIT__ENABLED": "false",
+                                                "RAMPART__OVERLOAD__ENABLED": "false"})
+        store = f"/api/v1/stores/{self.merchant}/products/"
+        hot = str(self.work / "hot.txt")
+        runs = {"guarded": [], "unguarded": []}
+        for proc in (guarded, bare):
+            self.warm(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot])
+        for turn in range(2):
+            for name, proc in (("unguarded", bare), ("guarded", guarded)):
+                runs[name].append(self.measure(f"product, guardians {'on' if name == 'guarded' else 'off'} (turn {turn + 1})",
+                                               lambda: wrk(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot], d),
+                                               proc.pid))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{guarded.port}/metrics", timeout=5).read().decode()
+        decisions = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("rate_limit_decisions_total{"))
+        mean = lambda rs: sum(r["rps"] for r in rs) / len(rs)
+        ratio = round(mean(runs["guarded"]) / mean(runs["unguarded"]), 3)
+        log(f"guardians on / off: {ratio} ({decisions:.0f} limit decisions on the guarded instance)")
+        for proc in (guarded, bare):
+            proc.stop()
+        return {"runs": runs, "ratio_on_to_off": ratio, "limit_decisions": decisions}
+
+    def overload(self, d):
+        """Checkouts (database-bound) offered at 1x, 2x, 5x and 10x the measured capacity, then
+        at 1x again: goodput, latency of the admitted, refusals."""
+        orders = f"/api/v1/stores/{self.merchant}/orders"
+        capacity = self.measure("checkout capacity (closed loop, 16 connections)",
+                                lambda: wrk(self.base(), "bench/lua/checkout.lua", [orders, str(self.work / "checkout.txt")], d, connections=16))["rps"]
+        bodies = self.work / "bodies.txt"
+        bodies.write_text("".join(json.dumps({"customer_email": "over@example.com",
+                                              "items": [{"product_id": pid, "quantity": 1}]}) + "\n"
+                                  for pid in self.checkout_ids))
+        csv_path = self.work / "overload.csv"
+        levels = []
+        for factor in (1, 2, 5, 10, 1):
+            rate = max(1, round(capacity * factor))
+            before = self.refusals_histogram()
+            res = self.measure(f"checkout offered at {factor}x capacity ({rate}/s)",
+                               lambda: oha_per_request(regex_escape(self.base() + orders), rate, d, 256, csv_path,
+                                                       method="POST", body_lines=bodies,
+                                                       headers=["Content-Type: application/json"]))
+            after = self.refusals_histogram()
+            refused = after[1] - before[1]
+            res["factor"] = factor
+            res["goodput_rps"] = round(res["by_status"].get("201", 0) / d, 1)
+            res["server_refusals"] = refused
+            res["server_refusals_within_5ms"] = (after[0] - before[0]) / refused if refused else None
+            log(f"  {factor}x: goodput {res['goodput_rps']}/s, admitted p99 {res['admitted']['p99_ms']} ms, "
+                f"refused {refused} ({res['server_refusals_within_5ms']} within 5 ms at the server), statuses {res['by_status']}")
+            levels.append(res)
+        base = levels[0]
+        return {"capacity_rps": capacity, "levels": levels,
+                "goodput_10x_to_1x": round(levels[3]["goodput_rps"] / base["goodput_rps"], 3) if base["goodput_rps"] else None,
+                "admitted_p99_10x_to_1x": round(levels[3]["admitted"]["p99_ms"] / base["admitted"]["p99_ms"], 3)
+                if base["admitted"]["p99_ms"] and levels[3]["admitted"]["p99_ms"] else None,
+                "recovered_goodput_to_1x": round(levels[4]["goodput_rps"] / base["goodput_rps"], 3) if base["goodput_rps"] else None}
+
+    def refusals_histogram(self):
+        """(answered within 5 ms, all) of the service's 503 answers so far, from its histogram."""
+        text = urllib.request.urlopen(self.base() + "/metrics", timeout=5).read().decode()
+        within = total = 0.0
+        for line in text.splitlines():
+            if not line.startswith("http_request_duration_seconds_") or 'status="503"' not in line:
+                continue
+            value = float(line.split()[-1])
+            if line.startswith("http_request_duration_seconds_bucket") and 'le="0.005"' in line:
+                within += value
+            elif line.startswith("http_request_duration_seconds_count"):
+                total += value
+        return within, total
 
     def soak(self, d):
         self.warm_product()

@@ -18,6 +18,13 @@ GOALS = [
     ("connections: p99 ≤ 50 ms on the held connections", lambda s: s["connections"]["service"]["held"]["p99_ms"], lambda v: v <= 50, "{:.2f} ms"),
     ("connections: p99 ≤ 50 ms over every request, the opening storm included", lambda s: s["connections"]["service"]["p99_ms"], lambda v: v <= 50, "{:.2f} ms"),
     ("connections: server RSS ≤ 300 MB", lambda s: s["connections"]["service"]["server"]["rss_max_bytes"] / 1e6, lambda v: v <= 300, "{:.0f} MB"),
+    ("guardians: product with them on ≥ 0.9× with them off", lambda s: s["guardians"]["ratio_on_to_off"], lambda v: v >= 0.9, "{:.3f}×"),
+    ("overload: goodput at 10× ≥ 80% of goodput at 1×", lambda s: s["overload"]["goodput_10x_to_1x"], lambda v: v is not None and v >= 0.8, "{:.3f}×"),
+    ("overload: admitted p99 at 10× ≤ 2× its 1× value", lambda s: s["overload"]["admitted_p99_10x_to_1x"], lambda v: v is not None and v <= 2.0, "{:.2f}×"),
+    ("overload: every refusal answered within 5 ms (server histogram)",
+     lambda s: min([l["server_refusals_within_5ms"] for l in s["overload"]["levels"] if l["server_refusals_within_5ms"] is not None] or [1.0]),
+     lambda v: v >= 1.0, "{:.4%}"),
+    ("overload: goodput back at 1× after 10× ≥ 0.9× the first 1×", lambda s: s["overload"]["recovered_goodput_to_1x"], lambda v: v is not None and v >= 0.9, "{:.3f}×"),
     ("soak: RSS growth ≤ 5% after warm-up", lambda s: s["soak"]["rss_growth_after_warmup"], lambda v: v is not None and v <= 0.05, "{:.2%}"),
     ("soak: p99 drift ≤ 20%", lambda s: s["soak"]["p99_drift"], lambda v: v is not None and v <= 0.20, "{:+.1%}"),
     ("soak: zero errors", lambda s: s["soak"]["errors"], lambda v: v == 0, "{}"),
@@ -31,9 +38,13 @@ def rows(results):
         for target, r in sc.items():
             if isinstance(r, dict) and "rps" in r:
                 out.append((name, target, r["rps"], r.get("p50_ms"), r.get("p99_ms"), r.get("errors")))
-        for key in ("phases", "steps", "windows"):
+        for target, rs in (sc.get("runs") or {}).items() if isinstance(sc, dict) else []:
+            for i, r in enumerate(rs):
+                out.append((name, f"{target} (turn {i + 1})", r["rps"], r.get("p50_ms"), r.get("p99_ms"), r.get("errors")))
+        for key in ("phases", "steps", "windows", "levels"):
             for i, r in enumerate(sc.get(key, []) if isinstance(sc, dict) else []):
-                label = r.get("phase") or (f"{r['offered_rps']}/s offered" if "offered_rps" in r else f"window {i}")
+                label = r.get("phase") or (f"{r['factor']}× capacity, {r['offered_rps']}/s offered" if "factor" in r
+                                           else f"{r['offered_rps']}/s offered" if "offered_rps" in r else f"window {i}")
                 out.append((name, label, r.get("rps"), r.get("p50_ms"), r.get("p99_ms") or r.get("product_p99_ms"), r.get("errors")))
     return out
 

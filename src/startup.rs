@@ -18,9 +18,9 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use rampart_actors::{
     ActorSpec, BreakerBoard, BreakerSettings, Breakers, Cache, CacheSettings, ConcurrencyLimit, Db,
-    DbError, DbGauge, DbProbe, DbSettings, Handle, LimitClass, LimitSettings, Limiter, MemoryBoard,
-    MemoryMonitor, MemorySettings, RateLimits, RedisLink, RestartPolicy, SharedTier,
-    SharedTierSettings, Tree,
+    DbError, DbGauge, DbProbe, DbSettings, Handle, LimitClass, LimitSettings, LimitSnapshot,
+    Limiter, MemoryBoard, MemoryMonitor, MemorySettings, RateLimits, RedisLink, RestartPolicy,
+    SharedTier, SharedTierSettings, Tree,
 };
 use std::net::TcpListener;
 use std::str::FromStr;
@@ -74,8 +74,8 @@ pub struct Backend {
     pub circuits: Handle<Breakers>,
     /// The rate limits, decided on the caller's thread (`None`: `rate_limit.enabled` is off).
     pub limits: Option<RateLimits>,
-    /// The concurrency limit of the edge, which the memory monitor turns to shedding.
-    pub concurrency: ConcurrencyLimit,
+    /// The concurrency limits of the edge, which the memory monitor turns to shedding.
+    pub concurrency: EdgeLimits,
     pub memory: MemoryBoard,
     /// Every actor's handle, for tests and tools.
     pub handles: Handles,
@@ -191,7 +191,10 @@ impl Backend {
             })
         });
 
-        let concurrency = ConcurrencyLimit::new(overload(settings));
+        let concurrency = EdgeLimits {
+            reads: ConcurrencyLimit::new(overload(settings)),
+            writes: ConcurrencyLimit::new(overload(settings)),
+        };
         let m = &settings.memory;
         let memory_settings = MemorySettings {
             interval: Settings::ms(m.check_interval_ms),
@@ -202,12 +205,13 @@ impl Backend {
             shrink_to: f64::from(m.cache_keep_percent) / 100.0,
         };
         let (board_tx, board_rx) = std::sync::mpsc::channel();
-        let (limit_for_monitor, cache_for_monitor) = (concurrency.clone(), cache.handle.clone());
+        let limits_for_monitor = vec![concurrency.reads.clone(), concurrency.writes.clone()];
+        let cache_for_monitor = cache.handle.clone();
         let db_thread = db_arbiter.handle();
         let memory = tree.start(&spec("memory", actors.memory), None, move |sup| {
             let monitor = MemoryMonitor::new(
                 memory_settings,
-                limit_for_monitor,
+                limits_for_monitor,
                 Some(cache_for_monitor),
                 sup,
             )
@@ -355,6 +359,24 @@ fn overload(settings: &Settings) -> LimitSettings {
     }
 }
 
+/// The edge's concurrency limits, one per lane: reads (mostly answered from memory in well
+/// under a millisecond) and writes (a database transaction each) are limited apart, because one
+/// latency baseline for both would shed the fast lane by the slow one's queue.
+#[derive(Clone)]
+pub struct EdgeLimits {
+    pub reads: ConcurrencyLimit,
+    pub writes: ConcurrencyLimit,
+}
+
+impl EdgeLimits {
+    pub fn snapshot(&self) -> [(&'static str, LimitSnapshot); 2] {
+        [
+            ("reads", self.reads.snapshot()),
+            ("writes", self.writes.snapshot()),
+        ]
+    }
+}
+
 /// The handle of every actor of the tree.
 #[derive(Clone)]
 pub struct Handles {
@@ -474,9 +496,11 @@ impl Application {
                 .default_service(web::to(routes::not_found))
                 .wrap(http::problems::fallback())
                 .wrap(from_fn(http::compress::middleware))
-                .wrap(from_fn(http::rate_limit::middleware))
                 .wrap(from_fn(http::deadline::middleware))
+                // Shed after the limit's decision, so a shed answer on a limited route still
+                // tells the client its budget (cheap: in process, or leased from Redis).
                 .wrap(from_fn(http::shed::middleware))
+                .wrap(from_fn(http::rate_limit::middleware))
                 .wrap(from_fn(http::metrics::middleware))
                 .wrap(from_fn(http::request_id::middleware))
         })

@@ -4,9 +4,7 @@ use crate::domain::listing::CursorKey;
 use crate::settings::Settings;
 use crate::storefront_cache::StoreCache;
 use ipnet::IpNet;
-use rampart_actors::{
-    BreakerBoard, ConcurrencyLimit, Db, DbGauge, DbProbe, Handle, MemoryBoard, RateLimits, Tree,
-};
+use rampart_actors::{BreakerBoard, Db, DbGauge, DbProbe, Handle, MemoryBoard, RateLimits, Tree};
 use std::sync::Arc;
 
 pub struct AppState {
@@ -17,7 +15,7 @@ pub struct AppState {
     pub breakers: BreakerBoard,
     /// `None`: `rate_limit.enabled` is off.
     pub limits: Option<RateLimits>,
-    pub concurrency: ConcurrencyLimit,
+    pub concurrency: crate::startup::EdgeLimits,
     pub memory: MemoryBoard,
     pub trusted_proxies: Vec<IpNet>,
     pub tree: Arc<Tree>,

@@ -1,11 +1,15 @@
-//! An adaptive concurrency limit, in the manner of Netflix's concurrency-limits `Gradient2`.
+//! An adaptive concurrency limit, in the manner of TCP Vegas as Netflix's concurrency-limits
+//! applies it to services.
 //!
 //! Work is admitted while fewer than the limit are in flight. Every finished piece of work
-//! reports how long it took; the limit follows the gradient between the long-term latency (an
-//! exponential average) and the latest one: when latency rises above `tolerance` times its
-//! long-term value, queues are forming and the limit shrinks (at most by half per sample); while
-//! it stays flat the limit grows by about its square root, probing for room. With `adaptive`
-//! off, the limit stays at `initial` (the fixed fallback).
+//! reports how long it took. The lowest latency seen (the no-load latency, let drift upwards
+//! slowly so it follows a changing baseline) tells how much of the latest one was spent queueing:
+//! `queue = limit × (1 − min_rtt / rtt)`. A queue under `alpha` (3 × log10 limit) lets the limit
+//! grow by log10 of itself, one over `beta` (6 × log10 limit) shrinks it by as much: the limit
+//! settles where the work in flight is what the dependency serves at its no-load latency plus a
+//! small queue, and everything beyond is refused at once instead of waiting. A limit far above
+//! the work in flight does not grow (nothing says it would be served). With `adaptive` off the
+//! limit stays at `initial` (the fixed fallback).
 //!
 //! Criticality decides the order of shedding: [`Criticality::Sheddable`] work is refused first,
 //! once three quarters of the limit are in flight; [`Criticality::Important`] work (a checkout)
@@ -24,10 +28,6 @@ pub struct LimitSettings {
     pub initial: usize,
     pub min: usize,
     pub max: usize,
-    /// How far latency may rise over its long-term value before the limit shrinks.
-    pub tolerance: f64,
-    /// How much of each new estimate is taken (0.0-1.0).
-    pub smoothing: f64,
 }
 
 impl Default for LimitSettings {
@@ -37,8 +37,6 @@ impl Default for LimitSettings {
             initial: 256,
             min: 16,
             max: 4096,
-            tolerance: 2.0,
-            smoothing: 0.2,
         }
     }
 }
@@ -57,7 +55,7 @@ pub enum Criticality {
 #[derive(Debug)]
 struct Estimate {
     limit: f64,
-    long_rtt: Option<f64>,
+    min_rtt: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -106,7 +104,7 @@ impl ConcurrencyLimit {
                 settings,
                 estimate: Mutex::new(Estimate {
                     limit: initial as f64,
-                    long_rtt: None,
+                    min_rtt: None,
                 }),
                 limit: AtomicUsize::new(initial),
                 inflight: AtomicUsize::new(0),
@@ -174,24 +172,20 @@ impl ConcurrencyLimit {
         }
         let Ok(mut e) = s.estimate.lock() else { return };
         let rtt = rtt.as_secs_f64().max(1e-6);
-        let long = *e.long_rtt.get_or_insert(rtt);
-        // The long-term latency follows slowly; after a burst it decays back quickly.
-        let long = if long > rtt * 2.0 {
-            long * 0.9 + rtt * 0.1
+        // The baseline drifts up by 0.1% a sample, so it follows a slower dependency in seconds.
+        let min_rtt = e.min_rtt.map_or(rtt, |m| (m * 1.001).min(rtt));
+        e.min_rtt = Some(min_rtt);
+        let limit = e.limit;
+        let step = limit.log10().max(1.0);
+        let queue = limit * (1.0 - min_rtt / rtt);
+        let next = if queue > 6.0 * step {
+            limit - step
+        } else if queue < 3.0 * step && inflight as f64 * 2.0 >= limit {
+            limit + step
         } else {
-            long * 0.99 + rtt * 0.01
-        };
-        e.long_rtt = Some(long);
-        // A limit far above what is used says nothing about latency at that limit.
-        if (inflight as f64) < e.limit / 2.0 {
             return;
-        }
-        let gradient = (s.settings.tolerance * long / rtt).clamp(0.5, 1.0);
-        let queue = e.limit.sqrt();
-        let proposed = e.limit * gradient + queue;
-        let smoothing = s.settings.smoothing.clamp(0.0, 1.0);
-        let next = (e.limit * (1.0 - smoothing) + proposed * smoothing)
-            .clamp(s.settings.min.max(1) as f64, s.settings.max.max(1) as f64);
+        };
+        let next = next.clamp(s.settings.min.max(1) as f64, s.settings.max.max(1) as f64);
         e.limit = next;
         s.limit.store(next as usize, Relaxed);
     }
@@ -261,25 +255,31 @@ mod tests {
     }
 
     #[test]
-    fn the_limit_shrinks_when_latency_climbs_and_grows_back_when_it_falls() {
+    fn the_limit_shrinks_while_work_queues_and_grows_back_when_it_does_not() {
         let l = limit(100);
         let fast = Duration::from_millis(2);
         for _ in 0..50 {
-            l.sample(fast, 100);
+            l.sample(fast, l.limit());
         }
         let grown = l.limit();
-        assert!(grown > 100, "flat latency probes upwards: {grown}");
-        for _ in 0..30 {
-            l.sample(Duration::from_millis(50), grown);
+        assert!(grown > 100, "no queueing probes upwards: {grown}");
+        for _ in 0..100 {
+            l.sample(Duration::from_millis(20), l.limit());
         }
         let shrunk = l.limit();
         assert!(
             shrunk < grown / 2,
             "queueing shrinks it: {grown} -> {shrunk}"
         );
-        for _ in 0..200 {
+        for _ in 0..50 {
             l.sample(fast, l.limit());
         }
         assert!(l.limit() > shrunk, "{} after recovery", l.limit());
+        // Far above the work in flight, it does not grow.
+        let idle = l.limit();
+        for _ in 0..50 {
+            l.sample(fast, 1);
+        }
+        assert_eq!(l.limit(), idle);
     }
 }

@@ -18,7 +18,7 @@
 //! - With Redis: one atomic Lua script per decision, on Redis's clock (instances' clocks may
 //!   differ), so the limits hold across every instance together. A decision may grant up to a
 //!   lease of requests ahead ([`lease_size`]: a hundredth of the limit, 1 to 64), spent by this
-//!   instance without asking Redis again for as long as they stand for (at most a second), so a
+//!   instance without asking Redis again within a second (what is left then is dropped), so a
 //!   busy key costs one round trip per lease, not per request. Leased requests are counted in
 //!   Redis when granted, so nothing is admitted uncounted; what a lease can do is move a few
 //!   requests later in time: over any window the instances together admit at most the limit
@@ -74,6 +74,9 @@ struct Class {
     lease: u32,
     counts: ClassCounts,
 }
+
+/// How long leased requests may wait to be spent.
+const LEASE_VALID: Duration = Duration::from_secs(1);
 
 /// The requests one Redis decision may grant ahead: a hundredth of the limit, 1 to 64.
 pub fn lease_size(limit: u32) -> u32 {
@@ -325,10 +328,9 @@ impl RateLimits {
         };
         let granted = u32::try_from(granted).unwrap_or(0);
         if granted > 1 {
-            // The rest is spent here within the time it stands for (at most a second): an
-            // instance can run ahead of Redis by no more than one lease per key.
-            let valid =
-                Duration::from_micros(interval * u64::from(granted)).min(Duration::from_secs(1));
+            // The rest is spent here within a second at most (then dropped): each was counted in
+            // Redis when granted, so an instance runs ahead of Redis by at most this one lease.
+            let valid = LEASE_VALID.min(c.spec.period);
             c.leases.insert(lease_key, (granted - 1, now + valid));
         }
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));

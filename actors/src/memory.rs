@@ -136,7 +136,7 @@ struct Lag {
 
 pub struct MemoryMonitor {
     settings: MemorySettings,
-    limit: ConcurrencyLimit,
+    limits: Vec<ConcurrencyLimit>,
     cache: Option<Handle<Cache>>,
     board: MemoryBoard,
     lags: Vec<Lag>,
@@ -153,13 +153,13 @@ pub struct MemoryMonitor {
 impl MemoryMonitor {
     pub fn new(
         settings: MemorySettings,
-        limit: ConcurrencyLimit,
+        limits: Vec<ConcurrencyLimit>,
         cache: Option<Handle<Cache>>,
         supervision: Supervision,
     ) -> Self {
         Self {
             settings,
-            limit,
+            limits,
             cache,
             board: MemoryBoard {
                 latest: Arc::new(Mutex::new(None)),
@@ -272,7 +272,9 @@ impl MemoryMonitor {
             "memory level changed"
         );
         self.level = next;
-        self.limit.set_pressure(next == MemoryLevel::Critical);
+        for limit in &self.limits {
+            limit.set_pressure(next == MemoryLevel::Critical);
+        }
         if next == MemoryLevel::Critical {
             if let Some(cache) = self.cache.clone() {
                 let keep = self.settings.shrink_to;

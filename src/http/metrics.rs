@@ -409,34 +409,30 @@ impl Metrics {
                 &mut std::iter::once((String::new(), limiter.fallbacks.to_string())),
             );
         }
-        let o = guardians.overload;
-        for (name, kind, help, value) in [
-            (
-                "overload_limit",
-                "gauge",
-                "The edge's concurrency limit now",
-                o.limit as f64,
-            ),
-            (
-                "overload_inflight",
-                "gauge",
-                "Requests holding a place under the limit",
-                o.inflight as f64,
-            ),
-            (
-                "overload_shed_total",
-                "counter",
-                "Requests shed at the edge",
-                o.shed as f64,
-            ),
-        ] {
-            family(
-                name,
-                kind,
-                help,
-                &mut std::iter::once((String::new(), value.to_string())),
-            );
-        }
+        let lanes = guardians.overload;
+        let by_lane = |f: fn(&LimitSnapshot) -> u64| {
+            lanes
+                .iter()
+                .map(move |(lane, o)| (format!("{{lane=\"{lane}\"}}"), f(o).to_string()))
+        };
+        family(
+            "overload_limit",
+            "gauge",
+            "The edge's concurrency limit now, by lane",
+            &mut by_lane(|o| o.limit as u64),
+        );
+        family(
+            "overload_inflight",
+            "gauge",
+            "Requests holding a place under the limit, by lane",
+            &mut by_lane(|o| o.inflight as u64),
+        );
+        family(
+            "overload_shed_total",
+            "counter",
+            "Requests shed at the edge, by lane",
+            &mut by_lane(|o| o.shed),
+        );
         if let Some(m) = guardians.memory {
             let level = match m.level {
                 MemoryLevel::Normal => 0,
@@ -503,7 +499,7 @@ pub struct Guardians<'a> {
     pub circuits: &'a [CircuitSnapshot],
     pub limiter: Option<&'a LimiterSnapshot>,
     pub memory: Option<&'a MemorySnapshot>,
-    pub overload: &'a LimitSnapshot,
+    pub overload: &'a [(&'static str, LimitSnapshot)],
 }
 
 /// The route pattern a resource serves, attached to it as app data for the metrics' labels.

@@ -1,5 +1,5 @@
-//! Overload shedding at the edge: every request asks the [`ConcurrencyLimit`] for a place by its
-//! criticality. Ops endpoints (health, metrics, ops, the API description) are never shed; a
+//! Overload shedding at the edge: every request asks its lane's [`rampart_actors::ConcurrencyLimit`] (reads or
+//! writes, see [`crate::startup::EdgeLimits`]) for a place by its criticality. Ops endpoints (health, metrics, ops, the API description) are never shed; a
 //! checkout is shed only at the full limit, after browsing and merchant traffic; under memory
 //! pressure everything but ops is. A shed request is answered 503 with `Retry-After` at once,
 //! before any other work (two atomic operations and the problem body).
@@ -37,10 +37,14 @@ pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let Some(limit) = req
-        .app_data::<web::Data<AppState>>()
-        .map(|s| s.concurrency.clone())
-    else {
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let Some(limit) = req.app_data::<web::Data<AppState>>().map(|s| {
+        if read {
+            s.concurrency.reads.clone()
+        } else {
+            s.concurrency.writes.clone()
+        }
+    }) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let Some(permit) = limit.try_acquire(criticality(&req)) else {

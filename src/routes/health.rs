@@ -89,11 +89,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             json!({"status": "up", "mode": l.mode, "fallbacks": l.fallbacks}),
         );
     }
-    let overload = state.concurrency.snapshot();
-    checks.insert(
-        "overload".into(),
-        json!({"status": "up", "limit": overload.limit, "inflight": overload.inflight, "shed": overload.shed}),
-    );
+    for (lane, o) in state.concurrency.snapshot() {
+        checks.insert(
+            format!("overload.{lane}"),
+            json!({"status": "up", "limit": o.limit, "inflight": o.inflight, "shed": o.shed}),
+        );
+    }
     for actor in state.tree.snapshot() {
         let failed = actor.state == ActorState::Failed || actor.state == ActorState::Stopped;
         unready |= failed;

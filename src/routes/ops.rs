@@ -33,9 +33,9 @@ pub struct OpsStats {
     pub breaker_changes: Vec<Change>,
     #[schema(value_type = Option<Object>)]
     pub memory: Option<MemorySnapshot>,
-    /// The edge's concurrency limit and what it shed.
+    /// The edge's concurrency limits (reads, writes) and what they shed.
     #[schema(value_type = Object)]
-    pub overload: LimitSnapshot,
+    pub overload: std::collections::BTreeMap<&'static str, LimitSnapshot>,
     #[schema(value_type = Object)]
     pub pool: PoolSnapshot,
     pub requests: RequestCounts,
@@ -59,7 +59,7 @@ pub async fn stats(
         breakers: state.breakers.snapshot(),
         breaker_changes: state.breakers.history(),
         memory: state.memory.snapshot(),
-        overload: state.concurrency.snapshot(),
+        overload: state.concurrency.snapshot().into_iter().collect(),
         pool: state.gauge.snapshot(),
         requests: metrics.counts(),
         rss_bytes: resident_memory(),

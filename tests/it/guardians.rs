@@ -251,6 +251,7 @@ async fn postgresql_down_opens_its_circuit_and_503s_carry_the_time_left_until_it
 async fn memory_forced_critical_sheds_all_but_ops_and_shrinks_the_cache_until_it_lifts() {
     let app = TestApp::builder()
         .configure(|s| {
+            s.rate_limit.enabled = true;
             s.memory.soft_limit_mb = 4096;
             s.memory.hard_limit_mb = 8192;
             s.memory.cache_keep_percent = 0;
@@ -272,6 +273,10 @@ async fn memory_forced_critical_sheds_all_but_ops_and_shrinks_the_cache_until_it
     let shed = app.get(&path).await;
     assert_eq!(shed.problem(503)["type"], "/problems/overloaded");
     assert_eq!(shed.header("retry-after"), Some("1"));
+    assert!(
+        shed.header("ratelimit-remaining").is_some(),
+        "a limited route's 503 tells its budget"
+    );
     let checkout = app
         .checkout(
             &m.id,
@@ -299,7 +304,14 @@ async fn memory_forced_critical_sheds_all_but_ops_and_shrinks_the_cache_until_it
     assert_eq!(app.get(&path).await.status, 200);
     assert_eq!(app.get("/health/ready").await.json()["status"], "ready");
     let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
-    assert!(metrics.contains("overload_shed_total 2"), "{metrics}");
+    assert!(
+        metrics.contains(r#"overload_shed_total{lane="reads"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"overload_shed_total{lane="writes"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[actix_rt::test]
