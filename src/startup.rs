@@ -347,7 +347,6 @@ fn overload(settings: &Settings) -> LimitSettings {
             initial: usize::MAX / 2,
             min: usize::MAX / 2,
             max: usize::MAX / 2,
-            ..LimitSettings::default()
         };
     }
     LimitSettings {
@@ -355,7 +354,6 @@ fn overload(settings: &Settings) -> LimitSettings {
         initial: o.initial_limit,
         min: o.min_limit,
         max: o.max_limit,
-        ..LimitSettings::default()
     }
 }
 
