@@ -192,7 +192,10 @@ impl Backend {
         });
 
         let concurrency = EdgeLimits {
-            reads: ConcurrencyLimit::new(overload(settings)),
+            reads: ConcurrencyLimit::new(LimitSettings {
+                adaptive: false,
+                ..overload(settings)
+            }),
             writes: ConcurrencyLimit::new(overload(settings)),
         };
         let m = &settings.memory;
@@ -357,9 +360,11 @@ fn overload(settings: &Settings) -> LimitSettings {
     }
 }
 
-/// The edge's concurrency limits, one per lane: reads (mostly answered from memory in well
-/// under a millisecond) and writes (a database transaction each) are limited apart, because one
-/// latency baseline for both would shed the fast lane by the slow one's queue.
+/// The edge's concurrency limits, one per lane, because one latency baseline for both would shed
+/// the fast lane by the slow one's queue. Writes (a database transaction each) adapt to their
+/// latency. Reads are mostly answered from memory: their latency measures the CPU, which shedding
+/// them would not free, so their limit stays at `overload.initial_limit` (a read that misses the
+/// cache meets the `Db` actor's bounded queue, which refuses at once when full).
 #[derive(Clone)]
 pub struct EdgeLimits {
     pub reads: ConcurrencyLimit,

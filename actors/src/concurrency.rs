@@ -1,15 +1,17 @@
-//! An adaptive concurrency limit, in the manner of TCP Vegas as Netflix's concurrency-limits
-//! applies it to services.
+//! An adaptive concurrency limit: additive increase, multiplicative decrease on a latency
+//! objective, judged over windows of samples (in the manner of Netflix's concurrency-limits
+//! `Gradient2` behind its windowed sampler).
 //!
 //! Work is admitted while fewer than the limit are in flight. Every finished piece of work
-//! reports how long it took. The lowest latency seen (the no-load latency, let drift upwards
-//! slowly so it follows a changing baseline) tells how much of the latest one was spent queueing:
-//! `queue = limit × (1 − min_rtt / rtt)`. A queue under `alpha` (3 × log10 limit) lets the limit
-//! grow by log10 of itself, one over `beta` (6 × log10 limit) shrinks it by as much: the limit
-//! settles where the work in flight is what the dependency serves at its no-load latency plus a
-//! small queue, and everything beyond is refused at once instead of waiting. A limit far above
-//! the work in flight does not grow (nothing says it would be served). With `adaptive` off the
-//! limit stays at `initial` (the fixed fallback).
+//! reports how long it took; every [`WINDOW`] samples the window's mean latency is compared with
+//! the long-term baseline (an exponential average of the windows' means). A window slower than
+//! `TOLERANCE` times the baseline means queues are forming behind the limit: it shrinks by a
+//! tenth. Otherwise, if the window kept at least half the limit busy, the limit grows by its
+//! square root, probing for room; a limit far above the work in flight does not grow. The
+//! baseline follows every window slowly, so a dependency that becomes slower for good becomes
+//! the new normal within a minute or so. Judging windows rather than single samples keeps the
+//! variance of a database commit (an fsync) from reading as a queue. With `adaptive` off the limit
+//! stays at `initial` (the fixed fallback).
 //!
 //! Criticality decides the order of shedding: [`Criticality::Sheddable`] work is refused first,
 //! once three quarters of the limit are in flight; [`Criticality::Important`] work (a checkout)
@@ -52,10 +54,18 @@ pub enum Criticality {
     Sheddable,
 }
 
+/// Samples judged together.
+pub const WINDOW: u32 = 32;
+/// A window this much slower than the baseline shrinks the limit.
+pub const TOLERANCE: f64 = 2.0;
+
 #[derive(Debug)]
 struct Estimate {
     limit: f64,
-    min_rtt: Option<f64>,
+    baseline: Option<f64>,
+    sum: f64,
+    samples: u32,
+    busiest: usize,
 }
 
 #[derive(Debug)]
@@ -104,7 +114,10 @@ impl ConcurrencyLimit {
                 settings,
                 estimate: Mutex::new(Estimate {
                     limit: initial as f64,
-                    min_rtt: None,
+                    baseline: None,
+                    sum: 0.0,
+                    samples: 0,
+                    busiest: 0,
                 }),
                 limit: AtomicUsize::new(initial),
                 inflight: AtomicUsize::new(0),
@@ -164,24 +177,32 @@ impl ConcurrencyLimit {
         }
     }
 
-    /// Feeds one latency sample, with `inflight` pieces of work running when it ended.
+    /// Feeds one latency sample, with `inflight` pieces of work running when it ended. A sample
+    /// that finds another being recorded is skipped: the window only needs most of them.
     pub fn sample(&self, rtt: Duration, inflight: usize) {
         let s = &self.shared;
         if !s.settings.adaptive {
             return;
         }
-        let Ok(mut e) = s.estimate.lock() else { return };
-        let rtt = rtt.as_secs_f64().max(1e-6);
-        // The baseline drifts up by 0.1% a sample, so it follows a slower dependency in seconds.
-        let min_rtt = e.min_rtt.map_or(rtt, |m| (m * 1.001).min(rtt));
-        e.min_rtt = Some(min_rtt);
+        let Ok(mut e) = s.estimate.try_lock() else {
+            return;
+        };
+        e.sum += rtt.as_secs_f64();
+        e.samples += 1;
+        e.busiest = e.busiest.max(inflight + 1);
+        if e.samples < WINDOW {
+            return;
+        }
+        let mean = e.sum / f64::from(e.samples);
+        let busiest = e.busiest as f64;
+        (e.sum, e.samples, e.busiest) = (0.0, 0, 0);
+        let baseline = *e.baseline.get_or_insert(mean);
+        e.baseline = Some(baseline * 0.98 + mean * 0.02);
         let limit = e.limit;
-        let step = limit.log10().max(1.0);
-        let queue = limit * (1.0 - min_rtt / rtt);
-        let next = if queue > 6.0 * step {
-            limit - step
-        } else if queue < 3.0 * step && inflight as f64 * 2.0 >= limit {
-            limit + step
+        let next = if mean > TOLERANCE * baseline {
+            limit * 0.9
+        } else if busiest * 2.0 >= limit {
+            limit + limit.sqrt()
         } else {
             return;
         };
@@ -254,32 +275,45 @@ mod tests {
         assert!(l.try_acquire(Criticality::Sheddable).is_some());
     }
 
+    fn windows(l: &ConcurrencyLimit, n: u32, rtt: Duration) {
+        for _ in 0..n * WINDOW {
+            l.sample(rtt, l.limit());
+        }
+    }
+
     #[test]
     fn the_limit_shrinks_while_work_queues_and_grows_back_when_it_does_not() {
         let l = limit(100);
-        let fast = Duration::from_millis(2);
-        for _ in 0..50 {
-            l.sample(fast, l.limit());
-        }
+        let normal = Duration::from_millis(10);
+        windows(&l, 5, normal);
         let grown = l.limit();
         assert!(grown > 100, "no queueing probes upwards: {grown}");
-        for _ in 0..100 {
-            l.sample(Duration::from_millis(20), l.limit());
-        }
+        windows(&l, 8, Duration::from_millis(40));
         let shrunk = l.limit();
         assert!(
             shrunk < grown / 2,
             "queueing shrinks it: {grown} -> {shrunk}"
         );
-        for _ in 0..50 {
-            l.sample(fast, l.limit());
-        }
+        windows(&l, 5, normal);
         assert!(l.limit() > shrunk, "{} after recovery", l.limit());
         // Far above the work in flight, it does not grow.
         let idle = l.limit();
-        for _ in 0..50 {
-            l.sample(fast, 1);
+        for _ in 0..5 * WINDOW {
+            l.sample(normal, 1);
         }
         assert_eq!(l.limit(), idle);
+    }
+
+    #[test]
+    fn single_slow_samples_within_a_window_do_not_shrink_it() {
+        let l = limit(100);
+        windows(&l, 3, Duration::from_millis(10));
+        let before = l.limit();
+        // One commit in eight waits for an fsync ten times as long: the window's mean holds.
+        for i in 0..4 * WINDOW {
+            let rtt = if i % 8 == 0 { 100 } else { 8 };
+            l.sample(Duration::from_millis(rtt), l.limit());
+        }
+        assert!(l.limit() >= before, "{before} -> {}", l.limit());
     }
 }

@@ -30,11 +30,10 @@ use crate::gcra::{Decision, Gcra};
 use crate::redis_link::RedisLink;
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
-use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache as Table;
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,12 +66,19 @@ struct ClassCounts {
 struct Class {
     spec: LimitClass,
     gcra: Gcra,
-    table: Table<Arc<str>, u64>,
-    /// With Redis: requests granted by Redis ahead, per key (left, valid until), spent here.
-    leases: Table<Arc<str>, (u32, Instant)>,
+    table: Table<Arc<str>, Arc<AtomicU64>>,
+    /// With Redis: requests granted by Redis ahead, per key, spent here.
+    leases: Table<Arc<str>, Arc<Lease>>,
     /// How many requests one Redis decision may grant ahead (see the module's header).
     lease: u32,
     counts: ClassCounts,
+}
+
+/// Requests Redis granted ahead to this instance for one key.
+#[derive(Debug)]
+struct Lease {
+    left: AtomicU32,
+    until: Instant,
 }
 
 /// How long leased requests may wait to be spent.
@@ -228,20 +234,30 @@ impl RateLimits {
 
     fn check_local_at(&self, c: &Class, key: &str, now: Instant) -> Verdict {
         let now = now.saturating_duration_since(self.inner.origin).as_nanos() as u64;
-        let mut decision = None;
-        c.table.entry(Arc::from(key)).and_compute_with(|entry| {
-            let d = c.gcra.check(entry.map(|e| e.into_value()), now);
-            decision = Some(d);
-            match d {
-                Decision::Allow { tat, .. } => Op::Put(tat),
-                Decision::Deny { .. } => Op::Nop,
+        // A key's TAT is an atomic (0: never seen, which GCRA reads as "now"): a decision is a
+        // lock-free read of the table and a compare-and-swap, allocating only for a new key.
+        let tat = match c.table.get(key) {
+            Some(tat) => tat,
+            None => c
+                .table
+                .get_with(Arc::from(key), || Arc::new(AtomicU64::new(0))),
+        };
+        let decision = loop {
+            let seen = tat.load(Relaxed);
+            match c.gcra.check(Some(seen), now) {
+                allow @ Decision::Allow { tat: next, .. } => {
+                    if tat
+                        .compare_exchange_weak(seen, next, Relaxed, Relaxed)
+                        .is_ok()
+                    {
+                        break allow;
+                    }
+                }
+                deny => break deny,
             }
-        });
+        };
         let limit = c.gcra.limit();
-        match decision.unwrap_or(Decision::Deny {
-            retry_after: Duration::from_secs(1),
-            reset_after: Duration::from_secs(1),
-        }) {
+        match decision {
             Decision::Allow {
                 remaining,
                 reset_after,
@@ -266,25 +282,18 @@ impl RateLimits {
         }
     }
 
-    /// A request spends a token leased earlier, if one is left and still valid: how many are
-    /// left after it.
-    fn spend_lease(c: &Class, key: &Arc<str>, now: Instant) -> Option<u32> {
-        let mut spent = None;
-        c.leases
-            .entry(Arc::clone(key))
-            .and_compute_with(|entry| match entry {
-                Some(e) => {
-                    let (left, until) = e.into_value();
-                    if left > 0 && now < until {
-                        spent = Some(left - 1);
-                        Op::Put((left - 1, until))
-                    } else {
-                        Op::Remove
-                    }
-                }
-                None => Op::Nop,
-            });
-        spent
+    /// A request spends a request leased earlier, if one is left and still valid: how many are
+    /// left after it. A read and an atomic decrement: no lock, no allocation.
+    fn spend_lease(c: &Class, key: &str, now: Instant) -> Option<u32> {
+        let lease = c.leases.get(key)?;
+        if now >= lease.until {
+            return None;
+        }
+        lease
+            .left
+            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(1))
+            .ok()
+            .map(|before| before - 1)
     }
 
     async fn check_shared(
@@ -295,9 +304,8 @@ impl RateLimits {
         key: &str,
     ) -> Option<Verdict> {
         let limit = c.spec.limit.max(1);
-        let lease_key: Arc<str> = Arc::from(key);
         let now = Instant::now();
-        if let Some(left) = Self::spend_lease(c, &lease_key, now) {
+        if let Some(left) = Self::spend_lease(c, key, now) {
             return Some(Verdict {
                 allowed: true,
                 limit,
@@ -330,8 +338,11 @@ impl RateLimits {
         if granted > 1 {
             // The rest is spent here within a second at most (then dropped): each was counted in
             // Redis when granted, so an instance runs ahead of Redis by at most this one lease.
-            let valid = LEASE_VALID.min(c.spec.period);
-            c.leases.insert(lease_key, (granted - 1, now + valid));
+            let lease = Lease {
+                left: AtomicU32::new(granted - 1),
+                until: now + LEASE_VALID.min(c.spec.period),
+            };
+            c.leases.insert(Arc::from(key), Arc::new(lease));
         }
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         Some(Verdict {
