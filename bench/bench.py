@@ -461,12 +461,13 @@ class Suite:
         return subprocess.Popen(["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", "299", "-o", str(data),
                                  "--", "sleep", str(max(5, d - 4))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def finish_profile(self, profiler):
+    def finish_profile(self, profiler, pid=None):
         profiler.wait()
         data = str(self.out / "perf.data")
         by_process = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "comm", "--percent-limit", "1"]).stdout
         (self.out / "profile-by-process.txt").write_text(by_process)
-        hot = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--comm", "rampart",
+        # The service's threads are named by actix (`actix-rt|system...`): select it by pid.
+        hot = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--pid", str(pid or self.service.pid),
                    "--sort", "dso,sym", "--percent-limit", "0.7", "-g", "none"]).stdout
         (self.out / "profile-rampart.txt").write_text(hot)
         shares = {}
@@ -603,11 +604,16 @@ class Suite:
         runs = {"guarded": [], "unguarded": []}
         for proc in (guarded, bare):
             self.warm(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot])
+        profile = None
         for turn in range(2):
             for name, proc in (("unguarded", bare), ("guarded", guarded)):
+                # With PROFILE=1 the guarded instance's last turn is profiled.
+                profiler = self.start_profile(d) if os.environ.get("PROFILE") and turn == 1 and name == "guarded" else None
                 runs[name].append(self.measure(f"product, guardians {'on' if name == 'guarded' else 'off'} (turn {turn + 1})",
                                                lambda: wrk(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot], d),
                                                proc.pid))
+                if profiler:
+                    profile = self.finish_profile(profiler, proc.pid)
         text = urllib.request.urlopen(f"http://127.0.0.1:{guarded.port}/metrics", timeout=5).read().decode()
         decisions = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("rate_limit_decisions_total{"))
         mean = lambda rs: sum(r["rps"] for r in rs) / len(rs)
@@ -615,7 +621,7 @@ class Suite:
         log(f"guardians on / off: {ratio} ({decisions:.0f} limit decisions on the guarded instance)")
         for proc in (guarded, bare):
             proc.stop()
-        return {"runs": runs, "ratio_on_to_off": ratio, "limit_decisions": decisions}
+        return {"runs": runs, "ratio_on_to_off": ratio, "limit_decisions": decisions, "profile": profile}
 
     def overload(self, d):
         """Checkouts (database-bound) offered at 1x, 2x, 5x and 10x the measured capacity, then

@@ -4,13 +4,13 @@
 //!
 //! Work is admitted while fewer than the limit are in flight. Every finished piece of work
 //! reports how long it took; every [`WINDOW`] samples the window's mean latency is compared with
-//! the long-term baseline (an exponential average of the windows' means). A window slower than
+//! the baseline: the lowest window mean seen, let drift upwards slowly. A window slower than
 //! `TOLERANCE` times the baseline means queues are forming behind the limit: it shrinks by a
 //! tenth. Otherwise, if the window kept at least half the limit busy, the limit grows by its
-//! square root, probing for room; a limit far above the work in flight does not grow. The
-//! baseline follows every window slowly, so a dependency that becomes slower for good becomes
-//! the new normal within a minute or so. Judging windows rather than single samples keeps the
-//! variance of a database commit (an fsync) from reading as a queue. With `adaptive` off the limit
+//! square root, probing for room; a limit far above the work in flight does not grow. So the
+//! work in flight settles near what the dependency serves within twice its unloaded latency, and
+//! what comes beyond is refused at once instead of queueing. Judging windows rather than single
+//! samples keeps the variance of a database commit (an fsync) from reading as a queue. With `adaptive` off the limit
 //! stays at `initial` (the fixed fallback).
 //!
 //! Criticality decides the order of shedding: [`Criticality::Sheddable`] work is refused first,
@@ -196,8 +196,11 @@ impl ConcurrencyLimit {
         let mean = e.sum / f64::from(e.samples);
         let busiest = e.busiest as f64;
         (e.sum, e.samples, e.busiest) = (0.0, 0, 0);
-        let baseline = *e.baseline.get_or_insert(mean);
-        e.baseline = Some(baseline * 0.98 + mean * 0.02);
+        // The baseline is the lowest window mean, let drift up by 0.02% a window: a queue
+        // cannot drag it along (a moving average would follow the queue it should reveal), and
+        // a dependency slower for good becomes the new normal within minutes.
+        let baseline = e.baseline.map_or(mean, |b| (b * 1.0002).min(mean));
+        e.baseline = Some(baseline);
         let limit = e.limit;
         let next = if mean > TOLERANCE * baseline {
             limit * 0.9
