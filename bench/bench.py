@@ -128,6 +128,16 @@ class Redis:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def commands(self):
+        """Calls per command since start (INFO commandstats)."""
+        out = run(["redis-cli", "-p", str(self.port), "INFO", "commandstats"]).stdout
+        calls = {}
+        for line in out.splitlines():
+            if line.startswith("cmdstat_") and "calls=" in line:
+                name, rest = line[len("cmdstat_"):].split(":", 1)
+                calls[name] = int(rest.split("calls=")[1].split(",")[0])
+        return calls
+
 
 class Process:
     """A server binary of ours, started with an environment and stopped with SIGTERM."""
@@ -605,6 +615,7 @@ class Suite:
         for proc in (guarded, bare):
             self.warm(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot])
         profile = None
+        calls_before = self.redis.commands()
         for turn in range(2):
             for name, proc in (("unguarded", bare), ("guarded", guarded)):
                 # With PROFILE=1 the guarded instance's last turn is profiled.
@@ -614,6 +625,9 @@ class Suite:
                                                proc.pid))
                 if profiler:
                     profile = self.finish_profile(profiler, proc.pid)
+        calls_after = self.redis.commands()
+        redis_calls = {k: v - calls_before.get(k, 0) for k, v in calls_after.items() if v != calls_before.get(k, 0)}
+        log(f"Redis commands during the product runs: {redis_calls}")
         text = urllib.request.urlopen(f"http://127.0.0.1:{guarded.port}/metrics", timeout=5).read().decode()
         decisions = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("rate_limit_decisions_total{"))
         mean = lambda rs: sum(r["rps"] for r in rs) / len(rs)
@@ -621,7 +635,8 @@ class Suite:
         log(f"guardians on / off: {ratio} ({decisions:.0f} limit decisions on the guarded instance)")
         for proc in (guarded, bare):
             proc.stop()
-        return {"runs": runs, "ratio_on_to_off": ratio, "limit_decisions": decisions, "profile": profile}
+        return {"runs": runs, "ratio_on_to_off": ratio, "limit_decisions": decisions, "redis_calls": redis_calls,
+                "profile": profile}
 
     def overload(self, d):
         """Checkouts (database-bound) offered at 1x, 2x, 5x and 10x the measured capacity, then

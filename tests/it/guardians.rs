@@ -469,3 +469,48 @@ async fn slow_requests_and_slow_queries_are_logged_with_their_request_id() {
     drop(other);
     let _ = std::fs::remove_file(&log);
 }
+
+#[actix_rt::test]
+async fn a_busy_key_costs_one_redis_round_trip_per_lease_not_per_request() {
+    use rampart_actors::{BreakerSettings, Circuit, LimitClass, RateLimits, RedisLink};
+    let redis = TestRedis::start();
+    let circuit = Circuit::new("redis", BreakerSettings::default(), None);
+    let link = RedisLink::new(&redis.url(), Duration::from_millis(500), circuit).expect("link");
+    let limits = RateLimits::new(
+        vec![LimitClass {
+            name: "storefront".into(),
+            limit: 1_000_000,
+            period: Duration::from_secs(60),
+        }],
+        1000,
+        Some(link),
+    );
+    for _ in 0..640 {
+        assert!(limits.check(0, "198.51.100.1").await.allowed);
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    let calls: u64 = info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    // A lease is a hundredth of the limit, at most 64: 640 decisions are 10 round trips.
+    assert!((10..=12).contains(&calls), "{calls} script calls\n{info}");
+    assert_eq!(limits.snapshot().shared_decisions, 640);
+}
