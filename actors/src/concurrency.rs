@@ -8,8 +8,8 @@
 //! `TOLERANCE` times the baseline means queues are forming behind the limit: it shrinks by a
 //! tenth. Otherwise, if the window kept at least half the limit busy, the limit grows by its
 //! square root, probing for room; a limit far above the work in flight does not grow. So the
-//! work in flight settles near what the dependency serves within three times its unloaded latency, and
-//! what comes beyond is refused at once instead of queueing. Judging windows rather than single
+//! work in flight settles near what the dependency serves within three times its unloaded
+//! latency, and what comes beyond is refused at once instead of queueing. Judging windows rather than single
 //! samples keeps the variance of a database commit (an fsync) from reading as a queue. With `adaptive` off the limit
 //! stays at `initial` (the fixed fallback).
 //!

@@ -18,13 +18,14 @@
 //! - With Redis: one atomic Lua script per decision, on Redis's clock (instances' clocks may
 //!   differ), so the limits hold across every instance together. A decision may grant up to a
 //!   lease of requests ahead ([`lease_size`]: a hundredth of the limit, 1 to 64), spent by this
-//!   instance without asking Redis again within a second (what is left then is dropped), so a
-//!   busy key costs one round trip per lease, not per request. Leased requests are counted in
-//!   Redis when granted, so nothing is admitted uncounted; what a lease can do is move a few
-//!   requests later in time: over any window the instances together admit at most the limit
-//!   plus one lease per instance and key (limits under 200 lease nothing: exact). Redis down,
-//!   hung or behind an open circuit: the decision is taken in process at once (never unlimited)
-//!   and counted as a fallback.
+//!   instance without asking Redis again within a second (what is left then is dropped); when
+//!   half of it is spent, one background request tops it up, so the requests of a busy key
+//!   neither wait for Redis nor all ask it at once: one round trip per lease, not per request.
+//!   Leased requests are counted in Redis when granted, so nothing is admitted uncounted; what a
+//!   lease can do is move a few requests later in time: over any window the instances together
+//!   admit at most the limit plus two leases per instance and key (limits under 200 lease
+//!   nothing: exact). Redis down, hung or behind an open circuit: the decision is taken in
+//!   process at once (never unlimited) and counted as a fallback.
 
 use crate::gcra::{Decision, Gcra};
 use crate::redis_link::RedisLink;
@@ -33,7 +34,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache as Table;
 use serde::Serialize;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,7 +79,10 @@ struct Class {
 #[derive(Debug)]
 struct Lease {
     left: AtomicU32,
-    until: Instant,
+    /// Nanoseconds from the limiter's origin.
+    until: AtomicU64,
+    /// A top-up is on its way from Redis.
+    refilling: AtomicBool,
 }
 
 /// How long leased requests may wait to be spent.
@@ -205,7 +209,7 @@ impl RateLimits {
             };
         };
         let verdict = match &self.inner.shared {
-            Some((link, script)) => match self.check_shared(link, script, c, key).await {
+            Some((link, script)) => match self.check_shared(link, script, class, c, key).await {
                 Some(v) => {
                     self.inner.counts.shared.fetch_add(1, Relaxed);
                     v
@@ -282,42 +286,23 @@ impl RateLimits {
         }
     }
 
-    /// A request spends a request leased earlier, if one is left and still valid: how many are
-    /// left after it. A read and an atomic decrement: no lock, no allocation.
-    fn spend_lease(c: &Class, key: &str, now: Instant) -> Option<u32> {
-        let lease = c.leases.get(key)?;
-        if now >= lease.until {
-            return None;
-        }
-        lease
-            .left
-            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(1))
-            .ok()
-            .map(|before| before - 1)
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.inner.origin).as_nanos() as u64
     }
 
-    async fn check_shared(
-        &self,
+    /// Asks Redis for up to `want` requests of `key` at once: granted, remaining, retry after and
+    /// reset after (microseconds).
+    async fn grant(
         link: &RedisLink,
         script: &redis::Script,
         c: &Class,
         key: &str,
-    ) -> Option<Verdict> {
+        want: u32,
+    ) -> Option<[i64; 4]> {
         let limit = c.spec.limit.max(1);
-        let now = Instant::now();
-        if let Some(left) = Self::spend_lease(c, key, now) {
-            return Some(Verdict {
-                allowed: true,
-                limit,
-                remaining: left,
-                reset_after: c.spec.period / limit,
-                retry_after: Duration::ZERO,
-            });
-        }
         let interval = (c.spec.period.as_micros() / u128::from(limit)).max(1) as u64;
         let tolerance = interval * u64::from(limit - 1);
         let redis_key = format!("rl:{}:{}", c.spec.name, key);
-        let want = c.lease;
         let script = script.clone();
         let answer: Vec<i64> = link
             .run(|mut conn| async move {
@@ -331,19 +316,83 @@ impl RateLimits {
                     .await
             })
             .await?;
-        let [granted, remaining, retry_us, reset_us] = answer[..] else {
-            return None;
-        };
-        let granted = u32::try_from(granted).unwrap_or(0);
-        if granted > 1 {
-            // The rest is spent here within a second at most (then dropped): each was counted in
-            // Redis when granted, so an instance runs ahead of Redis by at most this one lease.
-            let lease = Lease {
-                left: AtomicU32::new(granted - 1),
-                until: now + LEASE_VALID.min(c.spec.period),
-            };
-            c.leases.insert(Arc::from(key), Arc::new(lease));
+        answer[..].try_into().ok()
+    }
+
+    /// Keeps `extra` granted requests for this instance to spend within [`LEASE_VALID`].
+    fn keep(&self, c: &Class, key: &str, extra: u32, now: Instant) {
+        let until = self.nanos(now + LEASE_VALID.min(c.spec.period));
+        match c.leases.get(key) {
+            Some(lease) => {
+                lease.left.fetch_add(extra, Relaxed);
+                lease.until.store(until, Relaxed);
+            }
+            None if extra > 0 => c.leases.insert(
+                Arc::from(key),
+                Arc::new(Lease {
+                    left: AtomicU32::new(extra),
+                    until: AtomicU64::new(until),
+                    refilling: AtomicBool::new(false),
+                }),
+            ),
+            None => {}
         }
+    }
+
+    /// Tops up a lease in the background, so the requests of a busy key do not wait for Redis
+    /// when it runs out, nor all ask Redis at once.
+    fn refill(&self, class: usize, key: &str, lease: Arc<Lease>) {
+        let (this, key) = (self.clone(), key.to_owned());
+        actix_rt::spawn(async move {
+            if let (Some(c), Some((link, script))) =
+                (this.inner.classes.get(class), this.inner.shared.as_ref())
+            {
+                if let Some([granted, ..]) = Self::grant(link, script, c, &key, c.lease).await {
+                    this.keep(c, &key, u32::try_from(granted).unwrap_or(0), Instant::now());
+                }
+            }
+            lease.refilling.store(false, Relaxed);
+        });
+    }
+
+    async fn check_shared(
+        &self,
+        link: &RedisLink,
+        script: &redis::Script,
+        class: usize,
+        c: &Class,
+        key: &str,
+    ) -> Option<Verdict> {
+        let limit = c.spec.limit.max(1);
+        let now = Instant::now();
+        if let Some(lease) = c
+            .leases
+            .get(key)
+            .filter(|l| self.nanos(now) < l.until.load(Relaxed))
+        {
+            if let Ok(before) = lease
+                .left
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            {
+                let left = before - 1;
+                if left < c.lease / 2 && !lease.refilling.swap(true, Relaxed) {
+                    self.refill(class, key, Arc::clone(&lease));
+                }
+                return Some(Verdict {
+                    allowed: true,
+                    limit,
+                    remaining: left,
+                    reset_after: c.spec.period / limit,
+                    retry_after: Duration::ZERO,
+                });
+            }
+        }
+        let [granted, remaining, retry_us, reset_us] =
+            Self::grant(link, script, c, key, c.lease).await?;
+        let granted = u32::try_from(granted).unwrap_or(0);
+        // Each granted request was counted in Redis: what is not used now is kept for the next
+        // requests of this key, and dropped after a second.
+        self.keep(c, key, granted.saturating_sub(1), now);
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         Some(Verdict {
             allowed: granted > 0,
