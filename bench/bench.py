@@ -465,28 +465,31 @@ class Suite:
             r["p99_to_ceiling_p99"] = round(r["service"]["p99_ms"] / r["ceiling_static"]["p99_ms"], 3)
         return r
 
-    def start_profile(self, d):
+    def start_profile(self, d, name="perf"):
         """perf (cpu-clock sampling: no hardware counters needed) over the middle of the run."""
-        data = self.out / "perf.data"
+        data = self.out / f"{name}.data"
+        self.profile_name = name
         return subprocess.Popen(["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", "299", "-o", str(data),
                                  "--", "sleep", str(max(5, d - 4))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def finish_profile(self, profiler, pid=None):
         profiler.wait()
-        data = str(self.out / "perf.data")
+        name = getattr(self, "profile_name", "perf")
+        suffix = "" if name == "perf" else f"-{name}"
+        data = str(self.out / f"{name}.data")
         by_process = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "comm", "--percent-limit", "1"]).stdout
-        (self.out / "profile-by-process.txt").write_text(by_process)
+        (self.out / f"profile-by-process{suffix}.txt").write_text(by_process)
         # The service's threads are named by actix (`actix-rt|system...`): select it by pid.
         hot = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--pid", str(pid or self.service.pid),
-                   "--sort", "dso,sym", "--percent-limit", "0.7", "-g", "none"]).stdout
-        (self.out / "profile-rampart.txt").write_text(hot)
+                   "--sort", "dso,sym", "--percent-limit", "0.2", "-g", "none"]).stdout
+        (self.out / f"profile-rampart{suffix}.txt").write_text(hot)
         shares = {}
         for line in by_process.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0].endswith("%"):
                 shares[parts[1]] = float(parts[0].rstrip("%"))
         log(f"CPU share by process during the profiled run: {shares}")
-        return {"cpu_share_by_process_pct": shares, "files": ["profile-by-process.txt", "profile-rampart.txt"]}
+        return {"cpu_share_by_process_pct": shares, "files": [f"profile-by-process{suffix}.txt", f"profile-rampart{suffix}.txt"]}
 
     def list(self, d):
         lst = str(self.work / "list.txt")
@@ -590,10 +593,13 @@ class Suite:
                 f"{res['opening']['p99_ms']} ms; p99 on held connections (from {res['held_from_s']} s) {res['held']['p99_ms']} ms")
         return r
 
-    def extra_service(self, name, env):
-        """Another instance of the service on the same PostgreSQL and Redis, with `env` on top."""
+    def extra_service(self, name, env, without=()):
+        """Another instance of the service on the same PostgreSQL and Redis, with `env` on top
+        and the keys in `without` left out."""
         port = free_port()
         base = {**self.service.env, "RAMPART__SERVER__PORT": str(port), **env}
+        for key in without:
+            base.pop(key, None)
         proc = Process(name, [str(ROOT / "target/release/rampart"), "serve"], base, port, self.out / f"{name}.log")
         proc.start("/health/ready")
         self.started.append(proc)
@@ -607,24 +613,26 @@ class Suite:
                 "RAMPART__RATE_LIMIT__CLASSES__STOREFRONT__PERIOD_SECS": "60",
                 "RAMPART__OVERLOAD__ENABLED": "true"}
         guarded = self.extra_service("guarded", huge)
+        # The same guardians with the limits decided in process (no Redis for this instance).
+        local = self.extra_service("guarded-local", huge, without=("RAMPART__REDIS__URL",))
         bare = self.extra_service("unguarded", {"RAMPART__RATE_LIMIT__ENABLED": "false",
                                                 "RAMPART__OVERLOAD__ENABLED": "false"})
         store = f"/api/v1/stores/{self.merchant}/products/"
         hot = str(self.work / "hot.txt")
-        runs = {"guarded": [], "unguarded": []}
-        for proc in (guarded, bare):
+        runs = {"guarded": [], "guarded-local": [], "unguarded": []}
+        for proc in (guarded, local, bare):
             self.warm(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot])
         profile = None
         calls_before = self.redis.commands()
         for turn in range(2):
-            for name, proc in (("unguarded", bare), ("guarded", guarded)):
+            for name, proc in (("unguarded", bare), ("guarded", guarded), ("guarded-local", local)):
                 # With PROFILE=1 the guarded instance's last turn is profiled.
-                profiler = self.start_profile(d) if os.environ.get("PROFILE") and turn == 1 and name == "guarded" else None
-                runs[name].append(self.measure(f"product, guardians {'on' if name == 'guarded' else 'off'} (turn {turn + 1})",
+                profiler = self.start_profile(d, name) if os.environ.get("PROFILE") and turn == 1 else None
+                runs[name].append(self.measure(f"product, {name} (turn {turn + 1})",
                                                lambda: wrk(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot], d),
                                                proc.pid))
                 if profiler:
-                    profile = self.finish_profile(profiler, proc.pid)
+                    profile = {**(profile or {}), name: self.finish_profile(profiler, proc.pid)}
         calls_after = self.redis.commands()
         redis_calls = {k: v - calls_before.get(k, 0) for k, v in calls_after.items() if v != calls_before.get(k, 0)}
         log(f"Redis commands during the product runs: {redis_calls}")
@@ -632,11 +640,13 @@ class Suite:
         decisions = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("rate_limit_decisions_total{"))
         mean = lambda rs: sum(r["rps"] for r in rs) / len(rs)
         ratio = round(mean(runs["guarded"]) / mean(runs["unguarded"]), 3)
-        log(f"guardians on / off: {ratio} ({decisions:.0f} limit decisions on the guarded instance)")
-        for proc in (guarded, bare):
+        local_ratio = round(mean(runs["guarded-local"]) / mean(runs["unguarded"]), 3)
+        log(f"guardians on / off: {ratio} with limits in Redis, {local_ratio} in process "
+            f"({decisions:.0f} limit decisions on the Redis-backed instance)")
+        for proc in (guarded, local, bare):
             proc.stop()
-        return {"runs": runs, "ratio_on_to_off": ratio, "limit_decisions": decisions, "redis_calls": redis_calls,
-                "profile": profile}
+        return {"runs": runs, "ratio_on_to_off": ratio, "local_ratio_on_to_off": local_ratio,
+                "limit_decisions": decisions, "redis_calls": redis_calls, "profile": profile}
 
     def overload(self, d):
         """Checkouts (database-bound) offered at 1x, 2x, 5x and 10x the measured capacity, then
