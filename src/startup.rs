@@ -207,24 +207,21 @@ impl Backend {
             leak_bytes_per_sec: (m.leak_mb_per_min << 20) as f64 / 60.0,
             shrink_to: f64::from(m.cache_keep_percent) / 100.0,
         };
-        let (board_tx, board_rx) = std::sync::mpsc::channel();
+        let memory_board = MemoryBoard::new();
+        let board_for_monitor = memory_board.clone();
         let limits_for_monitor = vec![concurrency.reads.clone(), concurrency.writes.clone()];
-        let cache_for_monitor = cache.handle.clone();
+        let cache_for_monitor = Some(cache.handle.clone());
         let db_thread = db_arbiter.handle();
         let memory = tree.start(&spec("memory", actors.memory), None, move |sup| {
-            let monitor = MemoryMonitor::new(
+            MemoryMonitor::new(
                 memory_settings,
+                board_for_monitor,
                 limits_for_monitor,
-                Some(cache_for_monitor),
+                cache_for_monitor,
                 sup,
             )
-            .watch("db", &db_thread, Duration::from_millis(250));
-            let _ = board_tx.send(monitor.board());
-            monitor
+            .watch("db", &db_thread, Duration::from_millis(250))
         });
-        let memory_board = board_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| StartupError::Blocking("the memory monitor did not start".into()))?;
 
         let applied = db
             .run_within(Migrate, Duration::from_secs(120))

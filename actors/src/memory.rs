@@ -111,12 +111,16 @@ pub struct MemorySnapshot {
 }
 
 /// The latest sample, readable without a message.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct MemoryBoard {
     latest: Arc<Mutex<Option<MemorySnapshot>>>,
 }
 
 impl MemoryBoard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     pub fn snapshot(&self) -> Option<MemorySnapshot> {
         self.latest.lock().ok()?.clone()
     }
@@ -151,8 +155,10 @@ pub struct MemoryMonitor {
 }
 
 impl MemoryMonitor {
+    /// Publishes its samples on `board`; critical memory sheds on `limits` and shrinks `cache`.
     pub fn new(
         settings: MemorySettings,
+        board: MemoryBoard,
         limits: Vec<ConcurrencyLimit>,
         cache: Option<Handle<Cache>>,
         supervision: Supervision,
@@ -161,9 +167,7 @@ impl MemoryMonitor {
             settings,
             limits,
             cache,
-            board: MemoryBoard {
-                latest: Arc::new(Mutex::new(None)),
-            },
+            board,
             lags: Vec::new(),
             system: sysinfo::System::new().ok(),
             window: VecDeque::new(),
@@ -173,11 +177,6 @@ impl MemoryMonitor {
             started: Instant::now(),
             supervision,
         }
-    }
-
-    /// The board readers use; call before starting the actor.
-    pub fn board(&self) -> MemoryBoard {
-        self.board.clone()
     }
 
     /// Watches the timer lateness of `arbiter` under `name`.

@@ -1,8 +1,10 @@
-//! Overload shedding at the edge: every request asks its lane's [`rampart_actors::ConcurrencyLimit`] (reads or
-//! writes, see [`crate::startup::EdgeLimits`]) for a place by its criticality. Ops endpoints (health, metrics, ops, the API description) are never shed; a
-//! checkout is shed only at the full limit, after browsing and merchant traffic; under memory
-//! pressure everything but ops is. A shed request is answered 503 with `Retry-After` at once,
-//! before any other work (two atomic operations and the problem body).
+//! Overload shedding at the edge: every request asks its lane's
+//! [`rampart_actors::ConcurrencyLimit`] (reads or writes, see [`crate::startup::EdgeLimits`])
+//! for a place by its criticality. Ops endpoints (health, metrics, ops, the API description) are
+//! never shed; a checkout only at the full limit, after the other writes; under memory pressure
+//! everything but ops is. A shed request is answered 503 with `Retry-After` at once: after the
+//! rate limit's decision (so a limited route still tells its budget), before the deadline, the
+//! handler or any actor (two atomic operations and the problem body).
 
 use crate::error::ApiError;
 use crate::state::AppState;
