@@ -229,6 +229,14 @@ async fn metrics_expose_requests_by_route_and_status_actor_stats_and_the_pool() 
     assert!(text.contains(r#"actor_restarts_total{actor="db"} 0"#));
     assert!(text.contains("db_pool_max_connections 16"));
     assert!(text.contains("process_resident_memory_bytes"));
+    assert!(text.contains(r#"circuit_state{circuit="postgres"} 0"#));
+    assert!(text.contains(r#"overload_limit{lane="writes"}"#));
+    // One family per name: a repeated HELP or TYPE makes scrapers reject the whole page.
+    let mut families = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).expect("a name");
+        assert!(families.insert(name.to_owned()), "{name} declared twice");
+    }
 }
 
 #[actix_rt::test]
