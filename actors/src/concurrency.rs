@@ -177,10 +177,17 @@ impl ConcurrencyLimit {
         }
     }
 
+    /// Feeds one latency sample, with `inflight` pieces of work running when it ended.
+    pub fn sample(&self, rtt: Duration, inflight: usize) {
+        self.shared.sample(rtt, inflight);
+    }
+}
+
+impl Shared {
     /// Feeds one latency sample, with `inflight` pieces of work running when it ended. A sample
     /// that finds another being recorded is skipped: the window only needs most of them.
-    pub fn sample(&self, rtt: Duration, inflight: usize) {
-        let s = &self.shared;
+    fn sample(&self, rtt: Duration, inflight: usize) {
+        let s = self;
         if !s.settings.adaptive {
             return;
         }
@@ -220,10 +227,7 @@ impl Permit {
     pub fn finish(self, took: Duration) {
         if !self.critical {
             let inflight = self.shared.inflight.load(Relaxed);
-            ConcurrencyLimit {
-                shared: Arc::clone(&self.shared),
-            }
-            .sample(took, inflight);
+            self.shared.sample(took, inflight);
         }
     }
 }

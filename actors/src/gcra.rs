@@ -45,6 +45,16 @@ impl Gcra {
         self.limit
     }
 
+    /// The time one request stands for: period / limit.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval)
+    }
+
+    /// How far ahead of now the TAT may run: the burst beyond the first request.
+    pub fn tolerance(&self) -> Duration {
+        Duration::from_nanos(self.tolerance)
+    }
+
     /// Decides one request at `now` against the stored `tat` (`None`: never seen).
     pub fn check(&self, tat: Option<u64>, now: u64) -> Decision {
         let tat = tat.unwrap_or(now).max(now);

@@ -299,8 +299,9 @@ impl RateLimits {
         key: &str,
         want: u32,
     ) -> Option<[i64; 4]> {
-        let limit = c.spec.limit.max(1);
-        let interval = (c.spec.period.as_micros() / u128::from(limit)).max(1) as u64;
+        let limit = c.gcra.limit();
+        // The script works in microseconds: the same GCRA as in process, at that resolution.
+        let interval = (c.gcra.interval().as_micros() as u64).max(1);
         let tolerance = interval * u64::from(limit - 1);
         let redis_key = format!("rl:{}:{}", c.spec.name, key);
         let script = script.clone();

@@ -172,42 +172,33 @@ impl Metrics {
             }),
         );
         if let Some(p) = pool {
-            family(
-                "db_pool_max_connections",
-                "gauge",
-                "Pool size limit",
-                &mut std::iter::once((String::new(), p.max_size.to_string())),
-            );
-            family(
-                "db_pool_connections",
-                "gauge",
-                "Open connections",
-                &mut std::iter::once((String::new(), p.size.to_string())),
-            );
-            family(
-                "db_pool_idle_connections",
-                "gauge",
-                "Idle connections",
-                &mut std::iter::once((String::new(), p.available.to_string())),
-            );
-            family(
-                "db_pool_waiting",
-                "gauge",
-                "Callers waiting for a connection",
-                &mut std::iter::once((String::new(), p.waiting.to_string())),
-            );
-            family(
-                "db_commands_in_flight",
-                "gauge",
-                "Database commands running",
-                &mut std::iter::once((String::new(), p.inflight.to_string())),
-            );
-            family(
-                "db_commands_queued",
-                "gauge",
-                "Database commands waiting for a slot",
-                &mut std::iter::once((String::new(), p.queued.to_string())),
-            );
+            for (name, help, value) in [
+                ("db_pool_max_connections", "Pool size limit", p.max_size),
+                ("db_pool_connections", "Open connections", p.size),
+                ("db_pool_idle_connections", "Idle connections", p.available),
+                (
+                    "db_pool_waiting",
+                    "Callers waiting for a connection",
+                    p.waiting,
+                ),
+                (
+                    "db_commands_in_flight",
+                    "Database commands running",
+                    p.inflight,
+                ),
+                (
+                    "db_commands_queued",
+                    "Database commands waiting for a slot",
+                    p.queued,
+                ),
+            ] {
+                family(
+                    name,
+                    "gauge",
+                    help,
+                    &mut std::iter::once((String::new(), value.to_string())),
+                );
+            }
         }
         // One family per name, a row per tier.
         let tiers = |memory: Option<u64>, redis: Option<u64>| {

@@ -25,6 +25,14 @@ const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
+/// Whether requests to `path` are rate limited: the API but its admin and ops endpoints (also
+/// what the OpenAPI description marks as such).
+pub fn limited(path: &str) -> bool {
+    path.starts_with("/api/v1/")
+        && !path.starts_with("/api/v1/admin/")
+        && !path.starts_with("/api/v1/ops/")
+}
+
 /// The class a request counts against and the key it counts under; `None`: not limited.
 fn classify(req: &ServiceRequest, state: &AppState) -> Option<(&'static str, String)> {
     let path = req.path();
@@ -34,10 +42,7 @@ fn classify(req: &ServiceRequest, state: &AppState) -> Option<(&'static str, Str
         let class = if checkout { "checkout" } else { "storefront" };
         return Some((class, client()?));
     }
-    let merchant = path.starts_with("/api/v1/")
-        && !path.starts_with("/api/v1/admin/")
-        && !path.starts_with("/api/v1/ops/");
-    if !merchant {
+    if !limited(path) {
         return None;
     }
     let key = req

@@ -8,7 +8,7 @@ use crate::settings::Settings;
 use crate::state::AppState;
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use rampart_actors::{ActorState, CircuitState, DbError, MemoryLevel};
+use rampart_actors::{ActorState, CircuitState, DbError, MemoryLevel, MemorySnapshot};
 use serde_json::{json, Map, Value};
 
 /// 200 while the process serves; touches no dependency.
@@ -153,11 +153,20 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
         Some(&cache),
         shared.as_ref(),
         &guardians,
-        resident_memory(),
+        rss(memory.as_ref()),
     );
     HttpResponse::Ok()
         .insert_header(ContentType(prometheus_text()))
         .body(text)
+}
+
+/// Resident memory as the memory monitor last sampled it (at most `memory.check_interval_ms`
+/// old), read anew only before its first sample.
+pub fn rss(sampled: Option<&MemorySnapshot>) -> Option<u64> {
+    sampled
+        .map(|m| m.rss_bytes)
+        .filter(|bytes| *bytes > 0)
+        .or_else(resident_memory)
 }
 
 fn prometheus_text() -> actix_web::mime::Mime {

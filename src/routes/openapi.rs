@@ -203,9 +203,7 @@ fn rate_limited_routes(doc: &mut serde_json::Value) {
         "RateLimit-Reset": header("seconds until the window is empty again"),
     });
     for (path, item) in paths.iter_mut() {
-        let limited = path.starts_with("/api/v1/")
-            && !path.starts_with("/api/v1/admin/")
-            && !path.starts_with("/api/v1/ops/");
+        let limited = crate::http::rate_limit::limited(path);
         let Some(item) = item.as_object_mut().filter(|_| limited) else {
             continue;
         };

@@ -1,6 +1,6 @@
 //! `GET /api/v1/ops/stats` (admin): one JSON snapshot of what `/metrics` shows, for people.
 
-use crate::http::metrics::{resident_memory, Metrics, RequestCounts};
+use crate::http::metrics::{Metrics, RequestCounts};
 use crate::http::AdminAuth;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
@@ -51,6 +51,7 @@ pub async fn stats(
     state: web::Data<AppState>,
     metrics: web::Data<Metrics>,
 ) -> HttpResponse {
+    let memory = state.memory.snapshot();
     HttpResponse::Ok().json(OpsStats {
         actors: state.tree.snapshot(),
         cache: state.cache.reader.snapshot(),
@@ -58,10 +59,10 @@ pub async fn stats(
         limiter: state.limits.as_ref().map(|l| l.snapshot()),
         breakers: state.breakers.snapshot(),
         breaker_changes: state.breakers.history(),
-        memory: state.memory.snapshot(),
+        rss_bytes: crate::routes::health::rss(memory.as_ref()),
+        memory,
         overload: state.concurrency.snapshot().into_iter().collect(),
         pool: state.gauge.snapshot(),
         requests: metrics.counts(),
-        rss_bytes: resident_memory(),
     })
 }

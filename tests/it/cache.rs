@@ -252,7 +252,7 @@ async fn shrink_drops_the_in_process_tier_to_the_fraction_asked_for_and_metrics_
     assert!(dropped >= 10, "{dropped} dropped");
     assert!(half.bytes <= full.bytes / 2, "{half:?} after {full:?}");
 
-    let text = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    let text = app.metrics().await;
     for family in [
         r#"cache_hits_total{tier="memory"}"#,
         r#"cache_misses_total{tier="memory"}"#,

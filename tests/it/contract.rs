@@ -224,7 +224,7 @@ async fn storefront_paths_are_routed_exactly_with_405_and_allow_for_other_method
     ] {
         app.get(&path).await.problem(404);
     }
-    let text = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    let text = app.metrics().await;
     assert!(
         text.contains(r#"route="/api/v1/stores/{merchant_id}/products/{id}",status="200""#),
         "{text}"

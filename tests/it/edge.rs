@@ -218,7 +218,7 @@ async fn metrics_expose_requests_by_route_and_status_actor_stats_and_the_pool() 
     let app = TestApp::spawn().await;
     app.get("/health").await;
     app.get("/nope").await;
-    let text = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    let text = app.metrics().await;
     assert!(
         text.contains(r#"http_requests_total{method="GET",route="/health",status="200"} 1"#),
         "{text}"

@@ -70,7 +70,7 @@ async fn a_limited_route_tells_its_budget_and_refuses_past_it_with_429_and_retry
             assert!(reply.header("ratelimit-limit").is_none(), "{ops}");
         }
     }
-    let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"rate_limit_decisions_total{class="storefront",decision="denied"} 1"#),
         "{metrics}"
@@ -174,7 +174,7 @@ async fn three_instances_on_one_redis_hold_the_limit_together_and_each_limits_al
         assert_eq!(ok + limited, 130, "{statuses:?}");
         assert!((100..=110).contains(&ok), "{base}: {ok} admitted locally");
     }
-    let metrics = String::from_utf8(a.get("/metrics").await.body).expect("utf8");
+    let metrics = a.metrics().await;
     let fallbacks = metrics
         .lines()
         .find_map(|l| l.strip_prefix("rate_limit_fallbacks_total "))
@@ -267,7 +267,7 @@ async fn postgresql_down_opens_its_circuit_and_503s_carry_the_time_left_until_it
     let stale = app.get(&m.store_product(&product)).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.json()["sku"], "P-1");
-    let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"circuit_state{circuit="postgres"} 2"#),
         "{metrics}"
@@ -341,7 +341,7 @@ async fn memory_forced_critical_sheds_all_but_ops_and_shrinks_the_cache_until_it
         .expect("pressure lifted");
     assert_eq!(app.get(&path).await.status, 200);
     assert_eq!(app.get("/health/ready").await.json()["status"], "ready");
-    let metrics = String::from_utf8(app.get("/metrics").await.body).expect("utf8");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"overload_shed_total{lane="reads"} 1"#),
         "{metrics}"

@@ -291,6 +291,11 @@ impl TestApp {
         self.send(self.client.get(self.url(path)), None).await
     }
 
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        String::from_utf8(self.get("/metrics").await.body).expect("utf8")
+    }
+
     pub async fn get_as(&self, key: &str, path: &str) -> Reply {
         self.send(self.client.get(self.url(path)).bearer_auth(key), None)
             .await
