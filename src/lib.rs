@@ -5,6 +5,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod pg_cluster;
 pub mod routes;
 pub mod settings;

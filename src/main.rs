@@ -54,7 +54,7 @@ async fn serve(settings: Settings) -> Result<(), AnyError> {
 }
 
 async fn migrate(settings: Settings) -> Result<(), AnyError> {
-    let backend = Backend::start(&settings).await?;
+    let backend = Backend::start(&settings, false).await?;
     backend.shutdown().await;
     println!("migrations are up to date");
     Ok(())
@@ -65,12 +65,14 @@ async fn create_merchant(
     name: String,
     webhook_url: Option<String>,
 ) -> Result<(), AnyError> {
-    let input = NewMerchant::parse(
-        &name,
-        webhook_url.as_deref(),
-        settings.webhooks.allow_private_targets,
-    )?;
-    let backend = Backend::start(&settings).await?;
+    let allow = settings.webhooks.allow_private_targets;
+    let input = NewMerchant::parse(&name, webhook_url.as_deref(), allow)?;
+    if let Some(url) = &input.webhook_url {
+        url.check_resolved("webhook_url", allow)
+            .await
+            .map_err(|e| rampart::error::ApiError::Validation(vec![e]))?;
+    }
+    let backend = Backend::start(&settings, false).await?;
     let created = merchants::create(&backend.db, input).await;
     backend.shutdown().await;
     println!("{}", serde_json::to_string_pretty(&created?)?);

@@ -196,9 +196,14 @@ pub struct CacheSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSettings {
+    /// Whether this instance dispatches jobs (off: it only writes them).
+    pub enabled: bool,
     pub max_attempts: u32,
     pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
     pub lease_secs: u64,
+    /// How often the queue is polled besides the wake-ups (and leases that ran out are put back).
+    pub poll_interval_ms: u64,
     pub concurrency: BTreeMap<String, u32>,
 }
 
@@ -277,6 +282,7 @@ pub struct ActorSettings {
     pub cache: ActorLimits,
     pub limiter: ActorLimits,
     pub memory: ActorLimits,
+    pub jobs: ActorLimits,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -486,6 +492,15 @@ impl Settings {
             86_400_000,
         )?;
         at_most("jobs.lease_secs", self.jobs.lease_secs, 86_400)?;
+        positive("jobs.lease_secs", self.jobs.lease_secs)?;
+        positive("jobs.poll_interval_ms", self.jobs.poll_interval_ms)?;
+        at_most(
+            "jobs.poll_interval_ms",
+            self.jobs.poll_interval_ms,
+            3_600_000,
+        )?;
+        at_most("jobs.backoff_max_ms", self.jobs.backoff_max_ms, 86_400_000)?;
+        positive("jobs.backoff_max_ms", self.jobs.backoff_max_ms)?;
         for (queue, n) in &self.jobs.concurrency {
             if *n == 0 || *n > 1024 {
                 return Err(invalid(

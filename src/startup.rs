@@ -18,9 +18,9 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use rampart_actors::{
     ActorSpec, BreakerBoard, BreakerSettings, Breakers, Cache, CacheSettings, ConcurrencyLimit, Db,
-    DbError, DbGauge, DbProbe, DbSettings, Handle, LimitClass, LimitSettings, LimitSnapshot,
-    Limiter, MemoryBoard, MemoryMonitor, MemorySettings, RateLimits, RedisLink, RestartPolicy,
-    SharedTier, SharedTierSettings, Tree,
+    DbError, DbGauge, DbProbe, DbSettings, Handle, Jobs, JobsBoard, JobsSettings, LimitClass,
+    LimitSettings, LimitSnapshot, Limiter, MemoryBoard, MemoryMonitor, MemorySettings, RateLimits,
+    RedisLink, RestartPolicy, SharedTier, SharedTierSettings, Tree,
 };
 use std::net::TcpListener;
 use std::str::FromStr;
@@ -77,10 +77,13 @@ pub struct Backend {
     /// The concurrency limits of the edge, which the memory monitor turns to shedding.
     pub concurrency: EdgeLimits,
     pub memory: MemoryBoard,
+    /// The job queues' counters on this instance (empty when it does not dispatch).
+    pub jobs: JobsBoard,
     /// Every actor's handle, for tests and tools.
     pub handles: Handles,
     pub tree: Arc<Tree>,
     db_arbiter: Arbiter,
+    jobs_arbiter: Option<Arbiter>,
     cluster: Option<Cluster>,
 }
 
@@ -97,7 +100,11 @@ impl Backend {
     /// | `cache`    | db      | `actors.cache.mailbox`         | the in-process and Redis tiers    |
     /// | `limiter`  | main    | `actors.limiter.mailbox`       | the rate limits (local or Redis)  |
     /// | `memory`   | main    | `actors.memory.mailbox`        | memory and lag samples, shedding  |
-    pub async fn start(settings: &Settings) -> Result<Self, StartupError> {
+    /// | `jobs`     | jobs    | `actors.jobs.mailbox`          | job dispatch (with `dispatch`)    |
+    ///
+    /// `dispatch`: whether this process runs the job queues (`serve` with `jobs.enabled`; the
+    /// one-shot commands never do). The dispatcher starts after the migrations it relies on.
+    pub async fn start(settings: &Settings, dispatch: bool) -> Result<Self, StartupError> {
         let (pg, cluster) = database(settings).await?;
         let mut tree = Tree::new();
         let spec = |name, limits: crate::settings::ActorLimits| {
@@ -153,6 +160,7 @@ impl Backend {
         let probe_spec = ActorSpec::new("db_probe")
             .mailbox(16)
             .call_deadline(Settings::ms(settings.health.ready_timeout_ms));
+        let listen = pg.clone();
         let probe = tree.start(&probe_spec, Some(&db_arbiter.handle()), move |sup| {
             DbProbe::new(pg, sup)
         });
@@ -230,6 +238,51 @@ impl Backend {
         for name in applied {
             tracing::info!(migration = %name, "migration applied");
         }
+
+        let queues: std::collections::BTreeMap<String, usize> = crate::jobs::KINDS
+            .iter()
+            .map(|k| {
+                let n = settings.jobs.concurrency.get(k.queue).copied().unwrap_or(1);
+                (k.queue.to_owned(), n as usize)
+            })
+            .collect();
+        let none = std::collections::BTreeMap::new();
+        let jobs_board = JobsBoard::new(if dispatch { &queues } else { &none });
+        let (jobs, jobs_arbiter) = if dispatch {
+            let j = &settings.jobs;
+            let jobs_settings = JobsSettings {
+                instance: format!(
+                    "{}-{}",
+                    std::process::id(),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
+                queues,
+                lease: Duration::from_secs(j.lease_secs),
+                poll_interval: Settings::ms(j.poll_interval_ms),
+                backoff_base: Settings::ms(j.backoff_base_ms),
+                backoff_max: Settings::ms(j.backoff_max_ms),
+                // Under the tree's five seconds per child at shutdown.
+                drain: Duration::from_secs(4),
+                listen: Some(listen),
+            };
+            let runners = crate::jobs::runners(crate::jobs::JobContext {
+                db: db.clone(),
+                settings: Arc::new(settings.clone()),
+                breakers: board.clone(),
+                circuits: circuits.clone(),
+            });
+            // Job runs (deliveries, report reads) never share a thread with requests or the pool.
+            let arbiter = Arbiter::new();
+            let (db_for_jobs, board_for_jobs) = (db.clone(), jobs_board.clone());
+            let handle = tree.start(
+                &spec("jobs", actors.jobs),
+                Some(&arbiter.handle()),
+                move |sup| Jobs::new(db_for_jobs, jobs_settings, runners, board_for_jobs, sup),
+            );
+            (Some(handle), Some(arbiter))
+        } else {
+            (None, None)
+        };
         let handles = Handles {
             db: db.clone(),
             probe: probe.clone(),
@@ -237,6 +290,7 @@ impl Backend {
             breakers: circuits.clone(),
             limiter,
             memory,
+            jobs,
         };
         Ok(Self {
             db,
@@ -249,8 +303,10 @@ impl Backend {
             limits,
             concurrency,
             memory: memory_board,
+            jobs: jobs_board,
             tree: Arc::new(tree),
             db_arbiter,
+            jobs_arbiter,
             cluster,
         })
     }
@@ -258,6 +314,9 @@ impl Backend {
     /// Stops the actors (last started first), their arbiter, then the local cluster.
     pub async fn shutdown(self) {
         self.tree.stop().await;
+        if let Some(jobs) = self.jobs_arbiter {
+            jobs.stop();
+        }
         self.db_arbiter.stop();
         let Some(cluster) = self.cluster.filter(Cluster::is_owned) else {
             return;
@@ -386,6 +445,8 @@ pub struct Handles {
     pub breakers: Handle<Breakers>,
     pub limiter: Option<Handle<Limiter>>,
     pub memory: Handle<MemoryMonitor>,
+    /// `None`: this process does not dispatch jobs.
+    pub jobs: Option<Handle<Jobs>>,
 }
 
 /// The rate limit classes of `rate_limit.classes.*`, by the names the edge asks for.
@@ -448,7 +509,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let settings = Arc::new(settings);
-        let backend = Backend::start(&settings).await?;
+        let backend = Backend::start(&settings, settings.jobs.enabled).await?;
         let demo_api_key = if settings.dev.demo_merchant {
             Some(
                 demo::ensure(&backend.db, &settings, backend.cluster().is_some())
@@ -477,6 +538,8 @@ impl Application {
             limits: backend.limits.clone(),
             concurrency: backend.concurrency.clone(),
             memory: backend.memory.clone(),
+            jobs: backend.handles.jobs.clone(),
+            jobs_board: backend.jobs.clone(),
             trusted_proxies: settings.trusted_proxies(),
             tree: Arc::clone(&backend.tree),
             settings: Arc::clone(&settings),

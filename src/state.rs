@@ -4,7 +4,10 @@ use crate::domain::listing::CursorKey;
 use crate::settings::Settings;
 use crate::storefront_cache::StoreCache;
 use ipnet::IpNet;
-use rampart_actors::{BreakerBoard, Db, DbGauge, DbProbe, Handle, MemoryBoard, RateLimits, Tree};
+use rampart_actors::{
+    BreakerBoard, Db, DbGauge, DbProbe, Handle, Jobs, JobsBoard, MemoryBoard, RateLimits, Tree,
+    Wake,
+};
 use std::sync::Arc;
 
 pub struct AppState {
@@ -17,8 +20,21 @@ pub struct AppState {
     pub limits: Option<RateLimits>,
     pub concurrency: crate::startup::EdgeLimits,
     pub memory: MemoryBoard,
+    /// The dispatcher (`None`: this instance does not run jobs) and its counters.
+    pub jobs: Option<Handle<Jobs>>,
+    pub jobs_board: JobsBoard,
     pub trusted_proxies: Vec<IpNet>,
     pub tree: Arc<Tree>,
     pub settings: Arc<Settings>,
     pub cursor_key: CursorKey,
+}
+
+impl AppState {
+    /// Tells the dispatcher that a commit wrote jobs (and, through it, the other instances).
+    /// Never waits: a full mailbox drops the wake-up, and polling finds the jobs anyway.
+    pub fn wake_jobs(&self) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.addr().try_send(Wake { broadcast: true });
+        }
+    }
 }

@@ -585,16 +585,15 @@ impl Request for Ping {
     type Reply = Result<Duration, DbError>;
 }
 
-async fn ping(
-    pg: tokio_postgres::Config,
-    slot: Arc<Mutex<Option<tokio_postgres::Client>>>,
-    caller: Caller,
-) -> Result<Duration, DbError> {
-    let deadline = caller.deadline();
-    let mut held = tokio::time::timeout_at(deadline, slot.lock())
+/// The probe's connection, made again when it broke, within the caller's deadline.
+async fn probe_client(
+    pg: &tokio_postgres::Config,
+    slot: &Arc<Mutex<Option<tokio_postgres::Client>>>,
+    deadline: tokio::time::Instant,
+) -> Result<tokio::sync::OwnedMutexGuard<Option<tokio_postgres::Client>>, DbError> {
+    let mut held = tokio::time::timeout_at(deadline, Arc::clone(slot).lock_owned())
         .await
         .map_err(|_| DbError::Timeout)?;
-    let started = tokio::time::Instant::now();
     if held.as_ref().is_none_or(|c| c.is_closed()) {
         let (client, connection) = tokio::time::timeout_at(deadline, pg.connect(NoTls))
             .await
@@ -604,20 +603,69 @@ async fn ping(
         });
         *held = Some(client);
     }
+    Ok(held)
+}
+
+/// Runs `work` on the probe's connection within the deadline; a connection that failed or did
+/// not answer in time may be dead, so the next probe makes a new one.
+async fn on_probe<T>(
+    pg: tokio_postgres::Config,
+    slot: Arc<Mutex<Option<tokio_postgres::Client>>>,
+    caller: Caller,
+    work: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, DbError> {
+    let deadline = caller.deadline();
+    let mut held = probe_client(&pg, &slot, deadline).await?;
     let Some(client) = held.as_ref() else {
         return Err(DbError::Unavailable("no probe connection".into()));
     };
-    match tokio::time::timeout_at(deadline, client.simple_query("SELECT 1")).await {
-        Ok(Ok(_)) => Ok(started.elapsed()),
+    match tokio::time::timeout_at(deadline, work(client)).await {
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => {
             *held = None;
             Err(e.into())
         }
         Err(_) => {
-            // A connection that did not answer in time may be dead: make a new one next time.
             *held = None;
             Err(DbError::Timeout)
         }
+    }
+}
+
+async fn ping(
+    pg: tokio_postgres::Config,
+    slot: Arc<Mutex<Option<tokio_postgres::Client>>>,
+    caller: Caller,
+) -> Result<Duration, DbError> {
+    let started = tokio::time::Instant::now();
+    on_probe(pg, slot, caller, async |client| {
+        client.simple_query("SELECT 1").await.map(|_| ())
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+/// The job queues' health, on the probe's connection: ops read it without queueing behind
+/// requests in `Db`.
+pub struct ProbeQueues;
+
+impl Request for ProbeQueues {
+    type Reply = Result<Vec<crate::jobs::QueueHealth>, DbError>;
+}
+
+impl Handler<Envelope<ProbeQueues>> for DbProbe {
+    type Result = ();
+
+    fn handle(&mut self, envelope: Envelope<ProbeQueues>, ctx: &mut Context<Self>) {
+        serve_call(self, ctx, envelope, |probe, ProbeQueues, caller, _| {
+            let work = on_probe(
+                probe.pg.clone(),
+                Arc::clone(&probe.client),
+                caller,
+                async |client| crate::jobs::queue_health(client).await,
+            );
+            Reply::Spawn(Box::pin(work.into_actor(probe)))
+        });
     }
 }
 
@@ -636,5 +684,10 @@ impl Handle<DbProbe> {
     /// Pings PostgreSQL within `within`; the round trip on success.
     pub async fn ping(&self, within: Duration) -> Result<Duration, DbError> {
         self.call_within(Ping, within).await?
+    }
+
+    /// The job queues' health within `within`.
+    pub async fn queues(&self, within: Duration) -> Result<Vec<crate::jobs::QueueHealth>, DbError> {
+        self.call_within(ProbeQueues, within).await?
     }
 }

@@ -19,6 +19,8 @@
 //!   Redis); [`concurrency`] (an adaptive concurrency limit with criticality); [`memory`] (the
 //!   monitor that sheds and shrinks the cache under memory pressure); [`redis_link`] (one Redis
 //!   dependency behind its circuit).
+//! - [`jobs`]: the `Jobs` dispatcher of the durable job queue (claims under a lease, retries,
+//!   ordering, wake-ups by `LISTEN/NOTIFY`).
 
 pub mod admission;
 pub mod breaker;
@@ -27,6 +29,7 @@ pub mod cache;
 pub mod concurrency;
 pub mod db;
 pub mod gcra;
+pub mod jobs;
 pub mod limiter;
 pub mod memory;
 pub mod redis_link;
@@ -51,6 +54,10 @@ pub use cache::{
 pub use concurrency::{ConcurrencyLimit, Criticality, LimitSettings, LimitSnapshot, Permit};
 pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping};
 pub use gcra::{Decision, Gcra};
+pub use jobs::{
+    ClaimedJob, JobFailure, JobRunner, Jobs, JobsBoard, JobsSettings, QueueCounts, QueueHealth,
+    Runners, Running, Wake,
+};
 pub use limiter::{ClassSnapshot, LimitClass, Limiter, LimiterSnapshot, RateLimits, Verdict};
 pub use memory::{
     MemoryBoard, MemoryLevel, MemoryMonitor, MemorySettings, MemorySnapshot, Pressure,

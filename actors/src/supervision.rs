@@ -170,6 +170,7 @@ crashable!(
     crate::breakers::Breakers,
     crate::limiter::Limiter,
     crate::memory::MemoryMonitor,
+    crate::jobs::Jobs,
 );
 
 #[cfg(test)]

@@ -5,3 +5,4 @@ pub mod listing;
 pub mod merchant;
 pub mod order;
 pub mod product;
+pub mod webhook_url;

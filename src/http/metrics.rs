@@ -12,7 +12,7 @@ use rampart_actors::db::PoolSnapshot;
 use rampart_actors::StatsSnapshot;
 use rampart_actors::{
     CacheSnapshot, CircuitSnapshot, LimitSnapshot, LimiterSnapshot, MemoryLevel, MemorySnapshot,
-    SharedTierSnapshot,
+    QueueCounts, QueueHealth, SharedTierSnapshot,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -103,7 +103,7 @@ impl Metrics {
         cache: Option<&CacheSnapshot>,
         shared: Option<&SharedTierSnapshot>,
         guardians: &Guardians<'_>,
-        rss_bytes: Option<u64>,
+        jobs: &JobFigures<'_>,
     ) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -473,7 +473,73 @@ impl Metrics {
                 }),
             );
         }
-        if let Some(rss) = rss_bytes {
+        if let Some(queues) = jobs.queues {
+            let by_queue = |f: fn(&QueueHealth) -> String| {
+                queues
+                    .iter()
+                    .map(move |q| (format!("{{queue=\"{}\"}}", q.queue), f(q)))
+            };
+            family(
+                "jobs_queue_depth",
+                "gauge",
+                "Jobs waiting to run, due or scheduled for a retry (all instances)",
+                &mut by_queue(|q| q.depth.to_string()),
+            );
+            family(
+                "jobs_running",
+                "gauge",
+                "Jobs running now (all instances)",
+                &mut by_queue(|q| q.running.to_string()),
+            );
+            family(
+                "jobs_failed",
+                "gauge",
+                "Jobs whose last attempt failed, awaiting a retry",
+                &mut by_queue(|q| q.failed.to_string()),
+            );
+            family(
+                "jobs_dead",
+                "gauge",
+                "Jobs with no attempts left",
+                &mut by_queue(|q| q.dead.to_string()),
+            );
+            family(
+                "jobs_oldest_due_seconds",
+                "gauge",
+                "How long the oldest due job has waited",
+                &mut by_queue(|q| q.oldest_due_secs.to_string()),
+            );
+        }
+        family(
+            "jobs_runs_total",
+            "counter",
+            "Job runs on this instance by queue and outcome",
+            &mut jobs.runs.iter().flat_map(|q| {
+                [
+                    ("succeeded", q.succeeded),
+                    ("retried", q.retried),
+                    ("deferred", q.deferred),
+                    ("dead", q.dead),
+                    ("lease_lost", q.lease_lost),
+                ]
+                .map(|(outcome, n)| {
+                    (
+                        format!("{{queue=\"{}\",outcome=\"{outcome}\"}}", q.queue),
+                        n.to_string(),
+                    )
+                })
+            }),
+        );
+        family(
+            "jobs_started_total",
+            "counter",
+            "Job runs started on this instance by queue",
+            &mut jobs
+                .runs
+                .iter()
+                .map(|q| (format!("{{queue=\"{}\"}}", q.queue), q.started.to_string())),
+        );
+        if let Some(rss) = guardians.rss_bytes {
             family(
                 "process_resident_memory_bytes",
                 "gauge",
@@ -491,6 +557,15 @@ pub struct Guardians<'a> {
     pub limiter: Option<&'a LimiterSnapshot>,
     pub memory: Option<&'a MemorySnapshot>,
     pub overload: &'a [(&'static str, LimitSnapshot)],
+    /// Resident memory, from the monitor's last sample.
+    pub rss_bytes: Option<u64>,
+}
+
+/// The job queues: their health from the table (`None`: PostgreSQL did not answer in time) and
+/// this instance's runs.
+pub struct JobFigures<'a> {
+    pub queues: Option<&'a [QueueHealth]>,
+    pub runs: &'a [QueueCounts],
 }
 
 /// The route pattern a resource serves, attached to it as app data for the metrics' labels.

@@ -38,11 +38,13 @@ pub async fn create_merchant(
     state: web::Data<AppState>,
     Json(body): Json<CreateMerchantBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let input = NewMerchant::parse(
-        &body.name,
-        body.webhook_url.as_deref(),
-        state.settings.webhooks.allow_private_targets,
-    )?;
+    let allow = state.settings.webhooks.allow_private_targets;
+    let input = NewMerchant::parse(&body.name, body.webhook_url.as_deref(), allow)?;
+    if let Some(url) = &input.webhook_url {
+        url.check_resolved("webhook_url", allow)
+            .await
+            .map_err(|e| ApiError::Validation(vec![e]))?;
+    }
     let created = merchants::create(&state.db, input).await?;
     Ok(HttpResponse::Created().json(created))
 }

@@ -3,12 +3,12 @@
 //! pool's gauge. They are unauthenticated, so they show states and short reasons, never driver
 //! messages or panic text (those are logged).
 
-use crate::http::metrics::{resident_memory, Guardians, Metrics};
+use crate::http::metrics::{resident_memory, Guardians, JobFigures, Metrics};
 use crate::settings::Settings;
 use crate::state::AppState;
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use rampart_actors::{ActorState, CircuitState, DbError, MemoryLevel, MemorySnapshot};
+use rampart_actors::{ActorState, CircuitState, DbError, MemoryLevel, MemorySnapshot, QueueHealth};
 use serde_json::{json, Map, Value};
 
 /// 200 while the process serves; touches no dependency.
@@ -95,6 +95,16 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             json!({"status": "up", "limit": o.limit, "inflight": o.inflight, "shed": o.shed}),
         );
     }
+    // Dead jobs need a person (see the runbook), but the instance still serves: not a readiness
+    // matter, shown here and in /metrics.
+    checks.insert(
+        "jobs".into(),
+        json!({
+            "status": if state.jobs.is_some() { "up" } else { "disabled" },
+            "listening": state.jobs_board.listening(),
+            "queues": queue_health(&state).await,
+        }),
+    );
     for actor in state.tree.snapshot() {
         let failed = actor.state == ActorState::Failed || actor.state == ActorState::Stopped;
         unready |= failed;
@@ -146,6 +156,13 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
         limiter: limiter.as_ref(),
         memory: memory.as_ref(),
         overload: &state.concurrency.snapshot(),
+        rss_bytes: rss(memory.as_ref()),
+    };
+    let queues = queue_health(&state).await;
+    let runs = state.jobs_board.snapshot();
+    let jobs = JobFigures {
+        queues: queues.as_deref(),
+        runs: &runs,
     };
     let text = metrics.render(
         &state.tree.snapshot(),
@@ -153,11 +170,18 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
         Some(&cache),
         shared.as_ref(),
         &guardians,
-        rss(memory.as_ref()),
+        &jobs,
     );
     HttpResponse::Ok()
         .insert_header(ContentType(prometheus_text()))
         .body(text)
+}
+
+/// The queues' health across every instance, read within the readiness deadline (`None`:
+/// PostgreSQL did not answer in time; its own check says so).
+pub async fn queue_health(state: &AppState) -> Option<Vec<QueueHealth>> {
+    let within = Settings::ms(state.settings.health.ready_timeout_ms);
+    state.probe.queues(within).await.ok()
 }
 
 /// Resident memory as the memory monitor last sampled it (at most `memory.check_interval_ms`

@@ -1,6 +1,7 @@
 //! Every route, one small module per endpoint group.
 
 pub mod admin;
+pub mod background;
 pub mod health;
 pub mod openapi;
 pub mod ops;
@@ -73,7 +74,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(merchant("/api/v1/orders/{id}").route(web::get().to(orders::get)))
         .service(
             merchant("/api/v1/orders/{id}/status").route(web::post().to(orders::change_status)),
-        );
+        )
+        .service(merchant("/api/v1/reports").route(web::post().to(background::create_report)))
+        .service(merchant("/api/v1/reports/{id}").route(web::get().to(background::get_report)))
+        .service(
+            merchant("/api/v1/reports/{id}/download")
+                .route(web::get().to(background::download_report)),
+        )
+        .service(merchant("/api/v1/analytics/sales").route(web::get().to(background::sales)))
+        .service(merchant("/api/v1/jobs/{id}").route(web::get().to(background::get_job)))
+        .service(merchant("/api/v1/audit").route(web::get().to(background::audit)))
+        .service(merchant("/api/v1/merchant").route(web::put().to(background::update_merchant)));
 }
 
 /// Unknown routes: a problem+json 404.

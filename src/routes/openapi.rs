@@ -143,6 +143,10 @@ pub struct Readiness {
         crate::routes::products::update, crate::routes::products::archive, crate::routes::products::adjust_stock,
         crate::routes::storefront::list, crate::routes::storefront::get, crate::routes::storefront::checkout,
         crate::routes::orders::list, crate::routes::orders::get, crate::routes::orders::change_status,
+        crate::routes::background::create_report, crate::routes::background::get_report,
+        crate::routes::background::download_report, crate::routes::background::sales,
+        crate::routes::background::get_job, crate::routes::background::audit,
+        crate::routes::background::update_merchant,
         health_doc, ready_doc, metrics_doc, crate::routes::ops::stats,
     ),
     components(

@@ -7,11 +7,12 @@ use actix_web::{web, HttpResponse};
 use rampart_actors::db::PoolSnapshot;
 use rampart_actors::{
     CacheSnapshot, Change, CircuitSnapshot, LimitSnapshot, LimiterSnapshot, MemorySnapshot,
-    SharedTierSnapshot, StatsSnapshot,
+    QueueCounts, QueueHealth, SharedTierSnapshot, StatsSnapshot,
 };
 use serde::Serialize;
 
-/// Every actor, tier, guardian and the pool, read now without waiting in any mailbox.
+/// Every actor, tier, guardian, the pool and the job queues, read now without waiting in the
+/// mailboxes requests use (the queues are read on the readiness probe's connection).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct OpsStats {
     /// Per actor: state, mailbox depth and capacity, handled, refused, expired, restarts.
@@ -39,8 +40,21 @@ pub struct OpsStats {
     #[schema(value_type = Object)]
     pub pool: PoolSnapshot,
     pub requests: RequestCounts,
+    pub jobs: JobStats,
     /// Resident memory now, bytes.
     pub rss_bytes: Option<u64>,
+}
+
+/// The job queues across every instance (absent when PostgreSQL did not answer in time) and
+/// this instance's runs.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobStats {
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub queues: Option<Vec<QueueHealth>>,
+    #[schema(value_type = Vec<Object>)]
+    pub runs_here: Vec<QueueCounts>,
+    /// Whether this instance's `LISTEN` connection is up.
+    pub listening: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/ops/stats", tag = "ops", operation_id = "opsStats",
@@ -64,5 +78,10 @@ pub async fn stats(
         overload: state.concurrency.snapshot().into_iter().collect(),
         pool: state.gauge.snapshot(),
         requests: metrics.counts(),
+        jobs: JobStats {
+            queues: crate::routes::health::queue_health(&state).await,
+            runs_here: state.jobs_board.snapshot(),
+            listening: state.jobs_board.listening(),
+        },
     })
 }

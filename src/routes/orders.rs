@@ -85,6 +85,7 @@ pub async fn change_status(
         .await?;
     match outcome {
         StatusOutcome::Changed(order) => {
+            state.wake_jobs();
             if to == OrderStatus::Cancelled {
                 // The stock went back.
                 let restocked = order.items.iter().map(|i| i.product_id);

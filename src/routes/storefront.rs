@@ -187,6 +187,7 @@ pub async fn checkout(
         .await?;
     match outcome {
         CheckoutOutcome::Created { body, order_id } => {
+            state.wake_jobs();
             state.cache.invalidate(merchant_id, bought).await;
             Ok(order_response(body, order_id, false))
         }

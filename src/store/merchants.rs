@@ -118,3 +118,55 @@ impl DbCommand for Exists {
         Ok(client.query_one(&stmt, &[&self.0]).await?.get(0))
     }
 }
+
+/// `PUT /api/v1/merchant`: a new name and/or webhook URL (`Some(None)` removes the URL), with
+/// its audit job, in one transaction.
+pub struct Update {
+    pub merchant_id: Uuid,
+    pub name: Option<String>,
+    pub webhook_url: Option<Option<String>>,
+    pub max_attempts: i32,
+}
+
+impl DbCommand for Update {
+    type Output = Option<Merchant>;
+
+    async fn run(self, conn: &mut Conn) -> Result<Option<Merchant>, DbError> {
+        crate::store::in_transaction(conn, async |tx| {
+            let row = tx
+                .query_opt(
+                    "UPDATE merchants SET name = coalesce($2, name),
+                        webhook_url = CASE WHEN $3 THEN $4 ELSE webhook_url END, updated_at = now()
+                     WHERE id = $1 RETURNING id, name, webhook_url, created_at",
+                    &[
+                        &self.merchant_id,
+                        &self.name,
+                        &self.webhook_url.is_some(),
+                        &self.webhook_url.clone().flatten(),
+                    ],
+                )
+                .await?;
+            let Some(row) = row else {
+                return Ok((None, false));
+            };
+            let audit = crate::store::jobs::audit(
+                "merchant.updated",
+                "merchant",
+                "merchant",
+                &self.merchant_id.to_string(),
+            );
+            crate::store::jobs::enqueue(tx, self.merchant_id, vec![audit], self.max_attempts)
+                .await?;
+            Ok((
+                Some(Merchant {
+                    id: row.get(0),
+                    name: row.get(1),
+                    webhook_url: row.get(2),
+                    created_at: row.get(3),
+                }),
+                true,
+            ))
+        })
+        .await
+    }
+}

@@ -1,5 +1,6 @@
 //! Typed database commands, run by the `Db` actor. One module per aggregate.
 
+pub mod audit;
 pub mod jobs;
 pub mod merchants;
 pub mod migrate;

@@ -258,6 +258,9 @@ impl TestApp {
         settings.dev.demo_merchant = false;
         // Limits are the guardians tests' subject; elsewhere they would only add 429s.
         settings.rate_limit.enabled = false;
+        // The jobs tests dispatch; elsewhere the dispatcher's polling would only add commands
+        // to the `Db` counts tests read.
+        settings.jobs.enabled = false;
         TestAppBuilder {
             settings,
             pg: TestPg::shared(),

@@ -1,0 +1,917 @@
+//! `Jobs`: dispatches the durable jobs of the `jobs` table (an outbox written in the transactions
+//! whose effects the jobs follow) to the runners registered per kind.
+//!
+//! Messages: [`Wake`] (a commit wrote jobs; sent by the request path after commit, never
+//! waited on), [`Crash`](crate::Crash) (tests), [`Stop`]. What it promises:
+//!
+//! - **At least once.** A job is claimed with `FOR UPDATE SKIP LOCKED` under a lease
+//!   (`locked_until`), renewed while it runs. A lease that runs out (a crashed or frozen
+//!   instance) puts the job back within a lease plus a poll interval, so every job of a committed
+//!   transaction runs, and none of a rolled-back one exists to run. A job may run twice after a
+//!   crash, so every runner is idempotent; in normal operation (leases renewed) none does.
+//! - **Bounded work.** Each queue runs at most its configured number of jobs at once on this
+//!   instance; a claim takes only as many as there are free places, so a busy queue leaves the
+//!   rest for other instances.
+//! - **Retries.** A failure is retried after exponential backoff with full jitter; after
+//!   `max_attempts` the job is `dead`. A [`JobFailure::Deferred`] (the destination's circuit is
+//!   open) moves the job later without spending an attempt.
+//! - **Order.** Jobs sharing an `ordering_key` run one at a time, oldest first: an order's
+//!   webhooks reach the merchant in the order its events happened.
+//! - **Wake-ups.** A local [`Wake`] claims at once and sends one coalesced `NOTIFY` (after the
+//!   commit, outside its transaction: a notifying commit takes a cluster-wide lock) so other
+//!   instances wake too; they `LISTEN` on a connection of their own. Polling every
+//!   `poll_interval` covers a lost notification or a broken listener.
+//! - **Shutdown.** [`Stop`] stops claiming, lets running jobs finish for up to `drain`, then
+//!   gives back what it still holds (not counted as an attempt).
+//!
+//! The database work goes through the [`Db`] actor like any other command, so the jobs share
+//! PostgreSQL's circuit, deadlines and backpressure with the requests.
+
+use crate::admission::{serve, Envelope, Handle, Reply, Request};
+use crate::db::{Conn, Db, DbCommand, DbError};
+use crate::supervision::{Resilient, Stop, Supervision};
+use actix::fut::WrapFuture;
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler};
+use futures_util::future::LocalBoxFuture;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use uuid::Uuid;
+
+/// The notification channel shared by every instance.
+pub const CHANNEL: &str = "rampart_jobs";
+
+/// One claimed job, as a runner sees it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: Uuid,
+    pub merchant_id: Option<Uuid>,
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// This run's attempt, from 1.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub created_at: SystemTime,
+}
+
+/// Why a run did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobFailure {
+    /// Try again after backoff (dead once the attempts are spent).
+    Retry(String),
+    /// Nothing a retry can change (a refused destination, a malformed payload): dead now.
+    Permanent(String),
+    /// Not tried (the destination's circuit is open): again after the time given, no attempt spent.
+    Deferred(Duration, String),
+}
+
+/// Runs the jobs of one kind. Runs may repeat: a runner must be idempotent.
+pub trait JobRunner: Send + Sync + 'static {
+    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>>;
+}
+
+pub struct JobsSettings {
+    /// Names this instance in `locked_by`.
+    pub instance: String,
+    /// Concurrency per queue; only these queues are dispatched.
+    pub queues: BTreeMap<String, usize>,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long [`Stop`] lets running jobs finish before giving them back.
+    pub drain: Duration,
+    /// The connection that `LISTEN`s (`None`: polling only).
+    pub listen: Option<tokio_postgres::Config>,
+}
+
+/// Counters per queue, read without a message.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub retried: AtomicU64,
+    pub deferred: AtomicU64,
+    pub dead: AtomicU64,
+    /// Runs that finished after their lease had run out and the job had been put back.
+    pub lease_lost: AtomicU64,
+    pub running: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub queue: String,
+    pub concurrency: usize,
+    pub running_here: u64,
+    pub started: u64,
+    pub succeeded: u64,
+    pub retried: u64,
+    pub deferred: u64,
+    pub dead: u64,
+    pub lease_lost: u64,
+}
+
+/// What the dispatcher shows ops, shared with it.
+#[derive(Clone, Default)]
+pub struct JobsBoard {
+    queues: Arc<BTreeMap<String, (usize, Arc<QueueCounters>)>>,
+    notifications: Arc<AtomicU64>,
+    listening: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl JobsBoard {
+    pub fn new(queues: &BTreeMap<String, usize>) -> Self {
+        Self {
+            queues: Arc::new(
+                queues
+                    .iter()
+                    .map(|(q, n)| (q.clone(), (*n, Arc::new(QueueCounters::default()))))
+                    .collect(),
+            ),
+            ..Self::default()
+        }
+    }
+
+    fn counters(&self, queue: &str) -> Option<&Arc<QueueCounters>> {
+        self.queues.get(queue).map(|(_, c)| c)
+    }
+
+    pub fn snapshot(&self) -> Vec<QueueCounts> {
+        self.queues
+            .iter()
+            .map(|(queue, (concurrency, c))| QueueCounts {
+                queue: queue.clone(),
+                concurrency: *concurrency,
+                running_here: c.running.load(Relaxed),
+                started: c.started.load(Relaxed),
+                succeeded: c.succeeded.load(Relaxed),
+                retried: c.retried.load(Relaxed),
+                deferred: c.deferred.load(Relaxed),
+                dead: c.dead.load(Relaxed),
+                lease_lost: c.lease_lost.load(Relaxed),
+            })
+            .collect()
+    }
+
+    /// Notifications received from other instances.
+    pub fn notifications(&self) -> u64 {
+        self.notifications.load(Relaxed)
+    }
+
+    /// Whether the `LISTEN` connection is up.
+    pub fn listening(&self) -> bool {
+        self.listening.load(Relaxed)
+    }
+}
+
+/// The jobs of one kind: its name and its runner.
+pub type Runners = HashMap<String, Arc<dyn JobRunner>>;
+
+pub struct Jobs {
+    db: Handle<Db>,
+    settings: Arc<JobsSettings>,
+    runners: Arc<Runners>,
+    board: JobsBoard,
+    /// Per queue: jobs running here, and whether a claim is under way or wanted after it.
+    running: HashMap<String, usize>,
+    claiming: HashMap<String, bool>,
+    stopping: bool,
+    last_notify: Option<Instant>,
+    notify_pending: bool,
+    listener: Option<tokio::sync::mpsc::Sender<()>>,
+    supervision: Supervision,
+}
+
+/// A commit wrote jobs (to these queues; empty: any). Sent after the commit, never waited on.
+#[derive(Debug, Clone, Default)]
+pub struct Wake {
+    /// Also tell the other instances (false for a wake that came from them).
+    pub broadcast: bool,
+}
+
+impl actix::Message for Wake {
+    type Result = ();
+}
+
+struct Finished {
+    queue: String,
+}
+
+impl actix::Message for Finished {
+    type Result = ();
+}
+
+/// How many jobs this instance runs now, per queue (tests wait on it).
+pub struct Running;
+
+impl Request for Running {
+    type Reply = usize;
+}
+
+const DB_WAIT: Duration = Duration::from_secs(10);
+/// Notifications are coalesced to one per this interval: a burst of checkouts wakes the other
+/// instances once.
+const NOTIFY_EVERY: Duration = Duration::from_millis(20);
+
+impl Jobs {
+    pub fn new(
+        db: Handle<Db>,
+        settings: JobsSettings,
+        runners: Runners,
+        board: JobsBoard,
+        supervision: Supervision,
+    ) -> Self {
+        Self {
+            db,
+            settings: Arc::new(settings),
+            runners: Arc::new(runners),
+            board,
+            running: HashMap::new(),
+            claiming: HashMap::new(),
+            stopping: false,
+            last_notify: None,
+            notify_pending: false,
+            listener: None,
+            supervision,
+        }
+    }
+
+    fn claim_all(&mut self, ctx: &mut Context<Self>) {
+        let queues: Vec<String> = self.settings.queues.keys().cloned().collect();
+        for queue in queues {
+            self.claim(&queue, ctx);
+        }
+    }
+
+    /// Claims as many due jobs of `queue` as it has free places, unless a claim is under way
+    /// (then one more follows it).
+    fn claim(&mut self, queue: &str, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let Some(&concurrency) = self.settings.queues.get(queue) else {
+            return;
+        };
+        let running = self.running.get(queue).copied().unwrap_or(0);
+        if running >= concurrency {
+            return;
+        }
+        if let Some(again) = self.claiming.get_mut(queue) {
+            *again = true;
+            return;
+        }
+        self.claiming.insert(queue.to_owned(), false);
+        let command = Claim {
+            queue: queue.to_owned(),
+            limit: (concurrency - running) as i64,
+            lease: self.settings.lease,
+            instance: self.settings.instance.clone(),
+        };
+        let db = self.db.clone();
+        let queue = queue.to_owned();
+        ctx.spawn(
+            async move { db.run_within(command, DB_WAIT).await }
+                .into_actor(self)
+                .map(move |claimed, act, ctx| {
+                    let again = act.claiming.remove(&queue).unwrap_or(false);
+                    match claimed {
+                        Ok(jobs) => {
+                            for job in jobs {
+                                act.start_job(job, ctx);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue = %queue, error = %e, "claiming jobs failed")
+                        }
+                    }
+                    if again {
+                        act.claim(&queue, ctx);
+                    }
+                }),
+        );
+    }
+
+    fn start_job(&mut self, job: ClaimedJob, ctx: &mut Context<Self>) {
+        *self.running.entry(job.queue.clone()).or_default() += 1;
+        let counters = self.board.counters(&job.queue).cloned().unwrap_or_default();
+        counters.running.fetch_add(1, Relaxed);
+        counters.started.fetch_add(1, Relaxed);
+        let runner = self.runners.get(&job.kind).cloned();
+        let (db, settings, addr) = (self.db.clone(), Arc::clone(&self.settings), ctx.address());
+        let span =
+            tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempt);
+        let work = async move {
+            let queue = job.queue.clone();
+            let outcome = execute(&db, &settings, runner, job).await;
+            counters.running.fetch_sub(1, Relaxed);
+            match outcome {
+                Recorded::Lost => {
+                    counters.lease_lost.fetch_add(1, Relaxed);
+                }
+                Recorded::Succeeded => {
+                    counters.succeeded.fetch_add(1, Relaxed);
+                }
+                Recorded::Retried => {
+                    counters.retried.fetch_add(1, Relaxed);
+                }
+                Recorded::Deferred => {
+                    counters.deferred.fetch_add(1, Relaxed);
+                }
+                Recorded::Dead => {
+                    counters.dead.fetch_add(1, Relaxed);
+                }
+                Recorded::Unknown => {}
+            }
+            addr.do_send(Finished { queue });
+        };
+        actix_rt::spawn(tracing::Instrument::instrument(work, span));
+    }
+
+    fn broadcast(&mut self, ctx: &mut Context<Self>) {
+        let Some(listener) = self.listener.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        match self.last_notify {
+            Some(at) if now.duration_since(at) < NOTIFY_EVERY => {
+                if !self.notify_pending {
+                    self.notify_pending = true;
+                    ctx.run_later(NOTIFY_EVERY - now.duration_since(at), |act, ctx| {
+                        act.notify_pending = false;
+                        act.broadcast(ctx);
+                    });
+                }
+            }
+            _ => {
+                self.last_notify = Some(now);
+                let _ = listener.try_send(());
+            }
+        }
+    }
+}
+
+enum Recorded {
+    Succeeded,
+    Retried,
+    Deferred,
+    Dead,
+    /// The lease had run out and the job was put back (or taken) meanwhile.
+    Lost,
+    /// PostgreSQL did not take the outcome: the lease will run out and the job run again.
+    Unknown,
+}
+
+/// Runs one job, renewing its lease meanwhile, and records the outcome.
+async fn execute(
+    db: &Handle<Db>,
+    settings: &JobsSettings,
+    runner: Option<Arc<dyn JobRunner>>,
+    job: ClaimedJob,
+) -> Recorded {
+    let id = job.id;
+    let attempt = job.attempt;
+    let max_attempts = job.max_attempts;
+    let result = match runner {
+        None => Err(JobFailure::Permanent(format!(
+            "no runner for kind {}",
+            job.kind
+        ))),
+        Some(runner) => {
+            let run = runner.run(job);
+            let renew = async {
+                let mut every = tokio::time::interval(settings.lease / 3);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let renewed = db
+                        .run_within(
+                            Renew {
+                                id,
+                                attempt,
+                                lease: settings.lease,
+                                instance: settings.instance.clone(),
+                            },
+                            DB_WAIT,
+                        )
+                        .await;
+                    if let Ok(false) = renewed {
+                        tracing::warn!(job = %id, "job lease lost while running");
+                    }
+                }
+            };
+            tokio::select! {
+                result = run => result,
+                _ = renew => unreachable!("the renewal loop never ends"),
+            }
+        }
+    };
+    let outcome = match &result {
+        Ok(()) => Outcome::Succeeded,
+        Err(JobFailure::Deferred(after, why)) => Outcome::Later {
+            after: *after,
+            error: why.clone(),
+            spend: false,
+        },
+        Err(JobFailure::Retry(why)) if attempt < max_attempts => Outcome::Later {
+            after: backoff(settings, attempt),
+            error: why.clone(),
+            spend: true,
+        },
+        Err(JobFailure::Retry(why)) | Err(JobFailure::Permanent(why)) => {
+            Outcome::Dead { error: why.clone() }
+        }
+    };
+    if let Err(e) = &result {
+        tracing::warn!(job = %id, error = ?e, "job did not succeed");
+    }
+    let record = Record {
+        id,
+        attempt,
+        instance: settings.instance.clone(),
+        outcome: outcome.clone(),
+    };
+    match db.run_within(record, DB_WAIT).await {
+        Ok(true) => match outcome {
+            Outcome::Succeeded => Recorded::Succeeded,
+            Outcome::Later { spend: true, .. } => Recorded::Retried,
+            Outcome::Later { spend: false, .. } => Recorded::Deferred,
+            Outcome::Dead { .. } => Recorded::Dead,
+        },
+        Ok(false) => Recorded::Lost,
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "recording a job's outcome failed");
+            Recorded::Unknown
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a uniform delay up to `base * 2^(attempt - 1)`, capped.
+pub fn backoff(settings: &JobsSettings, attempt: i32) -> Duration {
+    let exp = settings
+        .backoff_base
+        .saturating_mul(1u32 << attempt.clamp(1, 20).saturating_sub(1))
+        .min(settings.backoff_max);
+    exp.mul_f64(rand::random::<f64>())
+}
+
+impl Actor for Jobs {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.settings.poll_interval, |act, ctx| {
+            if act.stopping {
+                return;
+            }
+            let db = act.db.clone();
+            ctx.spawn(
+                async move { db.run_within(Reap, DB_WAIT).await }
+                    .into_actor(act)
+                    .map(|reaped, act, ctx| {
+                        if let Ok(n) = reaped {
+                            if n > 0 {
+                                tracing::warn!(jobs = n, "jobs whose lease ran out were put back");
+                            }
+                        }
+                        act.claim_all(ctx);
+                    }),
+            );
+        });
+        if let Some(pg) = self.settings.listen.clone() {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            self.listener = Some(tx);
+            actix_rt::spawn(listen(
+                pg,
+                self.settings.instance.clone(),
+                ctx.address(),
+                rx,
+                self.settings.poll_interval,
+                self.board.clone(),
+            ));
+        }
+        self.claim_all(ctx);
+    }
+}
+
+/// Keeps a `LISTEN` connection: wakes the dispatcher on another instance's notification, and
+/// sends this instance's own when asked. Reconnects after a poll interval when it breaks;
+/// ends when the dispatcher stops.
+async fn listen(
+    pg: tokio_postgres::Config,
+    instance: String,
+    addr: Addr<Jobs>,
+    mut asks: tokio::sync::mpsc::Receiver<()>,
+    retry: Duration,
+    board: JobsBoard,
+) {
+    use futures_util::StreamExt;
+    while addr.connected() {
+        let Ok((client, mut connection)) = pg.connect(tokio_postgres::NoTls).await else {
+            tokio::time::sleep(retry).await;
+            continue;
+        };
+        let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+        let me = instance.clone();
+        let driver = actix_rt::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    if n.payload() != me && tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        if client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .is_ok()
+        {
+            board.listening.store(true, Relaxed);
+            // Jobs written while nobody listened are found now rather than at the next poll.
+            addr.do_send(Wake { broadcast: false });
+            loop {
+                tokio::select! {
+                    note = notes.recv() => match note {
+                        Some(()) => {
+                            board.notifications.fetch_add(1, Relaxed);
+                            addr.do_send(Wake { broadcast: false });
+                        }
+                        None => break,
+                    },
+                    ask = asks.recv() => match ask {
+                        Some(()) => {
+                            let sql = format!("NOTIFY {CHANNEL}, '{instance}'");
+                            if client.batch_execute(&sql).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+        board.listening.store(false, Relaxed);
+        driver.abort();
+        if asks.is_closed() {
+            return;
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+impl Resilient for Jobs {
+    fn supervision(&mut self) -> &mut Supervision {
+        &mut self.supervision
+    }
+
+    /// The bookkeeping may be half-updated: the running counts are taken again from the
+    /// counters the job tasks keep, and any claim in flight is allowed to be repeated.
+    fn rebuild(&mut self, ctx: &mut Context<Self>) {
+        self.claiming.clear();
+        self.running = self
+            .board
+            .queues
+            .iter()
+            .map(|(q, (_, c))| (q.clone(), c.running.load(Relaxed) as usize))
+            .collect();
+        self.claim_all(ctx);
+    }
+}
+
+impl Handler<Wake> for Jobs {
+    type Result = ();
+
+    fn handle(&mut self, wake: Wake, ctx: &mut Context<Self>) {
+        if wake.broadcast {
+            self.broadcast(ctx);
+        }
+        self.claim_all(ctx);
+    }
+}
+
+impl Handler<Finished> for Jobs {
+    type Result = ();
+
+    fn handle(&mut self, done: Finished, ctx: &mut Context<Self>) {
+        if let Some(n) = self.running.get_mut(&done.queue) {
+            *n = n.saturating_sub(1);
+        }
+        self.claim(&done.queue, ctx);
+    }
+}
+
+impl Handler<Envelope<Running>> for Jobs {
+    type Result = ();
+
+    fn handle(&mut self, envelope: Envelope<Running>, ctx: &mut Context<Self>) {
+        serve(self, ctx, envelope, |jobs, Running, _| {
+            Reply::Ready(jobs.running.values().sum())
+        });
+    }
+}
+
+impl Handler<Stop> for Jobs {
+    type Result = actix::ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Stop, _ctx: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        self.listener = None;
+        let (db, settings, board) = (
+            self.db.clone(),
+            Arc::clone(&self.settings),
+            self.board.clone(),
+        );
+        Box::pin(
+            async move {
+                let until = Instant::now() + settings.drain;
+                let running = || -> u64 { board.snapshot().iter().map(|q| q.running_here).sum() };
+                while running() > 0 && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let released = db
+                    .run_within(
+                        Release {
+                            instance: settings.instance.clone(),
+                        },
+                        DB_WAIT,
+                    )
+                    .await;
+                if let Ok(n) = released {
+                    if n > 0 {
+                        tracing::info!(jobs = n, "running jobs given back at shutdown");
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        )
+    }
+}
+
+// ---- the commands
+
+const CLAIM: &str = "WITH due AS (
+    SELECT j.id FROM jobs j
+    WHERE j.queue = $1 AND j.status IN ('queued', 'failed') AND j.run_at <= now()
+      AND (j.ordering_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM jobs e
+          WHERE e.queue = j.queue AND e.ordering_key = j.ordering_key
+            AND e.status IN ('queued', 'running', 'failed')
+            AND (e.created_at, e.id) < (j.created_at, j.id)))
+    ORDER BY j.run_at, j.id
+    LIMIT $2
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1,
+    locked_until = now() + $3 * interval '1 millisecond', locked_by = $4, updated_at = now()
+FROM due WHERE jobs.id = due.id
+RETURNING jobs.id, jobs.merchant_id, jobs.queue, jobs.kind, jobs.payload, jobs.attempts,
+    jobs.max_attempts, jobs.created_at";
+
+struct Claim {
+    queue: String,
+    limit: i64,
+    lease: Duration,
+    instance: String,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_millis() as f64
+}
+
+impl DbCommand for Claim {
+    type Output = Vec<ClaimedJob>;
+
+    async fn run(self, conn: &mut Conn) -> Result<Vec<ClaimedJob>, DbError> {
+        let stmt = conn.prepare_cached(CLAIM).await?;
+        let rows = conn
+            .query(
+                &stmt,
+                &[
+                    &self.queue,
+                    &self.limit,
+                    &millis(self.lease),
+                    &self.instance,
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ClaimedJob {
+                id: r.get(0),
+                merchant_id: r.get(1),
+                queue: r.get(2),
+                kind: r.get(3),
+                payload: r.get(4),
+                attempt: r.get(5),
+                max_attempts: r.get(6),
+                created_at: r.get(7),
+            })
+            .collect())
+    }
+}
+
+/// Extends a running job's lease; false when it is no longer this run's.
+struct Renew {
+    id: Uuid,
+    attempt: i32,
+    lease: Duration,
+    instance: String,
+}
+
+impl DbCommand for Renew {
+    type Output = bool;
+
+    async fn run(self, conn: &mut Conn) -> Result<bool, DbError> {
+        let n = conn
+            .execute(
+                "UPDATE jobs SET locked_until = now() + $4 * interval '1 millisecond'
+                 WHERE id = $1 AND status = 'running' AND locked_by = $2 AND attempts = $3",
+                &[&self.id, &self.instance, &self.attempt, &millis(self.lease)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Succeeded,
+    Later {
+        after: Duration,
+        error: String,
+        /// Whether this run counts as an attempt.
+        spend: bool,
+    },
+    Dead {
+        error: String,
+    },
+}
+
+/// Records a run's outcome, only while the run still holds the job; false otherwise.
+struct Record {
+    id: Uuid,
+    attempt: i32,
+    instance: String,
+    outcome: Outcome,
+}
+
+impl DbCommand for Record {
+    type Output = bool;
+
+    async fn run(self, conn: &mut Conn) -> Result<bool, DbError> {
+        const MINE: &str = "id = $1 AND status = 'running' AND locked_by = $2 AND attempts = $3";
+        let (id, who, attempt) = (&self.id, &self.instance, &self.attempt);
+        let n = match self.outcome {
+            Outcome::Succeeded => {
+                conn.execute(
+                    &format!("UPDATE jobs SET status = 'succeeded', locked_by = NULL, locked_until = NULL,
+                        finished_at = now(), updated_at = now() WHERE {MINE}"),
+                    &[id, who, attempt],
+                )
+                .await?
+            }
+            Outcome::Later {
+                after,
+                error,
+                spend,
+            } => {
+                conn.execute(
+                    &format!("UPDATE jobs SET status = 'failed', locked_by = NULL, locked_until = NULL,
+                        attempts = attempts - CASE WHEN $6 THEN 0 ELSE 1 END,
+                        run_at = now() + $4 * interval '1 millisecond', last_error = $5, updated_at = now()
+                        WHERE {MINE}"),
+                    &[id, who, attempt, &millis(after), &error, &spend],
+                )
+                .await?
+            }
+            Outcome::Dead { error } => {
+                conn.execute(
+                    &format!("UPDATE jobs SET status = 'dead', locked_by = NULL, locked_until = NULL,
+                        last_error = $4, finished_at = now(), updated_at = now() WHERE {MINE}"),
+                    &[id, who, attempt, &error],
+                )
+                .await?
+            }
+        };
+        Ok(n == 1)
+    }
+}
+
+/// Puts back the jobs whose lease ran out (their instance crashed or froze).
+struct Reap;
+
+impl DbCommand for Reap {
+    type Output = u64;
+
+    async fn run(self, conn: &mut Conn) -> Result<u64, DbError> {
+        Ok(conn
+            .execute(
+                "UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
+                    finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+                    locked_by = NULL, locked_until = NULL, run_at = now(),
+                    last_error = 'lease ran out: the instance running it stopped', updated_at = now()
+                 WHERE status = 'running' AND locked_until < now()",
+                &[],
+            )
+            .await?)
+    }
+}
+
+/// Gives back the jobs this instance holds, without spending their attempt.
+struct Release {
+    instance: String,
+}
+
+impl DbCommand for Release {
+    type Output = u64;
+
+    async fn run(self, conn: &mut Conn) -> Result<u64, DbError> {
+        Ok(conn
+            .execute(
+                "UPDATE jobs SET status = 'queued', attempts = attempts - 1, locked_by = NULL,
+                    locked_until = NULL, run_at = now(), updated_at = now()
+                 WHERE status = 'running' AND locked_by = $1",
+                &[&self.instance],
+            )
+            .await?)
+    }
+}
+
+/// Queue health from the table: what waits, runs, failed and died, in every instance together.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct QueueHealth {
+    pub queue: String,
+    /// Due or scheduled, not running (queued, or failed awaiting a retry).
+    pub depth: i64,
+    pub running: i64,
+    pub failed: i64,
+    pub dead: i64,
+    /// Seconds the oldest due job has waited (0: none due).
+    pub oldest_due_secs: f64,
+}
+
+/// Reads every queue's health (the probe runs it on its own connection).
+pub async fn queue_health(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<QueueHealth>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT queue,
+                count(*) FILTER (WHERE status IN ('queued', 'failed')),
+                count(*) FILTER (WHERE status = 'running'),
+                count(*) FILTER (WHERE status = 'failed'),
+                count(*) FILTER (WHERE status = 'dead'),
+                coalesce(extract(epoch FROM now() - min(run_at)
+                    FILTER (WHERE status IN ('queued', 'failed') AND run_at <= now())), 0)::float8
+             FROM jobs WHERE status <> 'succeeded' GROUP BY queue ORDER BY queue",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| QueueHealth {
+            queue: r.get(0),
+            depth: r.get(1),
+            running: r.get(2),
+            failed: r.get(3),
+            dead: r.get(4),
+            oldest_due_secs: r.get(5),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> JobsSettings {
+        JobsSettings {
+            instance: "t".into(),
+            queues: BTreeMap::new(),
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            drain: Duration::from_secs(1),
+            listen: None,
+        }
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_an_exponential_bound_that_stops_at_the_cap() {
+        let s = settings();
+        for attempt in 1..=30 {
+            let bound = Duration::from_millis(100)
+                .saturating_mul(1 << (attempt.min(20) - 1))
+                .min(s.backoff_max);
+            let delays: Vec<Duration> = (0..200).map(|_| backoff(&s, attempt)).collect();
+            assert!(delays.iter().all(|d| *d <= bound), "attempt {attempt}");
+            // Full jitter: the delays spread over the range rather than sitting at its top.
+            assert!(delays.iter().any(|d| *d < bound / 2), "attempt {attempt}");
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! `order_email`: the customer's confirmation and status mails, through SMTP (lettre) behind
+//! the `smtp` circuit, or as `.eml` files under `email.outbox_dir` when `email.smtp_url` is
+//! unset. The Message-ID is one per event and order, so a repeated run repeats the same message
+//! (and overwrites the same file).
+
+use super::{field, retry, JobContext};
+use crate::store::orders::{self, Order};
+use futures_util::future::LocalBoxFuture;
+use lettre::message::{header::ContentType, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use rampart_actors::{
+    BreakerSettings, Circuit, ClaimedJob, Conn, DbCommand, DbError, JobFailure, JobRunner,
+};
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub struct OrderEmail {
+    ctx: JobContext,
+    smtp: Option<(AsyncSmtpTransport<Tokio1Executor>, Circuit)>,
+}
+
+const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl OrderEmail {
+    pub fn new(ctx: JobContext) -> Self {
+        let smtp = ctx.settings.email.smtp_url.as_ref().and_then(|url| {
+            let transport = transport(url.expose())
+                .map_err(|e| tracing::error!(error = %e, "email.smtp_url is unusable: mails wait"))
+                .ok()?;
+            let circuit = ctx
+                .breakers
+                .get("smtp")
+                .unwrap_or_else(|| ctx.breakers.register("smtp", breaker(&ctx)));
+            Some((transport, circuit))
+        });
+        Self { ctx, smtp }
+    }
+}
+
+fn breaker(ctx: &JobContext) -> BreakerSettings {
+    ctx.settings.breakers.breaker()
+}
+
+/// `smtp://[user:password@]host[:port]` (plain SMTP, port 25 by default).
+fn transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let url = url::Url::parse(url).map_err(|e| e.to_string())?;
+    if url.scheme() != "smtp" {
+        return Err(format!("scheme {} (expected smtp)", url.scheme()));
+    }
+    let host = url.host_str().ok_or("no host")?;
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(url.port().unwrap_or(25))
+        .timeout(Some(SMTP_TIMEOUT));
+    if !url.username().is_empty() {
+        builder = builder.credentials(Credentials::new(
+            url.username().to_owned(),
+            url.password().unwrap_or_default().to_owned(),
+        ));
+    }
+    Ok(builder.build())
+}
+
+impl JobRunner for OrderEmail {
+    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
+        let (db, settings) = (self.ctx.db.clone(), self.ctx.settings.clone());
+        let smtp = self.smtp.clone();
+        Box::pin(async move {
+            let event: String = field(&job, "event")?;
+            let order_id: Uuid = field(&job, "order_id")?;
+            let merchant_id = job
+                .merchant_id
+                .ok_or_else(|| JobFailure::Permanent("email job without merchant".into()))?;
+            let Some((store, order)) = db
+                .run(Load {
+                    merchant_id,
+                    order_id,
+                })
+                .await
+                .map_err(retry)?
+            else {
+                return Err(JobFailure::Permanent(format!("order {order_id} not found")));
+            };
+            let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
+            let message = compose(&settings.email.from, &store, &order, &event, &id)?;
+            match smtp {
+                Some((transport, circuit)) => {
+                    let call = circuit.try_call().map_err(|open| {
+                        JobFailure::Deferred(open.retry_after, "the SMTP circuit is open".into())
+                    })?;
+                    match transport.send(message).await {
+                        Ok(_) => {
+                            call.succeeded();
+                            Ok(())
+                        }
+                        Err(e) if e.is_permanent() => {
+                            call.succeeded();
+                            Err(JobFailure::Permanent(format!("SMTP refused the mail: {e}")))
+                        }
+                        Err(e) => {
+                            call.failed();
+                            Err(JobFailure::Retry(format!("SMTP: {e}")))
+                        }
+                    }
+                }
+                None => write_eml(settings.email.outbox_dir.clone(), &id, message.formatted())
+                    .await
+                    .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}"))),
+            }
+        })
+    }
+}
+
+fn compose(
+    from: &str,
+    store: &str,
+    order: &Order,
+    event: &str,
+    message_id: &str,
+) -> Result<Message, JobFailure> {
+    let from: Mailbox = from
+        .parse()
+        .map_err(|e| JobFailure::Permanent(format!("email.from: {e}")))?;
+    let to: Mailbox = order
+        .customer_email
+        .parse()
+        .map_err(|e| JobFailure::Permanent(format!("customer email: {e}")))?;
+    let what = match event {
+        "order.created" => "is confirmed".to_owned(),
+        other => format!("is now {}", other.trim_start_matches("order.")),
+    };
+    let mut body = format!(
+        "Hello{},\n\nYour order #{} at {store} {what}.\n\n",
+        order
+            .customer_name
+            .as_deref()
+            .map(|n| format!(" {n}"))
+            .unwrap_or_default(),
+        order.number
+    );
+    for item in &order.items {
+        body.push_str(&format!(
+            "  {} x {} ({}) at {} {}\n",
+            item.quantity,
+            item.name,
+            item.sku,
+            cents(item.unit_price_cents),
+            order.currency
+        ));
+    }
+    body.push_str(&format!(
+        "\nTotal: {} {}\n",
+        cents(order.total_cents),
+        order.currency
+    ));
+    Message::builder()
+        .from(from)
+        .to(to)
+        .message_id(Some(format!("<{message_id}>")))
+        .subject(format!("Order #{} at {store} {what}", order.number))
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| JobFailure::Permanent(format!("composing the mail: {e}")))
+}
+
+fn cents(v: i64) -> String {
+    format!("{}.{:02}", v / 100, (v % 100).abs())
+}
+
+/// Written to a temporary name and renamed, so a reader never sees half a message.
+async fn write_eml(dir: PathBuf, id: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+    let name: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    actix_web::rt::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, dir.join(format!("{name}.eml")))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The store's name and the order.
+struct Load {
+    merchant_id: Uuid,
+    order_id: Uuid,
+}
+
+impl DbCommand for Load {
+    type Output = Option<(String, Order)>;
+
+    async fn run(self, conn: &mut Conn) -> Result<Self::Output, DbError> {
+        let name: String = conn
+            .query_one(
+                "SELECT name FROM merchants WHERE id = $1",
+                &[&self.merchant_id],
+            )
+            .await?
+            .get(0);
+        let order = orders::Get {
+            merchant_id: self.merchant_id,
+            id: self.order_id,
+        }
+        .run(conn)
+        .await?;
+        Ok(order.map(|o| (name, o)))
+    }
+}

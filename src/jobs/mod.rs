@@ -1,0 +1,113 @@
+//! The job kinds, declared in one list, and their runners. The `Jobs` dispatcher of
+//! `rampart_actors` claims, retries and records; this module says what each kind does.
+//!
+//! Delivery is at least once, so every runner is idempotent:
+//!
+//! | kind              | queue       | attempts             | why running twice is harmless                                  |
+//! |-------------------|-------------|----------------------|----------------------------------------------------------------|
+//! | `order_email`     | `email`     | `jobs.max_attempts`  | one Message-ID per event and order (the same `.eml` file)      |
+//! | `webhook`         | `webhooks`  | `jobs.max_attempts`  | one event id per event, kept across retries: receivers dedupe  |
+//! | `sales_report`    | `reports`   | 3                    | rebuilds the same report row from the same orders              |
+//! | `order_analytics` | `analytics` | `jobs.max_attempts`  | one `analytics_applied` row per order and event, in its update |
+//! | `audit`           | `audit`     | `jobs.max_attempts`  | the audit row's id is the job's id                             |
+//!
+//! An order's email, webhook and analytics jobs share its id as ordering key: they follow the
+//! order's events in order.
+
+pub mod analytics;
+pub mod audit;
+pub mod email;
+pub mod reports;
+pub mod webhook;
+
+use crate::settings::Settings;
+use rampart_actors::{
+    BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, JobFailure, JobRunner, Runners,
+};
+use std::sync::Arc;
+
+/// One kind of job.
+#[derive(Debug)]
+pub struct Kind {
+    pub name: &'static str,
+    pub queue: &'static str,
+    /// `None`: `jobs.max_attempts`.
+    pub max_attempts: Option<i32>,
+}
+
+pub const ORDER_EMAIL: Kind = Kind {
+    name: "order_email",
+    queue: "email",
+    max_attempts: None,
+};
+pub const WEBHOOK: Kind = Kind {
+    name: "webhook",
+    queue: "webhooks",
+    max_attempts: None,
+};
+pub const SALES_REPORT: Kind = Kind {
+    name: "sales_report",
+    queue: "reports",
+    max_attempts: Some(3),
+};
+pub const ORDER_ANALYTICS: Kind = Kind {
+    name: "order_analytics",
+    queue: "analytics",
+    max_attempts: None,
+};
+pub const AUDIT: Kind = Kind {
+    name: "audit",
+    queue: "audit",
+    max_attempts: None,
+};
+
+pub const KINDS: [&Kind; 5] = [
+    &ORDER_EMAIL,
+    &WEBHOOK,
+    &SALES_REPORT,
+    &ORDER_ANALYTICS,
+    &AUDIT,
+];
+
+/// What runners use: actor handles and settings, as handlers do.
+#[derive(Clone)]
+pub struct JobContext {
+    pub db: Handle<Db>,
+    pub settings: Arc<Settings>,
+    pub breakers: BreakerBoard,
+    pub circuits: Handle<Breakers>,
+}
+
+/// Every kind's runner, by kind name.
+pub fn runners(ctx: JobContext) -> Runners {
+    let mut runners = Runners::new();
+    let mut add = |kind: &Kind, runner: Arc<dyn JobRunner>| {
+        runners.insert(kind.name.to_owned(), runner);
+    };
+    add(&ORDER_EMAIL, Arc::new(email::OrderEmail::new(ctx.clone())));
+    add(&WEBHOOK, Arc::new(webhook::Webhook::new(ctx.clone())));
+    add(&SALES_REPORT, Arc::new(reports::SalesReport(ctx.clone())));
+    add(
+        &ORDER_ANALYTICS,
+        Arc::new(analytics::OrderAnalytics(ctx.clone())),
+    );
+    add(&AUDIT, Arc::new(audit::Audit(ctx)));
+    runners
+}
+
+/// A database failure is worth a retry; the job's own attempts bound it.
+pub fn retry(e: DbError) -> JobFailure {
+    JobFailure::Retry(format!("database: {e}"))
+}
+
+/// A field of the payload, or a permanent failure: a malformed payload never gets better.
+pub fn field<T: serde::de::DeserializeOwned>(
+    job: &ClaimedJob,
+    name: &str,
+) -> Result<T, JobFailure> {
+    job.payload
+        .get(name)
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| JobFailure::Permanent(format!("payload has no valid {name}")))
+}

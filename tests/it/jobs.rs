@@ -1,0 +1,690 @@
+//! Durable jobs: what a checkout and a status change set off (webhooks, mail, analytics, the
+//! audit trail), reports, retries and dead jobs, the SSRF guard, and more than one instance
+//! dispatching from one database. Real receivers on loopback.
+
+use crate::receivers::{Behaviour, SmtpSink, WebhookReceiver};
+use crate::support::{wait_until, Merchant, TestApp, TestAppBuilder, ADMIN_TOKEN};
+use hmac::{Hmac, Mac};
+use rampart::settings::{Secret, Settings};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Jobs on, quick retries, loopback receivers allowed.
+fn quick(s: &mut Settings) {
+    s.jobs.enabled = true;
+    s.jobs.poll_interval_ms = 100;
+    s.jobs.backoff_base_ms = 50;
+    s.jobs.backoff_max_ms = 300;
+    s.jobs.max_attempts = 3;
+    s.jobs.lease_secs = 2;
+    s.webhooks.timeout_ms = 400;
+    s.webhooks.allow_private_targets = true;
+}
+
+fn jobs_app() -> TestAppBuilder {
+    let outbox = std::env::temp_dir().join(format!("rampart-outbox-{}", uuid::Uuid::new_v4()));
+    TestApp::builder().configure(move |s| {
+        quick(s);
+        s.email.outbox_dir = outbox;
+    })
+}
+
+/// A merchant whose webhooks go to `url`, and its signing secret.
+async fn merchant_with_webhook(app: &TestApp, url: &str) -> (Merchant, String) {
+    let reply = app
+        .post_json(
+            "/api/v1/admin/merchants",
+            Some(ADMIN_TOKEN),
+            &json!({"name": "Hooked", "webhook_url": url}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    let merchant = Merchant {
+        id: body["merchant"]["id"].as_str().unwrap().to_owned(),
+        api_key: body["api_key"].as_str().unwrap().to_owned(),
+    };
+    (
+        merchant,
+        body["webhook_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn buy(app: &TestApp, merchant: &Merchant, product: &Value, quantity: i64) -> Value {
+    let body = json!({"customer_email": "buyer@example.com", "customer_name": "Ada",
+        "items": [{"product_id": product["id"], "quantity": quantity}]});
+    let reply = app.checkout(&merchant.id, &body, None).await;
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+async fn set_status(app: &TestApp, merchant: &Merchant, order: &Value, to: &str) {
+    let path = format!("/api/v1/orders/{}/status", order["id"].as_str().unwrap());
+    let reply = app
+        .post_json(&path, Some(&merchant.api_key), &json!({"status": to}))
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
+/// Jobs by status, from the table.
+async fn statuses(app: &TestApp, kind: &str) -> BTreeMap<String, i64> {
+    app.sql()
+        .await
+        .query(
+            "SELECT status, count(*) FROM jobs WHERE kind = $1 GROUP BY status",
+            &[&kind],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Waits until every job is finished (succeeded or dead).
+async fn all_jobs_finished(app: &TestApp) {
+    let sql = app.sql().await;
+    wait_until("every job finished", Duration::from_secs(30), async || {
+        let open: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'dead')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        open == 0
+    })
+    .await;
+}
+
+fn verify(secret: &str, delivery: &crate::receivers::Delivery) {
+    let (t, v1) = delivery.signature.split_once(',').expect("t=..,v1=..");
+    let t = t.strip_prefix("t=").expect("t=");
+    let v1 = v1.strip_prefix("v1=").expect("v1=");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&delivery.body);
+    assert_eq!(hex::encode(mac.finalize().into_bytes()), v1, "signature");
+    let age = chrono::Utc::now().timestamp() - t.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "a fresh timestamp");
+}
+
+#[actix_rt::test]
+async fn a_checkout_reaches_the_merchants_receiver_signed_and_each_status_change_follows_in_order()
+{
+    let receiver = WebhookReceiver::start(Behaviour::Accept);
+    let app = jobs_app().spawn().await;
+    let (merchant, secret) = merchant_with_webhook(&app, &receiver.url).await;
+    let product = app.create_product(&merchant, "HOOK-1", 1250, 10).await;
+    let order = buy(&app, &merchant, &product, 2).await;
+    for to in ["paid", "shipped", "delivered"] {
+        set_status(&app, &merchant, &order, to).await;
+    }
+    wait_until(
+        "four events delivered",
+        Duration::from_secs(20),
+        async || receiver.received().len() >= 4,
+    )
+    .await;
+    all_jobs_finished(&app).await;
+    let received = receiver.received();
+    let types: Vec<String> = received
+        .iter()
+        .map(|d| d.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "order.created",
+            "order.paid",
+            "order.shipped",
+            "order.delivered"
+        ]
+    );
+    for delivery in &received {
+        verify(&secret, delivery);
+        let event = delivery.json();
+        assert!(
+            event["id"].is_string() && event["created_at"].is_string(),
+            "{event}"
+        );
+        assert_eq!(event["data"]["id"], order["id"], "{event}");
+    }
+    let ids: std::collections::BTreeSet<String> = received
+        .iter()
+        .map(|d| d.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 4, "one event id per event");
+    receiver.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_receiver_that_answers_500_first_gets_the_same_event_again_after_backoff() {
+    let receiver = WebhookReceiver::start(Behaviour::FailFirst(1));
+    let app = jobs_app().spawn().await;
+    let (merchant, secret) = merchant_with_webhook(&app, &receiver.url).await;
+    let product = app.create_product(&merchant, "RETRY-1", 500, 5).await;
+    buy(&app, &merchant, &product, 1).await;
+    wait_until(
+        "the event delivered twice",
+        Duration::from_secs(20),
+        async || receiver.received().len() >= 2,
+    )
+    .await;
+    all_jobs_finished(&app).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "one failure, one success");
+    assert_eq!(
+        received[0].json()["id"],
+        received[1].json()["id"],
+        "the same event id"
+    );
+    verify(&secret, &received[1]);
+    let job_id: uuid::Uuid = app
+        .sql()
+        .await
+        .query_one("SELECT id FROM jobs WHERE kind = 'webhook'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let job = app
+        .get_as(&merchant.api_key, &format!("/api/v1/jobs/{job_id}"))
+        .await
+        .json();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert!(job["finished_at"].is_string(), "{job}");
+    receiver.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_receiver_that_never_answers_leaves_the_job_dead_after_the_configured_attempts() {
+    let receiver = WebhookReceiver::start(Behaviour::Hang);
+    let app = jobs_app().spawn().await;
+    let (merchant, _) = merchant_with_webhook(&app, &receiver.url).await;
+    let product = app.create_product(&merchant, "HANG-1", 500, 5).await;
+    buy(&app, &merchant, &product, 1).await;
+    let sql = app.sql().await;
+    wait_until(
+        "the webhook job is dead",
+        Duration::from_secs(30),
+        async || statuses(&app, "webhook").await.get("dead") == Some(&1),
+    )
+    .await;
+    let job_id: uuid::Uuid = sql
+        .query_one("SELECT id FROM jobs WHERE kind = 'webhook'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let job = app
+        .get_as(&merchant.api_key, &format!("/api/v1/jobs/{job_id}"))
+        .await
+        .json();
+    assert_eq!(job["status"], "dead", "{job}");
+    assert_eq!(job["attempts"], 3, "{job}");
+    assert_eq!(job["max_attempts"], 3, "{job}");
+    assert!(
+        job["last_error"].as_str().unwrap().contains("127.0.0.1"),
+        "{job}"
+    );
+    assert_eq!(receiver.received().len(), 3, "one request per attempt");
+    // Another merchant cannot see it.
+    let other = app.create_merchant("Other").await;
+    let reply = app
+        .get_as(&other.api_key, &format!("/api/v1/jobs/{job_id}"))
+        .await;
+    assert_eq!(reply.status, 404);
+}
+
+#[actix_rt::test]
+async fn the_confirmation_and_status_mails_reach_a_real_smtp_server() {
+    let sink = SmtpSink::start().await;
+    let url = sink.url.clone();
+    let app = jobs_app()
+        .configure(move |s| s.email.smtp_url = Some(Secret::new(url)))
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("Mail Shop").await;
+    let product = app.create_product(&merchant, "MAIL-1", 1999, 5).await;
+    let order = buy(&app, &merchant, &product, 2).await;
+    set_status(&app, &merchant, &order, "paid").await;
+    wait_until("two mails", Duration::from_secs(20), async || {
+        sink.mails().len() >= 2
+    })
+    .await;
+    all_jobs_finished(&app).await;
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 2);
+    assert!(
+        mails[0].to[0].contains("buyer@example.com"),
+        "{:?}",
+        mails[0]
+    );
+    assert!(
+        mails[0].from.contains("no-reply@rampart.local"),
+        "{:?}",
+        mails[0]
+    );
+    let number = order["number"].as_i64().unwrap();
+    assert!(
+        mails[0].data.contains(&format!(
+            "Subject: Order #{number} at Mail Shop is confirmed"
+        )),
+        "{}",
+        mails[0].data
+    );
+    assert!(mails[0].data.contains("39.98 EUR"), "{}", mails[0].data);
+    assert!(mails[1].data.contains("is now paid"), "{}", mails[1].data);
+}
+
+#[actix_rt::test]
+async fn without_smtp_the_mails_are_eml_files_in_the_outbox() {
+    let dir = std::env::temp_dir().join(format!("rampart-eml-{}", uuid::Uuid::new_v4()));
+    let outbox = dir.clone();
+    let app = jobs_app()
+        .configure(move |s| s.email.outbox_dir = outbox)
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("File Shop").await;
+    let product = app.create_product(&merchant, "EML-1", 700, 5).await;
+    let order = buy(&app, &merchant, &product, 1).await;
+    let file = dir.join(format!(
+        "order-created.{}_rampart.eml",
+        order["id"].as_str().unwrap()
+    ));
+    wait_until(
+        "the .eml file is written",
+        Duration::from_secs(20),
+        async || file.exists(),
+    )
+    .await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("To: buyer@example.com"), "{text}");
+    assert!(text.contains("is confirmed"), "{text}");
+    // Running the job again writes the same file, not a second one.
+    all_jobs_finished(&app).await;
+    app.sql()
+        .await
+        .execute(
+            "UPDATE jobs SET status = 'queued', run_at = now() WHERE kind = 'order_email'",
+            &[],
+        )
+        .await
+        .unwrap();
+    all_jobs_finished(&app).await;
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "eml")
+        })
+        .count();
+    assert_eq!(files, 1);
+}
+
+#[actix_rt::test]
+async fn a_report_goes_queued_running_ready_and_its_csv_matches_the_orders_row_for_row() {
+    let app = jobs_app().spawn().await;
+    let merchant = app.create_merchant("Reports").await;
+    let a = app.create_product(&merchant, "REP-A", 1000, 50).await;
+    let b = app.create_product(&merchant, "REP,\"B\"", 250, 50).await;
+    let mut orders = Vec::new();
+    for (product, quantity) in [(&a, 1), (&b, 3), (&a, 2), (&b, 1), (&a, 5)] {
+        orders.push(buy(&app, &merchant, product, quantity).await);
+    }
+    set_status(&app, &merchant, &orders[4], "cancelled").await;
+    // What the orders say: units and revenue per day and product, cancelled orders left out.
+    let mut expected: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for order in &orders[..4] {
+        let day = order["created_at"].as_str().unwrap()[..10].to_owned();
+        for item in order["items"].as_array().unwrap() {
+            let q = item["quantity"].as_i64().unwrap();
+            let e = expected
+                .entry((day.clone(), item["sku"].as_str().unwrap().to_owned()))
+                .or_default();
+            e.0 += q;
+            e.1 += q * item["unit_price_cents"].as_i64().unwrap();
+        }
+    }
+    let today = chrono::Utc::now().date_naive();
+
+    // A session holding order_items keeps the report's read waiting: it is seen running.
+    let blocker = app.sql().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE order_items IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let reply = app
+        .post_json(
+            "/api/v1/reports",
+            Some(&merchant.api_key),
+            &json!({"kind": "sales", "from": (today - chrono::Days::new(1)).to_string(), "to": today.to_string(), "format": "csv"}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let report = reply.json();
+    assert_eq!(report["status"], "queued");
+    assert!(report["job_id"].is_string());
+    let location = reply.header("location").unwrap().to_owned();
+    let status = async || {
+        app.get_as(&merchant.api_key, &location).await.json()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    wait_until(
+        "the report is running",
+        Duration::from_secs(20),
+        async || status().await == "running",
+    )
+    .await;
+    let early = app
+        .get_as(&merchant.api_key, &format!("{location}/download"))
+        .await;
+    assert_eq!(early.status, 409, "not ready yet");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    wait_until("the report is ready", Duration::from_secs(20), async || {
+        status().await == "ready"
+    })
+    .await;
+    let ready = app.get_as(&merchant.api_key, &location).await.json();
+    assert_eq!(ready["download_url"], format!("{location}/download"));
+
+    let csv = app
+        .get_as(&merchant.api_key, ready["download_url"].as_str().unwrap())
+        .await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
+    let text = String::from_utf8(csv.body).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("day,sku,name,units,revenue_cents"));
+    let mut got: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for line in lines {
+        // The quoted sku is the only field with a comma: split from both ends.
+        let (day, rest) = line.split_once(',').unwrap();
+        let mut tail = rest.rsplitn(3, ',');
+        let revenue: i64 = tail.next().unwrap().parse().unwrap();
+        let units: i64 = tail.next().unwrap().parse().unwrap();
+        let sku_name = tail.next().unwrap();
+        let sku = if let Some(quoted) = sku_name.strip_prefix('"') {
+            let end = quoted.find("\",").unwrap();
+            quoted[..end].replace("\"\"", "\"")
+        } else {
+            sku_name.split(',').next().unwrap().to_owned()
+        };
+        got.insert((day.to_owned(), sku), (units, revenue));
+    }
+    assert_eq!(got, expected);
+
+    // Another merchant's report is not found.
+    let other = app.create_merchant("Other").await;
+    assert_eq!(app.get_as(&other.api_key, &location).await.status, 404);
+}
+
+#[actix_rt::test]
+async fn analytics_equal_the_orders_totals_per_inclusive_day_even_after_the_jobs_ran_twice() {
+    let app = jobs_app().spawn().await;
+    let merchant = app.create_merchant("Numbers").await;
+    let product = app.create_product(&merchant, "AN-1", 1500, 100).await;
+    let mut orders = Vec::new();
+    for q in [1, 2, 3, 4] {
+        orders.push(buy(&app, &merchant, &product, q).await);
+    }
+    set_status(&app, &merchant, &orders[1], "cancelled").await;
+    all_jobs_finished(&app).await;
+    let today = chrono::Utc::now().date_naive();
+    let (yesterday, tomorrow) = (today - chrono::Days::new(1), today + chrono::Days::new(1));
+    let path = format!("/api/v1/analytics/sales?from={yesterday}&to={tomorrow}");
+    let expect = json!({"data": [
+        {"day": yesterday.to_string(), "orders": 0, "units": 0, "revenue_cents": 0},
+        {"day": today.to_string(), "orders": 3, "units": 8, "revenue_cents": 12000},
+        {"day": tomorrow.to_string(), "orders": 0, "units": 0, "revenue_cents": 0},
+    ]});
+    assert_eq!(app.get_as(&merchant.api_key, &path).await.json(), expect);
+
+    // Every analytics job runs again: nothing changes.
+    let sql = app.sql().await;
+    let again = sql
+        .execute(
+            "UPDATE jobs SET status = 'queued', run_at = now() WHERE kind = 'order_analytics'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, 5, "four creations and one cancellation");
+    all_jobs_finished(&app).await;
+    assert_eq!(app.get_as(&merchant.api_key, &path).await.json(), expect);
+
+    let one_day = format!("/api/v1/analytics/sales?from={today}&to={today}");
+    let data = app.get_as(&merchant.api_key, &one_day).await.json();
+    assert_eq!(
+        data["data"].as_array().unwrap().len(),
+        1,
+        "both ends inclusive"
+    );
+    let bad = app
+        .get_as(
+            &merchant.api_key,
+            &format!("/api/v1/analytics/sales?from={today}&to={yesterday}"),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+}
+
+#[actix_rt::test]
+async fn each_change_leaves_an_audit_entry_newest_first() {
+    let app = jobs_app().spawn().await;
+    let merchant = app.create_merchant("Audited").await;
+    let product = app.create_product(&merchant, "AUD-1", 100, 5).await;
+    let order = buy(&app, &merchant, &product, 1).await;
+    set_status(&app, &merchant, &order, "paid").await;
+    let reply = app
+        .json_request(
+            awc::http::Method::PUT,
+            "/api/v1/merchant",
+            Some(&merchant.api_key),
+            &json!({"name": "Audited Ltd"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["name"], "Audited Ltd");
+    all_jobs_finished(&app).await;
+    let trail = app
+        .get_as(&merchant.api_key, "/api/v1/audit?limit=2")
+        .await
+        .json();
+    let actions: Vec<&str> = trail["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["merchant.updated", "order.paid"], "{trail}");
+    assert_eq!(trail["has_more"], true);
+    let next = trail["next_cursor"].as_str().unwrap();
+    let rest = app
+        .get_as(
+            &merchant.api_key,
+            &format!("/api/v1/audit?limit=2&cursor={next}"),
+        )
+        .await
+        .json();
+    assert_eq!(rest["data"][0]["action"], "order.created", "{rest}");
+    assert_eq!(rest["data"][0]["entity_id"], order["id"]);
+    assert_eq!(rest["data"][0]["actor"], "storefront");
+}
+
+/// Every spelling of an internal address the guard must see through.
+const INTERNAL: &[&str] = &[
+    "http://127.0.0.1/x",
+    "http://2130706433/",
+    "http://0177.0.0.1/",
+    "http://0x7f.1/",
+    "http://127.1/",
+    "http://127.0.0.1./",
+    "http://localhost./",
+    "http://10.0.0.8/",
+    "http://172.16.0.1/",
+    "http://192.168.1.1/",
+    "http://169.254.169.254/latest",
+    "http://100.64.0.1/",
+    "http://0.0.0.0/",
+    "http://224.0.0.1/",
+    "http://[::1]/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:7f00:1]/",
+    "http://[::127.0.0.1]/",
+    "http://[fe80::1]/",
+    "http://[fc00::1]/",
+];
+
+#[actix_rt::test]
+async fn webhook_urls_reaching_internal_addresses_are_refused_at_creation_update_and_delivery() {
+    let receiver = WebhookReceiver::start(Behaviour::Accept);
+    let app = jobs_app()
+        .configure(|s| s.webhooks.allow_private_targets = false)
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("Guarded").await;
+    for url in INTERNAL {
+        let created = app
+            .post_json(
+                "/api/v1/admin/merchants",
+                Some(ADMIN_TOKEN),
+                &json!({"name": "Sneaky", "webhook_url": url}),
+            )
+            .await;
+        assert_eq!(created.status, 422, "creation with {url}");
+        let updated = app
+            .json_request(
+                awc::http::Method::PUT,
+                "/api/v1/merchant",
+                Some(&merchant.api_key),
+                &json!({"webhook_url": url}),
+            )
+            .await;
+        assert_eq!(updated.status, 422, "update to {url}");
+        assert_eq!(updated.problem(422)["errors"][0]["field"], "webhook_url");
+    }
+    // A URL that got in anyway (written before the rule, or a name that resolved elsewhere at
+    // creation) is checked again on the address the delivery would connect to.
+    app.sql()
+        .await
+        .execute(
+            "UPDATE merchants SET webhook_url = $1 WHERE id = $2::text::uuid",
+            &[&receiver.url, &merchant.id],
+        )
+        .await
+        .unwrap();
+    let product = app.create_product(&merchant, "SSRF-1", 100, 5).await;
+    buy(&app, &merchant, &product, 1).await;
+    wait_until(
+        "the delivery is refused",
+        Duration::from_secs(20),
+        async || statuses(&app, "webhook").await.get("dead") == Some(&1),
+    )
+    .await;
+    let error: String = app
+        .sql()
+        .await
+        .query_one("SELECT last_error FROM jobs WHERE kind = 'webhook'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains("internal address"), "{error}");
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the receiver"
+    );
+    // A public URL is accepted, and null removes it.
+    for url in [json!("https://93.184.215.14/hooks"), Value::Null] {
+        let reply = app
+            .json_request(
+                awc::http::Method::PUT,
+                "/api/v1/merchant",
+                Some(&merchant.api_key),
+                &json!({"webhook_url": url}),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["webhook_url"], url);
+    }
+    receiver.stop().await;
+}
+
+/// `jobs_started_total` summed over the queues of one instance.
+fn started(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("jobs_started_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn two_instances_dispatching_from_one_database_run_every_job_once() {
+    let receiver = WebhookReceiver::start(Behaviour::Accept);
+    let first = jobs_app().spawn().await;
+    let second = jobs_app().beside(&first).spawn().await;
+    let (merchant, _) = merchant_with_webhook(&first, &receiver.url).await;
+    let product = first.create_product(&merchant, "TWO-1", 100, 1000).await;
+    let mut checkouts = Vec::new();
+    for n in 0..40 {
+        let app = if n % 2 == 0 { &first } else { &second };
+        checkouts.push(buy(app, &merchant, &product, 1));
+    }
+    futures_util::future::join_all(checkouts).await;
+    all_jobs_finished(&first).await;
+    let jobs: i64 = first
+        .sql()
+        .await
+        .query_one("SELECT count(*) FROM jobs WHERE status = 'succeeded'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        jobs,
+        40 * 4,
+        "email, webhook, analytics and audit per order"
+    );
+    let (a, b) = (
+        started(&first.metrics().await),
+        started(&second.metrics().await),
+    );
+    assert_eq!(a + b, jobs as u64, "no job run twice ({a} + {b} runs)");
+    assert!(a > 0 && b > 0, "both instances dispatched ({a}, {b})");
+    let events: std::collections::BTreeSet<String> = receiver
+        .received()
+        .iter()
+        .map(|d| d.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(receiver.received().len(), 40);
+    assert_eq!(events.len(), 40);
+    receiver.stop().await;
+}
