@@ -11,7 +11,8 @@ CREATE TABLE reports (
     merchant_id  uuid NOT NULL REFERENCES merchants (id),
     kind         text NOT NULL CHECK (kind IN ('sales')),
     from_day     date NOT NULL,
-    to_day       date NOT NULL CHECK (to_day >= from_day),
+    -- Before from_day: the empty range (an empty report).
+    to_day       date NOT NULL,
     format       text NOT NULL CHECK (format IN ('csv')),
     status       text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'ready', 'failed')),
     job_id       uuid NOT NULL,

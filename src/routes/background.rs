@@ -17,33 +17,21 @@ use actix_web::{web, HttpResponse};
 use chrono::NaiveDate;
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// The longest range a report or the analytics may cover.
-const MAX_DAYS: i64 = 3660;
-
+/// A day from 1970 to 2199 (the schema's pattern says the same): the analytics answer one row
+/// per day of a range, so the years a day may name bound a range's length.
 fn day(field: &str, raw: &str) -> Result<NaiveDate, FieldError> {
     NaiveDate::parse_from_str(raw, "%Y-%m-%d")
         .ok()
-        .filter(|_| raw.len() == 10)
-        .ok_or_else(|| FieldError::new(field, "must be a date YYYY-MM-DD"))
+        .filter(|d| raw.len() == 10 && (1970..2200).contains(&chrono::Datelike::year(d)))
+        .ok_or_else(|| FieldError::new(field, "must be a date YYYY-MM-DD from 1970 to 2199"))
 }
 
-/// `from` and `to` as an inclusive range of UTC days, at most [`MAX_DAYS`] long.
+/// `from` and `to` as an inclusive range of UTC days; `to` before `from` is the empty range.
 fn range(from: &str, to: &str) -> Result<(NaiveDate, NaiveDate), Vec<FieldError>> {
-    let (f, t) = (day("from", from), day("to", to));
-    let (f, t) = match (f, t) {
-        (Ok(f), Ok(t)) => (f, t),
-        (f, t) => return Err([f.err(), t.err()].into_iter().flatten().collect()),
-    };
-    if t < f {
-        return Err(vec![FieldError::new("to", "must not be before from")]);
+    match (day("from", from), day("to", to)) {
+        (Ok(f), Ok(t)) => Ok((f, t)),
+        (f, t) => Err([f.err(), t.err()].into_iter().flatten().collect()),
     }
-    if (t - f).num_days() >= MAX_DAYS {
-        return Err(vec![FieldError::new(
-            "to",
-            format!("the range may cover at most {MAX_DAYS} days"),
-        )]);
-    }
-    Ok((f, t))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -52,11 +40,11 @@ pub struct ReportBody {
     /// Only `sales`.
     #[schema(pattern = "^sales$")]
     kind: String,
-    /// First day (UTC, inclusive).
-    #[schema(value_type = String, format = Date)]
+    /// First day (UTC, inclusive), 1970 to 2199.
+    #[schema(value_type = String, format = Date, pattern = r"^(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     from: String,
-    /// Last day (UTC, inclusive), not before `from`, at most 3660 days after it.
-    #[schema(value_type = String, format = Date)]
+    /// Last day (UTC, inclusive), 1970 to 2199; before `from`, the report is empty.
+    #[schema(value_type = String, format = Date, pattern = r"^(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     to: String,
     /// Only `csv` (the default).
     #[serde(default)]
@@ -172,11 +160,11 @@ pub async fn download_report(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SalesParams {
-    /// First day (UTC, inclusive), `YYYY-MM-DD`.
-    #[param(value_type = String, format = Date)]
+    /// First day (UTC, inclusive), `YYYY-MM-DD`, 1970 to 2199.
+    #[param(value_type = String, format = Date, required, pattern = r"^(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     from: Option<String>,
-    /// Last day (UTC, inclusive), `YYYY-MM-DD`, not before `from`, at most 3660 days after it.
-    #[param(value_type = String, format = Date)]
+    /// Last day (UTC, inclusive), `YYYY-MM-DD`, 1970 to 2199; before `from`, no day.
+    #[param(value_type = String, format = Date, required, pattern = r"^(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     to: Option<String>,
 }
 
@@ -280,6 +268,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// At least one field.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MerchantBody {
@@ -310,6 +299,9 @@ pub async fn update_merchant(
     Json(body): Json<MerchantBody>,
 ) -> Result<HttpResponse, ApiError> {
     let allow = state.settings.webhooks.allow_private_targets;
+    if body.name.is_none() && body.webhook_url.is_none() {
+        return Err(ApiError::invalid("body", "must change at least one field"));
+    }
     let mut errors = Vec::new();
     let name = match &body.name {
         Some(n) => MerchantName::parse("name", n)

@@ -32,10 +32,10 @@ impl Modify for Security {
         );
         components.add_security_scheme("admin_token", bearer("the admin token from configuration"));
         // utoipa 5.5 writes `#[schema(min_properties)]` as `maxProperties`: set it here instead.
-        if let Some(RefOr::T(Schema::Object(patch))) =
-            components.schemas.get_mut("ProductPatchBody")
-        {
-            patch.min_properties = Some(1);
+        for name in ["ProductPatchBody", "MerchantBody"] {
+            if let Some(RefOr::T(Schema::Object(patch))) = components.schemas.get_mut(name) {
+                patch.min_properties = Some(1);
+            }
         }
     }
 }
