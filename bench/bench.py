@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "guardians", "overload", "soak"]
+SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "guardians", "overload", "jobs", "soak"]
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 PRODUCTS = 10_000
 HOT = 100
@@ -346,7 +346,9 @@ class Suite:
                "RAMPART__DATABASE__MAX_CONNECTIONS": "32", "RAMPART__REDIS__URL": f"redis://127.0.0.1:{self.redis.port}",
                "RAMPART__ADMIN__TOKEN": ADMIN_TOKEN, "RAMPART__RATE_LIMIT__ENABLED": "false",
                "RAMPART__SERVER__CURSOR_SECRET": os.urandom(24).hex(),
-               "RAMPART__LOG__FILTER": "warn", "RAMPART__ACTORS__DB__MAILBOX": "4096"}
+               "RAMPART__LOG__FILTER": "warn", "RAMPART__ACTORS__DB__MAILBOX": "4096",
+               # The main instance only writes jobs; the jobs scenario starts instances that run them.
+               "RAMPART__JOBS__ENABLED": "false", "RAMPART__EMAIL__OUTBOX_DIR": str(self.work / "outbox")}
         self.service = Process("rampart", [str(ROOT / "target/release/rampart"), "serve"], env, self.port, self.out / "rampart.log")
         self.service.start("/health/ready")
         self.started.append(self.service)
@@ -698,6 +700,78 @@ class Suite:
             elif line.startswith("http_request_duration_seconds_count"):
                 total += value
         return within, total
+
+    def jobs_open(self, kind=None):
+        where = f"AND kind = '{kind}'" if kind else ""
+        return int(self.pg.sql(f"SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'dead') {where}").strip())
+
+    def wait_jobs_drained(self, within=600, kind=None):
+        started = time.time()
+        while self.jobs_open(kind) > 0:
+            if time.time() - started > within:
+                raise RuntimeError(f"jobs not drained within {within} s")
+            time.sleep(0.05)
+        return time.time() - started
+
+    def jobs(self, d):
+        """The dispatcher: no-op jobs drained as fast as it can, commit-to-start latency at a fixed
+        1,000 jobs/s (pgbench inserting, each commit followed by a NOTIFY), and checkout with
+        dispatch running against the same checkouts with nobody dispatching."""
+        r = {}
+        dispatch = {"RAMPART__JOBS__ENABLED": "true", "RAMPART__JOBS__CONCURRENCY__NOOP": "64"}
+        dispatcher = self.extra_service("dispatcher", dispatch)
+        self.wait_jobs_drained()
+        n = 50_000
+        self.pg.sql("DELETE FROM jobs WHERE kind = 'noop'")
+        self.pg.sql(f"INSERT INTO jobs (id, queue, kind, payload) SELECT gen_random_uuid(), 'noop', 'noop', '{{}}' "
+                    f"FROM generate_series(1, {n}); NOTIFY rampart_jobs")
+        took = self.wait_jobs_drained(kind="noop")
+        span = float(self.pg.sql("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs WHERE kind = 'noop'").strip())
+        r["noop_throughput"] = {"jobs": n, "drained_after_s": round(took, 2), "first_start_to_last_finish_s": round(span, 2),
+                                "jobs_per_s": round(n / span, 1)}
+        log(f"  {n} no-op jobs: {r['noop_throughput']['jobs_per_s']} jobs/s through the dispatcher ({span:.2f} s)")
+
+        # Commit-to-start latency at a fixed rate.
+        self.pg.sql("DELETE FROM jobs WHERE kind = 'noop'")
+        script = self.work / "noop.sql"
+        script.write_text("INSERT INTO jobs (id, queue, kind, payload) VALUES (gen_random_uuid(), 'noop', 'noop', '{}');\n"
+                          "NOTIFY rampart_jobs;\n")
+        rate = 1000
+        cmd = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "rampart", "-c", "4", "-j", "2",
+               "-R", str(rate), "-T", str(d), "-f", str(script), "rampart"]
+        out = run(cmd).stdout
+        tps = float(next(l for l in out.splitlines() if l.startswith("tps")).split("=")[1].split()[0])
+        self.wait_jobs_drained(kind="noop")
+        row = self.pg.sql("SELECT count(*), "
+                          "percentile_cont(0.5) WITHIN GROUP (ORDER BY started_at - created_at), "
+                          "percentile_cont(0.99) WITHIN GROUP (ORDER BY started_at - created_at), "
+                          "max(started_at - created_at) FROM jobs WHERE kind = 'noop'").strip().split("|")
+        ms = lambda v: round(float(self.pg.sql(f"SELECT extract(epoch FROM interval '{v}') * 1000").strip()), 2)
+        r["commit_to_start"] = {"offered_per_s": rate, "inserted_per_s": round(tps, 1), "jobs": int(row[0]),
+                                "p50_ms": ms(row[1]), "p99_ms": ms(row[2]), "max_ms": ms(row[3])}
+        log(f"  commit-to-start at {tps:.0f} jobs/s: p50 {r['commit_to_start']['p50_ms']} ms, p99 {r['commit_to_start']['p99_ms']} ms")
+        dispatcher.stop()
+
+        # Checkout with dispatch running against nobody dispatching, in turns; the dispatching
+        # instance drains what the other left before its turn.
+        path = f"/api/v1/stores/{self.merchant}/orders"
+        ids = str(self.work / "checkout.txt")
+        runs = {"without": [], "with": []}
+        for turn in range(2):
+            for name, env in (("without", {"RAMPART__JOBS__ENABLED": "false"}), ("with", dispatch)):
+                proc = self.extra_service(f"checkout-{name}-dispatch", env)
+                if name == "with":
+                    self.wait_jobs_drained()
+                runs[name].append(self.measure(f"checkout {name} dispatch (turn {turn + 1})",
+                                               lambda: wrk(f"http://127.0.0.1:{proc.port}", "bench/lua/checkout.lua", [path, ids], d, connections=16),
+                                               proc.pid))
+                if name == "with":
+                    runs[name][-1]["backlog_after"] = self.jobs_open()
+                proc.stop()
+        mean = lambda rs: sum(x["rps"] for x in rs) / len(rs)
+        r["checkout"] = {"runs": runs, "ratio_with_to_without": round(mean(runs["with"]) / mean(runs["without"]), 3)}
+        log(f"  checkout with dispatch / without: {r['checkout']['ratio_with_to_without']}")
+        return r
 
     def soak(self, d):
         self.warm_product()

@@ -3,6 +3,8 @@
 -- Jobs sharing an ordering key run one at a time, oldest first (an order's webhooks and
 -- analytics follow its events in order).
 ALTER TABLE jobs ADD COLUMN ordering_key text;
+-- When the current (or last) run started: commit-to-start latency, and "running since" for ops.
+ALTER TABLE jobs ADD COLUMN started_at timestamptz;
 CREATE INDEX jobs_ordering ON jobs (queue, ordering_key, created_at)
     WHERE ordering_key IS NOT NULL AND status IN ('queued', 'running', 'failed');
 

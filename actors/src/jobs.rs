@@ -666,7 +666,8 @@ const CLAIM: &str = "WITH due AS (
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1,
-    locked_until = now() + $3 * interval '1 millisecond', locked_by = $4, updated_at = now()
+    locked_until = now() + $3 * interval '1 millisecond', locked_by = $4, updated_at = now(),
+    started_at = clock_timestamp()
 FROM due WHERE jobs.id = due.id
 RETURNING jobs.id, jobs.merchant_id, jobs.queue, jobs.kind, jobs.payload, jobs.attempts,
     jobs.max_attempts, jobs.created_at";

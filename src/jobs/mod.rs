@@ -10,6 +10,7 @@
 //! | `sales_report`    | `reports`   | 3                    | rebuilds the same report row from the same orders              |
 //! | `order_analytics` | `analytics` | `jobs.max_attempts`  | one `analytics_applied` row per order and event, in its update |
 //! | `audit`           | `audit`     | `jobs.max_attempts`  | the audit row's id is the job's id                             |
+//! | `noop`            | `noop`      | `jobs.max_attempts`  | does nothing: probes the pipeline (benchmarks, smoke tests)    |
 //!
 //! An order's email, webhook and analytics jobs share its id as ordering key: they follow the
 //! order's events in order.
@@ -92,6 +93,7 @@ pub fn runners(ctx: JobContext) -> Runners {
         Arc::new(analytics::OrderAnalytics(ctx.clone())),
     );
     add(&AUDIT, Arc::new(audit::Audit(ctx)));
+    add(&NOOP, Arc::new(Noop));
     runners
 }
 
@@ -110,4 +112,16 @@ pub fn field<T: serde::de::DeserializeOwned>(
         .cloned()
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(|| JobFailure::Permanent(format!("payload has no valid {name}")))
+}
+
+/// `noop`: succeeds at once. What is measured through it is the dispatcher itself.
+struct Noop;
+
+impl JobRunner for Noop {
+    fn run(
+        &self,
+        _: ClaimedJob,
+    ) -> futures_util::future::LocalBoxFuture<'static, Result<(), JobFailure>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
