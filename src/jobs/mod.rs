@@ -62,12 +62,19 @@ pub const AUDIT: Kind = Kind {
     max_attempts: None,
 };
 
-pub const KINDS: [&Kind; 5] = [
+pub const NOOP: Kind = Kind {
+    name: "noop",
+    queue: "noop",
+    max_attempts: None,
+};
+
+pub const KINDS: [&Kind; 6] = [
     &ORDER_EMAIL,
     &WEBHOOK,
     &SALES_REPORT,
     &ORDER_ANALYTICS,
     &AUDIT,
+    &NOOP,
 ];
 
 /// What runners use: actor handles and settings, as handlers do.
