@@ -120,6 +120,8 @@ pub struct JobsBoard {
     queues: Arc<BTreeMap<String, (usize, Arc<QueueCounters>)>>,
     notifications: Arc<AtomicU64>,
     listening: Arc<std::sync::atomic::AtomicBool>,
+    /// Outcomes finished here and not written yet.
+    unrecorded: Arc<AtomicU64>,
 }
 
 impl JobsBoard {
@@ -182,6 +184,9 @@ pub struct Jobs {
     last_notify: Option<Instant>,
     notify_pending: bool,
     listener: Option<tokio::sync::mpsc::Sender<()>>,
+    /// Outcomes not written yet (queue, job, attempt, outcome), and whether a write is under way.
+    outcomes: Vec<(String, Uuid, i32, Outcome)>,
+    recording: bool,
     supervision: Supervision,
 }
 
@@ -198,6 +203,9 @@ impl actix::Message for Wake {
 
 struct Finished {
     queue: String,
+    id: Uuid,
+    attempt: i32,
+    outcome: Outcome,
 }
 
 impl actix::Message for Finished {
@@ -235,6 +243,8 @@ impl Jobs {
             last_notify: None,
             notify_pending: false,
             listener: None,
+            outcomes: Vec::new(),
+            recording: false,
             supervision,
         }
     }
@@ -296,38 +306,74 @@ impl Jobs {
 
     fn start_job(&mut self, job: ClaimedJob, ctx: &mut Context<Self>) {
         *self.running.entry(job.queue.clone()).or_default() += 1;
-        let counters = self.board.counters(&job.queue).cloned().unwrap_or_default();
-        counters.running.fetch_add(1, Relaxed);
-        counters.started.fetch_add(1, Relaxed);
+        if let Some(counters) = self.board.counters(&job.queue) {
+            counters.running.fetch_add(1, Relaxed);
+            counters.started.fetch_add(1, Relaxed);
+        }
         let runner = self.runners.get(&job.kind).cloned();
         let (db, settings, addr) = (self.db.clone(), Arc::clone(&self.settings), ctx.address());
         let span =
             tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempt);
         let work = async move {
-            let queue = job.queue.clone();
+            let (queue, id, attempt) = (job.queue.clone(), job.id, job.attempt);
             let outcome = execute(&db, &settings, runner, job).await;
-            counters.running.fetch_sub(1, Relaxed);
-            match outcome {
-                Recorded::Lost => {
-                    counters.lease_lost.fetch_add(1, Relaxed);
-                }
-                Recorded::Succeeded => {
-                    counters.succeeded.fetch_add(1, Relaxed);
-                }
-                Recorded::Retried => {
-                    counters.retried.fetch_add(1, Relaxed);
-                }
-                Recorded::Deferred => {
-                    counters.deferred.fetch_add(1, Relaxed);
-                }
-                Recorded::Dead => {
-                    counters.dead.fetch_add(1, Relaxed);
-                }
-                Recorded::Unknown => {}
-            }
-            addr.do_send(Finished { queue });
+            addr.do_send(Finished {
+                queue,
+                id,
+                attempt,
+                outcome,
+            });
         };
         actix_rt::spawn(tracing::Instrument::instrument(work, span));
+    }
+
+    /// Writes the outcomes gathered so far in one statement, unless a write is under way: the
+    /// outcomes that finish meanwhile go in the next one (a group commit). A job's place is
+    /// free as soon as its outcome is here; its row says `running` until the write, which
+    /// nobody else can take before its lease runs out.
+    fn record(&mut self, ctx: &mut Context<Self>) {
+        if self.recording || self.outcomes.is_empty() {
+            return;
+        }
+        self.recording = true;
+        let batch = std::mem::take(&mut self.outcomes);
+        let command = Record {
+            instance: self.settings.instance.clone(),
+            outcomes: batch
+                .iter()
+                .map(|(_, id, attempt, o)| (*id, *attempt, o.clone()))
+                .collect(),
+        };
+        let db = self.db.clone();
+        ctx.spawn(
+            async move { db.run_within(command, DB_WAIT).await }
+                .into_actor(self)
+                .map(move |recorded, act, ctx| {
+                    act.recording = false;
+                    act.board.unrecorded.fetch_sub(batch.len() as u64, Relaxed);
+                    match recorded {
+                        Ok(ids) => {
+                            for (queue, id, _, outcome) in &batch {
+                                let Some(c) = act.board.counters(queue) else { continue };
+                                let counter = if !ids.contains(id) {
+                                    &c.lease_lost
+                                } else {
+                                    match outcome {
+                                        Outcome::Succeeded => &c.succeeded,
+                                        Outcome::Later { spend: true, .. } => &c.retried,
+                                        Outcome::Later { spend: false, .. } => &c.deferred,
+                                        Outcome::Dead { .. } => &c.dead,
+                                    }
+                                };
+                                counter.fetch_add(1, Relaxed);
+                            }
+                        }
+                        // The rows stay `running`: their leases run out and they run again.
+                        Err(e) => tracing::warn!(jobs = batch.len(), error = %e, "recording job outcomes failed"),
+                    }
+                    act.record(ctx);
+                }),
+        );
     }
 
     fn broadcast(&mut self, ctx: &mut Context<Self>) {
@@ -353,24 +399,13 @@ impl Jobs {
     }
 }
 
-enum Recorded {
-    Succeeded,
-    Retried,
-    Deferred,
-    Dead,
-    /// The lease had run out and the job was put back (or taken) meanwhile.
-    Lost,
-    /// PostgreSQL did not take the outcome: the lease will run out and the job run again.
-    Unknown,
-}
-
-/// Runs one job, renewing its lease meanwhile, and records the outcome.
+/// Runs one job, renewing its lease meanwhile; what should become of it.
 async fn execute(
     db: &Handle<Db>,
     settings: &JobsSettings,
     runner: Option<Arc<dyn JobRunner>>,
     job: ClaimedJob,
-) -> Recorded {
+) -> Outcome {
     let id = job.id;
     let attempt = job.attempt;
     let max_attempts = job.max_attempts;
@@ -427,25 +462,7 @@ async fn execute(
     if let Err(e) = &result {
         tracing::warn!(job = %id, error = ?e, "job did not succeed");
     }
-    let record = Record {
-        id,
-        attempt,
-        instance: settings.instance.clone(),
-        outcome: outcome.clone(),
-    };
-    match db.run_within(record, DB_WAIT).await {
-        Ok(true) => match outcome {
-            Outcome::Succeeded => Recorded::Succeeded,
-            Outcome::Later { spend: true, .. } => Recorded::Retried,
-            Outcome::Later { spend: false, .. } => Recorded::Deferred,
-            Outcome::Dead { .. } => Recorded::Dead,
-        },
-        Ok(false) => Recorded::Lost,
-        Err(e) => {
-            tracing::warn!(job = %id, error = %e, "recording a job's outcome failed");
-            Recorded::Unknown
-        }
-    }
+    outcome
 }
 
 /// Exponential backoff with full jitter: a uniform delay up to `base * 2^(attempt - 1)`, capped.
@@ -599,6 +616,13 @@ impl Handler<Finished> for Jobs {
         if let Some(n) = self.running.get_mut(&done.queue) {
             *n = n.saturating_sub(1);
         }
+        if let Some(c) = self.board.counters(&done.queue) {
+            c.running.fetch_sub(1, Relaxed);
+        }
+        self.board.unrecorded.fetch_add(1, Relaxed);
+        self.outcomes
+            .push((done.queue.clone(), done.id, done.attempt, done.outcome));
+        self.record(ctx);
         self.claim(&done.queue, ctx);
     }
 }
@@ -686,9 +710,14 @@ fn millis(d: Duration) -> f64 {
 impl DbCommand for Claim {
     type Output = Vec<ClaimedJob>;
 
+    /// Committed without waiting for the flush, as [`Record`] is: a claim lost in a crash
+    /// only makes the job claimable again.
     async fn run(self, conn: &mut Conn) -> Result<Vec<ClaimedJob>, DbError> {
-        let stmt = conn.prepare_cached(CLAIM).await?;
-        let rows = conn
+        let tx = conn.transaction().await?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+        let stmt = tx.prepare_cached(CLAIM).await?;
+        let rows = tx
             .query(
                 &stmt,
                 &[
@@ -699,6 +728,7 @@ impl DbCommand for Claim {
                 ],
             )
             .await?;
+        tx.commit().await?;
         Ok(rows
             .iter()
             .map(|r| ClaimedJob {
@@ -752,53 +782,79 @@ enum Outcome {
     },
 }
 
-/// Records a run's outcome, only while the run still holds the job; false otherwise.
+/// Records a batch of outcomes, each only while its run still holds the job; the ids recorded.
+///
+/// Committed without waiting for the WAL flush (`synchronous_commit = off`): the bookkeeping of
+/// an at-least-once queue may be lost in a PostgreSQL crash, which only runs those jobs again,
+/// and a flush per outcome was what bounded the dispatcher (450 no-op jobs/s, BENCHMARKS.md).
 struct Record {
-    id: Uuid,
-    attempt: i32,
     instance: String,
-    outcome: Outcome,
+    outcomes: Vec<(Uuid, i32, Outcome)>,
 }
 
-impl DbCommand for Record {
-    type Output = bool;
+const RECORD: &str = "UPDATE jobs j SET status = o.status, locked_by = NULL, locked_until = NULL,
+    attempts = j.attempts - CASE WHEN o.spend THEN 0 ELSE 1 END,
+    run_at = CASE WHEN o.status = 'failed' THEN now() + o.delay_ms * interval '1 millisecond' ELSE j.run_at END,
+    last_error = coalesce(o.error, j.last_error),
+    finished_at = CASE WHEN o.status IN ('succeeded', 'dead') THEN now() END,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[], $5::text[], $6::bool[])
+    AS o(id, attempt, status, delay_ms, error, spend)
+WHERE j.id = o.id AND j.status = 'running' AND j.locked_by = $7 AND j.attempts = o.attempt
+RETURNING j.id";
 
-    async fn run(self, conn: &mut Conn) -> Result<bool, DbError> {
-        const MINE: &str = "id = $1 AND status = 'running' AND locked_by = $2 AND attempts = $3";
-        let (id, who, attempt) = (&self.id, &self.instance, &self.attempt);
-        let n = match self.outcome {
-            Outcome::Succeeded => {
-                conn.execute(
-                    &format!("UPDATE jobs SET status = 'succeeded', locked_by = NULL, locked_until = NULL,
-                        finished_at = now(), updated_at = now() WHERE {MINE}"),
-                    &[id, who, attempt],
-                )
-                .await?
-            }
-            Outcome::Later {
-                after,
-                error,
-                spend,
-            } => {
-                conn.execute(
-                    &format!("UPDATE jobs SET status = 'failed', locked_by = NULL, locked_until = NULL,
-                        attempts = attempts - CASE WHEN $6 THEN 0 ELSE 1 END,
-                        run_at = now() + $4 * interval '1 millisecond', last_error = $5, updated_at = now()
-                        WHERE {MINE}"),
-                    &[id, who, attempt, &millis(after), &error, &spend],
-                )
-                .await?
-            }
-            Outcome::Dead { error } => {
-                conn.execute(
-                    &format!("UPDATE jobs SET status = 'dead', locked_by = NULL, locked_until = NULL,
-                        last_error = $4, finished_at = now(), updated_at = now() WHERE {MINE}"),
-                    &[id, who, attempt, &error],
-                )
-                .await?
-            }
-        };
-        Ok(n == 1)
+impl DbCommand for Record {
+    type Output = std::collections::HashSet<Uuid>;
+
+    async fn run(self, conn: &mut Conn) -> Result<Self::Output, DbError> {
+        let n = self.outcomes.len();
+        let (mut ids, mut attempts, mut statuses) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut delays, mut errors, mut spends) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (id, attempt, outcome) in self.outcomes {
+            ids.push(id);
+            attempts.push(attempt);
+            let (status, delay, error, spend) = match outcome {
+                Outcome::Succeeded => ("succeeded", Duration::ZERO, None, true),
+                Outcome::Later {
+                    after,
+                    error,
+                    spend,
+                } => ("failed", after, Some(error), spend),
+                Outcome::Dead { error } => ("dead", Duration::ZERO, Some(error), true),
+            };
+            statuses.push(status);
+            delays.push(millis(delay));
+            errors.push(error);
+            spends.push(spend);
+        }
+        let tx = conn.transaction().await?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+        let stmt = tx.prepare_cached(RECORD).await?;
+        let rows = tx
+            .query(
+                &stmt,
+                &[
+                    &ids,
+                    &attempts,
+                    &statuses,
+                    &delays,
+                    &errors,
+                    &spends,
+                    &self.instance,
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
 

@@ -19,6 +19,7 @@ use rampart_actors::{CircuitFor, ClaimedJob, Conn, DbCommand, DbError, JobFailur
 use sha2::Sha256;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -50,6 +51,27 @@ impl Resolve for GuardedResolver {
                 .map_err(|e| format!("{REFUSED} {e}").into())
         })
     }
+}
+
+/// The TLS configuration of https deliveries: ring's primitives, the safe protocol versions,
+/// Mozilla's root certificates; HTTP/1.1 only (one request per delivery).
+pub fn tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots =
+                rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(Arc::new(config))
+        })
+        .clone()
 }
 
 /// The signature header of `body` at `t` (unix seconds).
@@ -109,7 +131,9 @@ impl JobRunner for Webhook {
                 JobFailure::Deferred(open.retry_after, format!("the circuit of {host} is open"))
             })?;
             let timeout = Duration::from_millis(ctx.settings.webhooks.timeout_ms);
+            let tls = tls().map_err(|e| JobFailure::Retry(format!("TLS set-up: {e}")))?;
             let connector = awc::Connector::new()
+                .rustls_0_23(tls)
                 .connector(
                     actix_tls::connect::Connector::new(Resolver::custom(GuardedResolver {
                         allow_private: allow,
@@ -196,6 +220,12 @@ impl DbCommand for Load {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_deliveries_have_a_tls_configuration_with_the_public_roots() {
+        let config = tls().expect("TLS configuration");
+        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
 
     #[test]
     fn the_signature_is_an_hmac_of_the_timestamp_and_the_body() {
