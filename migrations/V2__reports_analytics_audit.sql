@@ -3,6 +3,11 @@
 -- Jobs sharing an ordering key run one at a time, oldest first (an order's webhooks and
 -- analytics follow its events in order).
 ALTER TABLE jobs ADD COLUMN ordering_key text;
+-- Claiming reads the due jobs of a queue in (run_at, id) order: with the id in the index a claim
+-- reads only the rows it takes. Without it, jobs due at the same moment (a burst) were all read
+-- and sorted by every claim.
+DROP INDEX jobs_due;
+CREATE INDEX jobs_due ON jobs (queue, run_at, id) WHERE status IN ('queued', 'failed');
 -- When the current (or last) run started: commit-to-start latency, and "running since" for ops.
 ALTER TABLE jobs ADD COLUMN started_at timestamptz;
 CREATE INDEX jobs_ordering ON jobs (queue, ordering_key, created_at)

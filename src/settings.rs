@@ -204,6 +204,9 @@ pub struct JobSettings {
     pub lease_secs: u64,
     /// How often the queue is polled besides the wake-ups (and leases that ran out are put back).
     pub poll_interval_ms: u64,
+    /// While at least this many writes are in flight at the edge, each queue runs one job at a
+    /// time: background work yields to requests (0: never).
+    pub yield_at_writes: usize,
     pub concurrency: BTreeMap<String, u32>,
 }
 

@@ -264,6 +264,10 @@ impl Backend {
                 // Under the tree's five seconds per child at shutdown.
                 drain: Duration::from_secs(4),
                 listen: Some(listen),
+                busy: (j.yield_at_writes > 0).then(|| {
+                    let (writes, at) = (concurrency.writes.clone(), j.yield_at_writes);
+                    Arc::new(move || writes.snapshot().inflight >= at) as rampart_actors::Busy
+                }),
             };
             let runners = crate::jobs::runners(crate::jobs::JobContext {
                 db: db.clone(),

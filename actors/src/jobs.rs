@@ -43,6 +43,12 @@ use uuid::Uuid;
 /// The notification channel shared by every instance.
 pub const CHANNEL: &str = "rampart_jobs";
 
+/// Commits a job's bookkeeping, or a runner's own writes, without waiting for the WAL flush.
+/// Safe for an at-least-once queue with idempotent runners: the WAL is replayed in order, so if
+/// a crash loses a runner's write it also loses the outcome recorded after it, and the job runs
+/// again; a lost claim only makes the job claimable again.
+pub const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off";
+
 /// One claimed job, as a runner sees it.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -86,7 +92,13 @@ pub struct JobsSettings {
     pub drain: Duration,
     /// The connection that `LISTEN`s (`None`: polling only).
     pub listen: Option<tokio_postgres::Config>,
+    /// Whether requests are busy now: background work yields to them, each queue running one
+    /// job at a time until they are not (`None`: never).
+    pub busy: Option<Busy>,
 }
+
+/// Says whether the foreground is busy (read on every claim: atomics, no message).
+pub type Busy = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Counters per queue, read without a message.
 #[derive(Debug, Default)]
@@ -264,6 +276,10 @@ impl Jobs {
         }
         let Some(&concurrency) = self.settings.queues.get(queue) else {
             return;
+        };
+        let concurrency = match &self.settings.busy {
+            Some(busy) if busy() => 1,
+            _ => concurrency,
         };
         let running = self.running.get(queue).copied().unwrap_or(0);
         if running >= concurrency {
@@ -955,6 +971,7 @@ mod tests {
             backoff_max: Duration::from_secs(10),
             drain: Duration::from_secs(1),
             listen: None,
+            busy: None,
         }
     }
 

@@ -52,6 +52,7 @@ impl DbCommand for Apply {
             "order.created"
         };
         in_transaction(conn, async |tx| {
+            tx.batch_execute(rampart_actors::jobs::ASYNC_COMMIT).await?;
             let fresh = tx
                 .execute(
                     "INSERT INTO analytics_applied (order_id, event) VALUES ($1, $2) ON CONFLICT DO NOTHING",

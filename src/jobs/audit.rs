@@ -43,7 +43,9 @@ impl DbCommand for Insert {
     type Output = ();
 
     async fn run(self, conn: &mut Conn) -> Result<(), DbError> {
-        conn.execute(
+        let tx = conn.transaction().await?;
+        tx.batch_execute(rampart_actors::jobs::ASYNC_COMMIT).await?;
+        tx.execute(
             "INSERT INTO audit_log (id, merchant_id, actor, action, entity_type, entity_id, at)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
             &[
@@ -57,6 +59,7 @@ impl DbCommand for Insert {
             ],
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -248,6 +248,25 @@ async fn a_receiver_that_never_answers_leaves_the_job_dead_after_the_configured_
         "{job}"
     );
     assert_eq!(receiver.received().len(), 3, "one request per attempt");
+    // Ops see it: readiness and the metrics count the dead job of its queue.
+    let ready = app.get("/health/ready").await.json();
+    let webhooks = ready["checks"]["jobs"]["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "webhooks")
+        .cloned()
+        .unwrap();
+    assert_eq!(webhooks["dead"], 1, "{ready}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("jobs_dead{queue=\"webhooks\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jobs_runs_total{queue=\"webhooks\",outcome=\"dead\"} 1"),
+        "{metrics}"
+    );
     // Another merchant cannot see it.
     let other = app.create_merchant("Other").await;
     let reply = app
@@ -742,7 +761,7 @@ async fn checkouts_against(
 
 #[actix_rt::test]
 async fn after_a_killed_service_and_a_crashed_postgres_every_acknowledged_orders_jobs_are_done() {
-    let pg: &'static TestPg = Box::leak(Box::new(TestPg::dedicated()));
+    let pg: &'static TestPg = Box::leak(Box::new(TestPg::durable()));
     let receiver = WebhookReceiver::start(Behaviour::Accept);
     // The in-process instance only sets up and reads; the processes under test dispatch.
     let app = TestApp::builder().on(pg).spawn().await;
@@ -935,4 +954,40 @@ async fn merchant_with_webhook_allowed(app: &TestApp, url: &str) -> Merchant {
         .await
         .unwrap();
     merchant
+}
+
+#[actix_rt::test]
+async fn a_graceful_stop_gives_back_the_jobs_it_still_runs_without_spending_their_attempt() {
+    let receiver = WebhookReceiver::start(Behaviour::Hang);
+    let app = jobs_app()
+        .configure(|s| s.webhooks.timeout_ms = 30_000)
+        .spawn()
+        .await;
+    let (merchant, _) = merchant_with_webhook(&app, &receiver.url).await;
+    let product = app.create_product(&merchant, "STOP-1", 100, 5).await;
+    buy(&app, &merchant, &product, 1).await;
+    wait_until(
+        "the delivery is under way",
+        Duration::from_secs(20),
+        async || !receiver.received().is_empty(),
+    )
+    .await;
+    let sql = app.sql().await;
+    app.stop().await;
+    let row = sql
+        .query_one(
+            "SELECT status, attempts, locked_by FROM jobs WHERE kind = 'webhook'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, attempts, locked_by): (String, i32, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        status, "queued",
+        "given back, not left running until its lease ends"
+    );
+    assert_eq!(attempts, 0, "an interrupted run is not an attempt");
+    assert_eq!(locked_by, None);
+    receiver.stop().await;
 }

@@ -21,13 +21,23 @@ pub struct TestPg {
 impl TestPg {
     /// A cluster of its own, for tests that stop and start the server.
     pub fn dedicated() -> TestPg {
+        Self::with(Durability::Ephemeral)
+    }
+
+    /// A cluster of its own that keeps every acknowledged commit through a crash (`fsync`,
+    /// `synchronous_commit`), for tests that stop it with `-m immediate` and count what survived.
+    pub fn durable() -> TestPg {
+        Self::with(Durability::Durable)
+    }
+
+    fn with(durability: Durability) -> TestPg {
         let dir = std::env::temp_dir().join(format!(
             "rampart-it-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        let cluster = Cluster::start(&dir, None, Durability::Ephemeral)
-            .expect("start a temporary PostgreSQL");
+        let cluster =
+            Cluster::start(&dir, None, durability).expect("start a temporary PostgreSQL");
         cluster.stop_when_process_exits();
         let pg = TestPg { cluster };
         pg.make_template();
