@@ -30,11 +30,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Tells the dispatcher that a commit wrote jobs (and, through it, the other instances).
-    /// Never waits: a full mailbox drops the wake-up, and polling finds the jobs anyway.
-    pub fn wake_jobs(&self) {
+    /// Tells the dispatcher that a commit wrote jobs of these kinds (and, through it, the other
+    /// instances). Never waits: a full mailbox drops the wake-up, and polling finds the jobs.
+    pub fn wake_jobs(&self, kinds: &[&crate::jobs::Kind]) {
         if let Some(jobs) = &self.jobs {
-            let _ = jobs.addr().try_send(Wake { broadcast: true });
+            let mut queues: Vec<String> = kinds.iter().map(|k| k.queue.to_owned()).collect();
+            queues.dedup();
+            let _ = jobs.addr().try_send(Wake {
+                queues,
+                broadcast: true,
+            });
         }
     }
 }

@@ -195,16 +195,20 @@ pub struct Jobs {
     stopping: bool,
     last_notify: Option<Instant>,
     notify_pending: bool,
-    listener: Option<tokio::sync::mpsc::Sender<()>>,
+    listener: Option<tokio::sync::mpsc::Sender<String>>,
+    /// Queues to name in the next notification to the other instances.
+    to_broadcast: std::collections::BTreeSet<String>,
     /// Outcomes not written yet (queue, job, attempt, outcome), and whether a write is under way.
     outcomes: Vec<(String, Uuid, i32, Outcome)>,
     recording: bool,
     supervision: Supervision,
 }
 
-/// A commit wrote jobs (to these queues; empty: any). Sent after the commit, never waited on.
+/// A commit wrote jobs to `queues` (empty: any). Sent after the commit, never waited on. Only
+/// the queues named are claimed from: a checkout's wake-up must not cost a claim of every queue.
 #[derive(Debug, Clone, Default)]
 pub struct Wake {
+    pub queues: Vec<String>,
     /// Also tell the other instances (false for a wake that came from them).
     pub broadcast: bool,
 }
@@ -255,6 +259,7 @@ impl Jobs {
             last_notify: None,
             notify_pending: false,
             listener: None,
+            to_broadcast: Default::default(),
             outcomes: Vec::new(),
             recording: false,
             supervision,
@@ -409,7 +414,8 @@ impl Jobs {
             }
             _ => {
                 self.last_notify = Some(now);
-                let _ = listener.try_send(());
+                let queues = std::mem::take(&mut self.to_broadcast);
+                let _ = listener.try_send(queues.into_iter().collect::<Vec<_>>().join(","));
             }
         }
     }
@@ -513,7 +519,7 @@ impl Actor for Jobs {
             );
         });
         if let Some(pg) = self.settings.listen.clone() {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
             self.listener = Some(tx);
             actix_rt::spawn(listen(
                 pg,
@@ -535,7 +541,7 @@ async fn listen(
     pg: tokio_postgres::Config,
     instance: String,
     addr: Addr<Jobs>,
-    mut asks: tokio::sync::mpsc::Receiver<()>,
+    mut asks: tokio::sync::mpsc::Receiver<String>,
     retry: Duration,
     board: JobsBoard,
 ) {
@@ -551,7 +557,17 @@ async fn listen(
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(Ok(message)) = messages.next().await {
                 if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                    if n.payload() != me && tx.send(()).is_err() {
+                    // "<instance> <queue>,<queue>": another instance's commit wrote to those.
+                    let (from, queues) = n.payload().split_once(' ').unwrap_or((n.payload(), ""));
+                    if from == me {
+                        continue;
+                    }
+                    let queues = queues
+                        .split(',')
+                        .filter(|q| !q.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    if tx.send(queues).is_err() {
                         break;
                     }
                 }
@@ -564,19 +580,20 @@ async fn listen(
         {
             board.listening.store(true, Relaxed);
             // Jobs written while nobody listened are found now rather than at the next poll.
-            addr.do_send(Wake { broadcast: false });
+            addr.do_send(Wake::default());
             loop {
                 tokio::select! {
                     note = notes.recv() => match note {
-                        Some(()) => {
+                        Some(queues) => {
                             board.notifications.fetch_add(1, Relaxed);
-                            addr.do_send(Wake { broadcast: false });
+                            addr.do_send(Wake { queues, broadcast: false });
                         }
                         None => break,
                     },
                     ask = asks.recv() => match ask {
-                        Some(()) => {
-                            let sql = format!("NOTIFY {CHANNEL}, '{instance}'");
+                        // Queue names are the kinds' own (letters and underscores).
+                        Some(queues) => {
+                            let sql = format!("NOTIFY {CHANNEL}, '{instance} {queues}'");
                             if client.batch_execute(&sql).await.is_err() {
                                 break;
                             }
@@ -618,10 +635,16 @@ impl Handler<Wake> for Jobs {
     type Result = ();
 
     fn handle(&mut self, wake: Wake, ctx: &mut Context<Self>) {
+        if wake.queues.is_empty() {
+            self.claim_all(ctx);
+        }
+        for queue in &wake.queues {
+            self.claim(queue, ctx);
+        }
         if wake.broadcast {
+            self.to_broadcast.extend(wake.queues);
             self.broadcast(ctx);
         }
-        self.claim_all(ctx);
     }
 }
 

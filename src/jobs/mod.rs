@@ -77,6 +77,18 @@ pub const KINDS: [&Kind; 6] = [
     &NOOP,
 ];
 
+/// The kinds an order event writes (`store::jobs::for_order_event`): the webhook only when the
+/// merchant has a URL.
+pub fn order_event(webhook: bool) -> &'static [&'static Kind] {
+    const WITH: [&Kind; 4] = [&ORDER_EMAIL, &WEBHOOK, &ORDER_ANALYTICS, &AUDIT];
+    const WITHOUT: [&Kind; 3] = [&ORDER_EMAIL, &ORDER_ANALYTICS, &AUDIT];
+    if webhook {
+        &WITH
+    } else {
+        &WITHOUT
+    }
+}
+
 /// What runners use: actor handles and settings, as handlers do.
 #[derive(Clone)]
 pub struct JobContext {

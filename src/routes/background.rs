@@ -89,7 +89,7 @@ pub async fn create_report(
             default_attempts: state.settings.jobs.max_attempts as i32,
         })
         .await?;
-    state.wake_jobs();
+    state.wake_jobs(&[&crate::jobs::SALES_REPORT, &crate::jobs::AUDIT]);
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/reports/{}", report.id)))
         .json(report))
@@ -340,6 +340,6 @@ pub async fn update_merchant(
         })
         .await?
         .ok_or(ApiError::NotFound)?;
-    state.wake_jobs();
+    state.wake_jobs(&[&crate::jobs::AUDIT]);
     Ok(HttpResponse::Ok().json(merchant))
 }

@@ -84,8 +84,8 @@ pub async fn change_status(
         })
         .await?;
     match outcome {
-        StatusOutcome::Changed(order) => {
-            state.wake_jobs();
+        StatusOutcome::Changed(order, webhook) => {
+            state.wake_jobs(crate::jobs::order_event(webhook));
             if to == OrderStatus::Cancelled {
                 // The stock went back.
                 let restocked = order.items.iter().map(|i| i.product_id);

@@ -186,8 +186,12 @@ pub async fn checkout(
         })
         .await?;
     match outcome {
-        CheckoutOutcome::Created { body, order_id } => {
-            state.wake_jobs();
+        CheckoutOutcome::Created {
+            body,
+            order_id,
+            webhook,
+        } => {
+            state.wake_jobs(crate::jobs::order_event(webhook));
             state.cache.invalidate(merchant_id, bought).await;
             Ok(order_response(body, order_id, false))
         }

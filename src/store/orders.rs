@@ -85,6 +85,8 @@ pub enum CheckoutOutcome {
     Created {
         body: Vec<u8>,
         order_id: Uuid,
+        /// Whether a webhook job was written (the merchant has a URL).
+        webhook: bool,
     },
     Replayed {
         body: Vec<u8>,
@@ -328,7 +330,11 @@ impl Checkout {
             )
             .await?;
         }
-        Ok(CheckoutOutcome::Created { body, order_id })
+        Ok(CheckoutOutcome::Created {
+            body,
+            order_id,
+            webhook: has_webhook,
+        })
     }
 }
 
@@ -457,9 +463,12 @@ pub struct ChangeStatus {
 
 #[derive(Debug)]
 pub enum StatusOutcome {
-    Changed(Order),
+    /// The order, and whether a webhook job was written.
+    Changed(Order, bool),
     NotFound,
-    NotAllowed { from: String },
+    NotAllowed {
+        from: String,
+    },
 }
 
 impl ChangeStatus {
@@ -513,7 +522,7 @@ impl ChangeStatus {
         )
         .await?;
         match get_order(tx, self.merchant_id, self.id).await? {
-            Some(order) => Ok(StatusOutcome::Changed(order)),
+            Some(order) => Ok(StatusOutcome::Changed(order, has_webhook)),
             None => Ok(StatusOutcome::NotFound),
         }
     }
@@ -525,7 +534,7 @@ impl DbCommand for ChangeStatus {
     async fn run(self, conn: &mut Conn) -> Result<StatusOutcome, DbError> {
         in_transaction(conn, async |tx| {
             let outcome = self.attempt(tx).await?;
-            let commit = matches!(outcome, StatusOutcome::Changed(_));
+            let commit = matches!(outcome, StatusOutcome::Changed(..));
             Ok((outcome, commit))
         })
         .await

@@ -36,8 +36,7 @@ impl TestPg {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        let cluster =
-            Cluster::start(&dir, None, durability).expect("start a temporary PostgreSQL");
+        let cluster = Cluster::start(&dir, None, durability).expect("start a temporary PostgreSQL");
         cluster.stop_when_process_exits();
         let pg = TestPg { cluster };
         pg.make_template();
