@@ -637,22 +637,38 @@ async fn webhook_urls_reaching_internal_addresses_are_refused_at_creation_update
         )
         .await
         .unwrap();
-    let product = app.create_product(&merchant, "SSRF-1", 100, 5).await;
+    let product = app.create_product(&merchant, "SSRF-1", 100, 100).await;
     buy(&app, &merchant, &product, 1).await;
+    // And every other form, written past the API the same way.
+    let sql = app.sql().await;
+    for url in INTERNAL {
+        sql.execute(
+            "UPDATE merchants SET webhook_url = $1 WHERE id = $2::text::uuid",
+            &[url, &merchant.id],
+        )
+        .await
+        .unwrap();
+        buy(&app, &merchant, &product, 1).await;
+    }
+    let refused = INTERNAL.len() as i64 + 1;
     wait_until(
-        "the delivery is refused",
-        Duration::from_secs(20),
-        async || statuses(&app, "webhook").await.get("dead") == Some(&1),
+        "every delivery is refused",
+        Duration::from_secs(30),
+        async || statuses(&app, "webhook").await.get("dead") == Some(&refused),
     )
     .await;
-    let error: String = app
-        .sql()
-        .await
-        .query_one("SELECT last_error FROM jobs WHERE kind = 'webhook'", &[])
+    for row in sql
+        .query(
+            "SELECT last_error, attempts FROM jobs WHERE kind = 'webhook'",
+            &[],
+        )
         .await
         .unwrap()
-        .get(0);
-    assert!(error.contains("internal address"), "{error}");
+    {
+        let (error, attempts): (String, i32) = (row.get(0), row.get(1));
+        assert!(error.contains("refused"), "{error}");
+        assert_eq!(attempts, 1, "a refused destination is not retried");
+    }
     assert!(
         receiver.received().is_empty(),
         "nothing reached the receiver"
@@ -990,4 +1006,40 @@ async fn a_graceful_stop_gives_back_the_jobs_it_still_runs_without_spending_thei
     assert_eq!(attempts, 0, "an interrupted run is not an attempt");
     assert_eq!(locked_by, None);
     receiver.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_redirect_is_not_followed_and_the_delivery_is_retried() {
+    let elsewhere = WebhookReceiver::start(Behaviour::Accept);
+    let to: &'static str = Box::leak(elsewhere.url.clone().into_boxed_str());
+    let receiver = WebhookReceiver::start(Behaviour::Redirect(to));
+    let app = jobs_app().spawn().await;
+    let (merchant, _) = merchant_with_webhook(&app, &receiver.url).await;
+    let product = app.create_product(&merchant, "REDIR-1", 100, 5).await;
+    buy(&app, &merchant, &product, 1).await;
+    wait_until(
+        "the webhook job is dead",
+        Duration::from_secs(30),
+        async || statuses(&app, "webhook").await.get("dead") == Some(&1),
+    )
+    .await;
+    let error: String = app
+        .sql()
+        .await
+        .query_one("SELECT last_error FROM jobs WHERE kind = 'webhook'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains("redirects are not followed"), "{error}");
+    assert_eq!(
+        receiver.received().len(),
+        3,
+        "each attempt asked the merchant's URL"
+    );
+    assert!(
+        elsewhere.received().is_empty(),
+        "the redirect's target was never asked"
+    );
+    receiver.stop().await;
+    elsewhere.stop().await;
 }

@@ -28,6 +28,8 @@ pub enum Behaviour {
     FailFirst(usize),
     /// Never answers (holds each request for a minute).
     Hang,
+    /// 307 to this URL.
+    Redirect(&'static str),
 }
 
 #[derive(Clone)]
@@ -71,6 +73,9 @@ impl WebhookReceiver {
                             tokio::time::sleep(Duration::from_secs(60)).await;
                             HttpResponse::Ok().finish()
                         }
+                        Behaviour::Redirect(to) => HttpResponse::TemporaryRedirect()
+                            .insert_header(("Location", to))
+                            .finish(),
                     }
                 }
             }))
