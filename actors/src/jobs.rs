@@ -77,6 +77,27 @@ pub enum JobFailure {
 /// Runs the jobs of one kind. Runs may repeat: a runner must be idempotent.
 pub trait JobRunner: Send + Sync + 'static {
     fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>>;
+
+    /// How many jobs of this kind one run may take at once (one place of its queue).
+    fn batch(&self) -> usize {
+        1
+    }
+
+    /// Runs up to [`JobRunner::batch`] jobs at once: one result per job, in order. Runners whose
+    /// jobs are a statement each make it one statement for all of them.
+    fn run_batch(
+        &self,
+        jobs: Vec<ClaimedJob>,
+    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
+        let runs: Vec<_> = jobs.into_iter().map(|job| self.run(job)).collect();
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(runs.len());
+            for run in runs {
+                results.push(run.await);
+            }
+            results
+        })
+    }
 }
 
 pub struct JobsSettings {
@@ -181,8 +202,8 @@ impl JobsBoard {
     }
 }
 
-/// The jobs of one kind: its name and its runner.
-pub type Runners = HashMap<String, Arc<dyn JobRunner>>;
+/// Each kind's runner and queue, by kind name.
+pub type Runners = HashMap<String, (Arc<dyn JobRunner>, String)>;
 
 pub struct Jobs {
     db: Handle<Db>,
@@ -217,11 +238,10 @@ impl actix::Message for Wake {
     type Result = ();
 }
 
+/// A run ended: its jobs' outcomes.
 struct Finished {
     queue: String,
-    id: Uuid,
-    attempt: i32,
-    outcome: Outcome,
+    outcomes: Vec<(Uuid, i32, Outcome)>,
 }
 
 impl actix::Message for Finished {
@@ -297,7 +317,7 @@ impl Jobs {
         self.claiming.insert(queue.to_owned(), false);
         let command = Claim {
             queue: queue.to_owned(),
-            limit: (concurrency - running) as i64,
+            limit: ((concurrency - running) * self.batch_of(queue)) as i64,
             lease: self.settings.lease,
             instance: self.settings.instance.clone(),
         };
@@ -309,11 +329,7 @@ impl Jobs {
                 .map(move |claimed, act, ctx| {
                     let again = act.claiming.remove(&queue).unwrap_or(false);
                     match claimed {
-                        Ok(jobs) => {
-                            for job in jobs {
-                                act.start_job(job, ctx);
-                            }
-                        }
+                        Ok(jobs) => act.start_jobs(jobs, ctx),
                         Err(e) => {
                             tracing::warn!(queue = %queue, error = %e, "claiming jobs failed")
                         }
@@ -325,24 +341,57 @@ impl Jobs {
         );
     }
 
-    fn start_job(&mut self, job: ClaimedJob, ctx: &mut Context<Self>) {
-        *self.running.entry(job.queue.clone()).or_default() += 1;
-        if let Some(counters) = self.board.counters(&job.queue) {
-            counters.running.fetch_add(1, Relaxed);
-            counters.started.fetch_add(1, Relaxed);
+    /// The most jobs one run of this queue's kinds may take.
+    fn batch_of(&self, queue: &str) -> usize {
+        self.runners
+            .values()
+            .filter(|r| r.1 == queue)
+            .map(|r| r.0.batch().max(1))
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// Starts the claimed jobs: each run (one job, or a batch of one kind) takes one place.
+    fn start_jobs(&mut self, jobs: Vec<ClaimedJob>, ctx: &mut Context<Self>) {
+        let mut by_kind: BTreeMap<String, Vec<ClaimedJob>> = BTreeMap::new();
+        for job in jobs {
+            by_kind.entry(job.kind.clone()).or_default().push(job);
         }
-        let runner = self.runners.get(&job.kind).cloned();
+        for (kind, mut jobs) in by_kind {
+            let runner = self.runners.get(&kind).map(|r| Arc::clone(&r.0));
+            let size = runner.as_ref().map_or(1, |r| r.batch().max(1));
+            while !jobs.is_empty() {
+                let rest = jobs.split_off(size.min(jobs.len()));
+                self.start_run(std::mem::replace(&mut jobs, rest), runner.clone(), ctx);
+            }
+        }
+    }
+
+    fn start_run(
+        &mut self,
+        jobs: Vec<ClaimedJob>,
+        runner: Option<Arc<dyn JobRunner>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let queue = jobs[0].queue.clone();
+        *self.running.entry(queue.clone()).or_default() += 1;
+        if let Some(counters) = self.board.counters(&queue) {
+            counters.running.fetch_add(1, Relaxed);
+            counters.started.fetch_add(jobs.len() as u64, Relaxed);
+        }
         let (db, settings, addr) = (self.db.clone(), Arc::clone(&self.settings), ctx.address());
         let span =
-            tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempt);
+            tracing::info_span!("jobs", kind = %jobs[0].kind, first = %jobs[0].id, n = jobs.len());
         let work = async move {
-            let (queue, id, attempt) = (job.queue.clone(), job.id, job.attempt);
-            let outcome = execute(&db, &settings, runner, job).await;
+            let done: Vec<(Uuid, i32)> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
+            let outcomes = execute(&db, &settings, runner, jobs).await;
             addr.do_send(Finished {
                 queue,
-                id,
-                attempt,
-                outcome,
+                outcomes: done
+                    .into_iter()
+                    .zip(outcomes)
+                    .map(|((id, attempt), o)| (id, attempt, o))
+                    .collect(),
             });
         };
         actix_rt::spawn(tracing::Instrument::instrument(work, span));
@@ -421,70 +470,93 @@ impl Jobs {
     }
 }
 
-/// Runs one job, renewing its lease meanwhile; what should become of it.
+/// Runs one job or a batch, renewing their leases meanwhile; what should become of each.
 async fn execute(
     db: &Handle<Db>,
     settings: &JobsSettings,
     runner: Option<Arc<dyn JobRunner>>,
-    job: ClaimedJob,
-) -> Outcome {
-    let id = job.id;
-    let attempt = job.attempt;
-    let max_attempts = job.max_attempts;
-    let result = match runner {
-        None => Err(JobFailure::Permanent(format!(
-            "no runner for kind {}",
-            job.kind
-        ))),
+    jobs: Vec<ClaimedJob>,
+) -> Vec<Outcome> {
+    let held: Vec<(Uuid, i32, i32)> = jobs
+        .iter()
+        .map(|j| (j.id, j.attempt, j.max_attempts))
+        .collect();
+    let results = match runner {
+        None => jobs
+            .iter()
+            .map(|j| {
+                Err(JobFailure::Permanent(format!(
+                    "no runner for kind {}",
+                    j.kind
+                )))
+            })
+            .collect(),
         Some(runner) => {
-            let run = runner.run(job);
+            let run = if jobs.len() == 1 {
+                let job = jobs.into_iter().next();
+                Box::pin(async move {
+                    match job {
+                        Some(job) => vec![runner.run(job).await],
+                        None => Vec::new(),
+                    }
+                }) as LocalBoxFuture<'static, Vec<Result<(), JobFailure>>>
+            } else {
+                runner.run_batch(jobs)
+            };
             let renew = async {
                 let mut every = tokio::time::interval(settings.lease / 3);
                 every.tick().await;
                 loop {
                     every.tick().await;
-                    let renewed = db
-                        .run_within(
-                            Renew {
-                                id,
-                                attempt,
-                                lease: settings.lease,
-                                instance: settings.instance.clone(),
-                            },
-                            DB_WAIT,
-                        )
-                        .await;
-                    if let Ok(false) = renewed {
-                        tracing::warn!(job = %id, "job lease lost while running");
+                    let renew = Renew {
+                        held: held
+                            .iter()
+                            .map(|(id, attempt, _)| (*id, *attempt))
+                            .collect(),
+                        lease: settings.lease,
+                        instance: settings.instance.clone(),
+                    };
+                    if let Ok(lost) = db.run_within(renew, DB_WAIT).await {
+                        if lost > 0 {
+                            tracing::warn!(jobs = lost, "job leases lost while running");
+                        }
                     }
                 }
             };
             tokio::select! {
-                result = run => result,
+                results = run => results,
                 _ = renew => unreachable!("the renewal loop never ends"),
             }
         }
     };
-    let outcome = match &result {
-        Ok(()) => Outcome::Succeeded,
-        Err(JobFailure::Deferred(after, why)) => Outcome::Later {
-            after: *after,
-            error: why.clone(),
-            spend: false,
-        },
-        Err(JobFailure::Retry(why)) if attempt < max_attempts => Outcome::Later {
-            after: backoff(settings, attempt),
-            error: why.clone(),
-            spend: true,
-        },
-        Err(JobFailure::Retry(why)) | Err(JobFailure::Permanent(why)) => {
-            Outcome::Dead { error: why.clone() }
-        }
-    };
-    if let Err(e) = &result {
-        tracing::warn!(job = %id, error = ?e, "job did not succeed");
-    }
-    outcome
+    held.iter()
+        .zip(results.into_iter().chain(std::iter::repeat_with(|| {
+            Err(JobFailure::Retry(
+                "the runner gave no result for this job".into(),
+            ))
+        })))
+        .map(|(&(id, attempt, max_attempts), result)| {
+            if let Err(e) = &result {
+                tracing::warn!(job = %id, error = ?e, "job did not succeed");
+            }
+            match result {
+                Ok(()) => Outcome::Succeeded,
+                Err(JobFailure::Deferred(after, error)) => Outcome::Later {
+                    after,
+                    error,
+                    spend: false,
+                },
+                Err(JobFailure::Retry(error)) if attempt < max_attempts => Outcome::Later {
+                    after: backoff(settings, attempt),
+                    error,
+                    spend: true,
+                },
+                Err(JobFailure::Retry(error)) | Err(JobFailure::Permanent(error)) => {
+                    Outcome::Dead { error }
+                }
+            }
+        })
+        .collect()
 }
 
 /// Exponential backoff with full jitter: a uniform delay up to `base * 2^(attempt - 1)`, capped.
@@ -658,9 +730,13 @@ impl Handler<Finished> for Jobs {
         if let Some(c) = self.board.counters(&done.queue) {
             c.running.fetch_sub(1, Relaxed);
         }
-        self.board.unrecorded.fetch_add(1, Relaxed);
-        self.outcomes
-            .push((done.queue.clone(), done.id, done.attempt, done.outcome));
+        self.board
+            .unrecorded
+            .fetch_add(done.outcomes.len() as u64, Relaxed);
+        for (id, attempt, outcome) in done.outcomes {
+            self.outcomes
+                .push((done.queue.clone(), id, attempt, outcome));
+        }
         self.record(ctx);
         self.claim(&done.queue, ctx);
     }
@@ -784,26 +860,27 @@ impl DbCommand for Claim {
     }
 }
 
-/// Extends a running job's lease; false when it is no longer this run's.
+/// Extends the leases of a run's jobs; how many are no longer this run's.
 struct Renew {
-    id: Uuid,
-    attempt: i32,
+    held: Vec<(Uuid, i32)>,
     lease: Duration,
     instance: String,
 }
 
 impl DbCommand for Renew {
-    type Output = bool;
+    type Output = usize;
 
-    async fn run(self, conn: &mut Conn) -> Result<bool, DbError> {
+    async fn run(self, conn: &mut Conn) -> Result<usize, DbError> {
+        let (ids, attempts): (Vec<Uuid>, Vec<i32>) = self.held.iter().copied().unzip();
         let n = conn
             .execute(
-                "UPDATE jobs SET locked_until = now() + $4 * interval '1 millisecond'
-                 WHERE id = $1 AND status = 'running' AND locked_by = $2 AND attempts = $3",
-                &[&self.id, &self.instance, &self.attempt, &millis(self.lease)],
+                "UPDATE jobs j SET locked_until = now() + $4 * interval '1 millisecond'
+                 FROM unnest($1::uuid[], $3::int[]) AS h(id, attempt)
+                 WHERE j.id = h.id AND j.status = 'running' AND j.locked_by = $2 AND j.attempts = h.attempt",
+                &[&ids, &self.instance, &attempts, &millis(self.lease)],
             )
             .await?;
-        Ok(n == 1)
+        Ok(self.held.len().saturating_sub(n as usize))
     }
 }
 

@@ -14,69 +14,94 @@ use uuid::Uuid;
 
 pub struct OrderAnalytics(pub JobContext);
 
+/// The order and its event, or why the payload is unusable.
+fn event(job: &ClaimedJob) -> Result<(Uuid, String), JobFailure> {
+    let event: String = field(job, "event")?;
+    let order_id: Uuid = field(job, "order_id")?;
+    match event.as_str() {
+        "order.created" | "order.cancelled" => Ok((order_id, event)),
+        other => Err(JobFailure::Permanent(format!("no analytics for {other}"))),
+    }
+}
+
 impl JobRunner for OrderAnalytics {
     fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
+        let run = self.run_batch(vec![job]);
+        Box::pin(async move {
+            run.await
+                .pop()
+                .unwrap_or_else(|| Err(JobFailure::Retry("no result".into())))
+        })
+    }
+
+    fn batch(&self) -> usize {
+        super::BATCH
+    }
+
+    /// Every well-formed event of the batch in one statement; a malformed one fails alone.
+    fn run_batch(
+        &self,
+        jobs: Vec<ClaimedJob>,
+    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
         let db = self.0.db.clone();
         Box::pin(async move {
-            let event: String = field(&job, "event")?;
-            let order_id: Uuid = field(&job, "order_id")?;
-            let sign = match event.as_str() {
-                "order.created" => 1,
-                "order.cancelled" => -1,
-                other => return Err(JobFailure::Permanent(format!("no analytics for {other}"))),
+            let parsed: Vec<Result<(Uuid, String), JobFailure>> = jobs.iter().map(event).collect();
+            let events: Vec<(Uuid, String)> = parsed
+                .iter()
+                .filter_map(|e| e.as_ref().ok().cloned())
+                .collect();
+            let applied = if events.is_empty() {
+                Ok(())
+            } else {
+                db.run(Apply(events)).await.map_err(retry)
             };
-            db.run(Apply {
-                order_id,
-                event,
-                sign,
-            })
-            .await
-            .map_err(retry)
+            parsed
+                .into_iter()
+                .map(|e| e.and_then(|_| applied.clone()))
+                .collect()
         })
     }
 }
 
-struct Apply {
-    order_id: Uuid,
-    event: String,
-    sign: i64,
-}
+/// Applies order events to the daily aggregates, each once: its `analytics_applied` row is
+/// inserted by the same statement. A creation adds unless the order's cancellation is applied
+/// (before, or in this batch); a cancellation subtracts only what an earlier creation added. The
+/// statement sees `analytics_applied` as it was before it (its own inserts are not visible to
+/// its other parts), which is what "before" means here.
+struct Apply(Vec<(Uuid, String)>);
+
+const APPLY: &str = "WITH fresh AS (
+    INSERT INTO analytics_applied (order_id, event)
+    SELECT * FROM unnest($1::uuid[], $2::text[])
+    ON CONFLICT DO NOTHING
+    RETURNING order_id, event
+), delta AS (
+    SELECT f.order_id, CASE WHEN f.event = 'order.created' THEN 1 ELSE -1 END AS sign
+    FROM fresh f
+    WHERE (f.event = 'order.created'
+           AND NOT EXISTS (SELECT 1 FROM analytics_applied a WHERE a.order_id = f.order_id AND a.event = 'order.cancelled')
+           AND NOT EXISTS (SELECT 1 FROM fresh c WHERE c.order_id = f.order_id AND c.event = 'order.cancelled'))
+       OR (f.event = 'order.cancelled'
+           AND EXISTS (SELECT 1 FROM analytics_applied a WHERE a.order_id = f.order_id AND a.event = 'order.created'))
+)
+INSERT INTO analytics_daily AS a (merchant_id, day, orders, units, revenue_cents)
+SELECT o.merchant_id, (o.created_at AT TIME ZONE 'UTC')::date, sum(d.sign),
+       sum(d.sign * (SELECT coalesce(sum(quantity), 0) FROM order_items WHERE order_id = o.id)),
+       sum(d.sign * o.total_cents)
+FROM delta d JOIN orders o ON o.id = d.order_id
+GROUP BY 1, 2
+ON CONFLICT (merchant_id, day) DO UPDATE SET orders = a.orders + excluded.orders,
+    units = a.units + excluded.units, revenue_cents = a.revenue_cents + excluded.revenue_cents";
 
 impl DbCommand for Apply {
     type Output = ();
 
     async fn run(self, conn: &mut Conn) -> Result<(), DbError> {
-        let other = if self.sign > 0 {
-            "order.cancelled"
-        } else {
-            "order.created"
-        };
+        let (orders, events): (Vec<Uuid>, Vec<String>) = self.0.into_iter().unzip();
         in_transaction(conn, async |tx| {
             tx.batch_execute(rampart_actors::jobs::ASYNC_COMMIT).await?;
-            let fresh = tx
-                .execute(
-                    "INSERT INTO analytics_applied (order_id, event) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&self.order_id, &self.event],
-                )
-                .await?;
-            if fresh == 0 {
-                return Ok(((), true));
-            }
-            // Creation adds unless the cancellation came first; cancellation subtracts only
-            // what a creation added.
-            tx.execute(
-                "INSERT INTO analytics_daily AS a (merchant_id, day, orders, units, revenue_cents)
-                 SELECT o.merchant_id, (o.created_at AT TIME ZONE 'UTC')::date, $2,
-                        $2 * (SELECT coalesce(sum(quantity), 0) FROM order_items WHERE order_id = o.id),
-                        $2 * o.total_cents
-                 FROM orders o
-                 WHERE o.id = $1
-                   AND EXISTS (SELECT 1 FROM analytics_applied WHERE order_id = $1 AND event = $3) = ($2 < 0)
-                 ON CONFLICT (merchant_id, day) DO UPDATE SET orders = a.orders + excluded.orders,
-                    units = a.units + excluded.units, revenue_cents = a.revenue_cents + excluded.revenue_cents",
-                &[&self.order_id, &self.sign, &other],
-            )
-            .await?;
+            let stmt = tx.prepare_cached(APPLY).await?;
+            tx.execute(&stmt, &[&orders, &events]).await?;
             Ok(((), true))
         })
         .await

@@ -11,25 +11,59 @@ pub struct Audit(pub JobContext);
 
 impl JobRunner for Audit {
     fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
+        let run = self.run_batch(vec![job]);
+        Box::pin(async move {
+            run.await
+                .pop()
+                .unwrap_or_else(|| Err(JobFailure::Retry("no result".into())))
+        })
+    }
+
+    fn batch(&self) -> usize {
+        super::BATCH
+    }
+
+    /// One insert for every well-formed job; a malformed one fails alone.
+    fn run_batch(
+        &self,
+        jobs: Vec<ClaimedJob>,
+    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
         let db = self.0.db.clone();
         Box::pin(async move {
-            let row = Insert {
-                id: job.id,
-                merchant_id: job
-                    .merchant_id
-                    .ok_or_else(|| JobFailure::Permanent("audit job without merchant".into()))?,
-                actor: field(&job, "actor")?,
-                action: field(&job, "action")?,
-                entity_type: field(&job, "entity_type")?,
-                entity_id: field(&job, "entity_id")?,
-                at: job.created_at.into(),
+            let parsed: Vec<Result<Row, JobFailure>> = jobs.iter().map(row).collect();
+            let rows: Vec<Row> = parsed
+                .iter()
+                .filter_map(|r| r.as_ref().ok().cloned())
+                .collect();
+            let written = if rows.is_empty() {
+                Ok(())
+            } else {
+                db.run(Insert(rows)).await.map_err(retry)
             };
-            db.run(row).await.map_err(retry)
+            parsed
+                .into_iter()
+                .map(|r| r.and_then(|_| written.clone()))
+                .collect()
         })
     }
 }
 
-struct Insert {
+fn row(job: &ClaimedJob) -> Result<Row, JobFailure> {
+    Ok(Row {
+        id: job.id,
+        merchant_id: job
+            .merchant_id
+            .ok_or_else(|| JobFailure::Permanent("audit job without merchant".into()))?,
+        actor: field(job, "actor")?,
+        action: field(job, "action")?,
+        entity_type: field(job, "entity_type")?,
+        entity_id: field(job, "entity_id")?,
+        at: job.created_at.into(),
+    })
+}
+
+#[derive(Clone)]
+struct Row {
     id: Uuid,
     merchant_id: Uuid,
     actor: String,
@@ -39,24 +73,27 @@ struct Insert {
     at: DateTime<Utc>,
 }
 
+struct Insert(Vec<Row>);
+
 impl DbCommand for Insert {
     type Output = ();
 
     async fn run(self, conn: &mut Conn) -> Result<(), DbError> {
+        let rows = self.0;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let merchants: Vec<Uuid> = rows.iter().map(|r| r.merchant_id).collect();
+        let actors: Vec<&str> = rows.iter().map(|r| r.actor.as_str()).collect();
+        let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+        let types: Vec<&str> = rows.iter().map(|r| r.entity_type.as_str()).collect();
+        let entities: Vec<&str> = rows.iter().map(|r| r.entity_id.as_str()).collect();
+        let ats: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
         let tx = conn.transaction().await?;
         tx.batch_execute(rampart_actors::jobs::ASYNC_COMMIT).await?;
         tx.execute(
             "INSERT INTO audit_log (id, merchant_id, actor, action, entity_type, entity_id, at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-            &[
-                &self.id,
-                &self.merchant_id,
-                &self.actor,
-                &self.action,
-                &self.entity_type,
-                &self.entity_id,
-                &self.at,
-            ],
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+             ON CONFLICT (id) DO NOTHING",
+            &[&ids, &merchants, &actors, &actions, &types, &entities, &ats],
         )
         .await?;
         tx.commit().await?;

@@ -13,7 +13,11 @@
 //! | `noop`            | `noop`      | `jobs.max_attempts`  | does nothing: probes the pipeline (benchmarks, smoke tests)    |
 //!
 //! An order's email, webhook and analytics jobs share its id as ordering key: they follow the
-//! order's events in order.
+//! order's events in order. Analytics and audit run in batches (up to [`BATCH`] jobs in one
+//! statement): a job each was as much database work as the checkout that wrote it.
+
+/// The most analytics or audit jobs one run takes.
+pub const BATCH: usize = 64;
 
 pub mod analytics;
 pub mod audit;
@@ -102,7 +106,7 @@ pub struct JobContext {
 pub fn runners(ctx: JobContext) -> Runners {
     let mut runners = Runners::new();
     let mut add = |kind: &Kind, runner: Arc<dyn JobRunner>| {
-        runners.insert(kind.name.to_owned(), runner);
+        runners.insert(kind.name.to_owned(), (runner, kind.queue.to_owned()));
     };
     add(&ORDER_EMAIL, Arc::new(email::OrderEmail::new(ctx.clone())));
     add(&WEBHOOK, Arc::new(webhook::Webhook::new(ctx.clone())));
