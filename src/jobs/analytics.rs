@@ -26,39 +26,21 @@ fn event(job: &ClaimedJob) -> Result<(Uuid, String), JobFailure> {
 
 impl JobRunner for OrderAnalytics {
     fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
-        let run = self.run_batch(vec![job]);
-        Box::pin(async move {
-            run.await
-                .pop()
-                .unwrap_or_else(|| Err(JobFailure::Retry("no result".into())))
-        })
+        super::one(self.run_batch(vec![job]))
     }
 
     fn batch(&self) -> usize {
         super::BATCH
     }
 
-    /// Every well-formed event of the batch in one statement; a malformed one fails alone.
+    /// Every well-formed event of the batch in one statement.
     fn run_batch(
         &self,
         jobs: Vec<ClaimedJob>,
     ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
         let db = self.0.db.clone();
-        Box::pin(async move {
-            let parsed: Vec<Result<(Uuid, String), JobFailure>> = jobs.iter().map(event).collect();
-            let events: Vec<(Uuid, String)> = parsed
-                .iter()
-                .filter_map(|e| e.as_ref().ok().cloned())
-                .collect();
-            let applied = if events.is_empty() {
-                Ok(())
-            } else {
-                db.run(Apply(events)).await.map_err(retry)
-            };
-            parsed
-                .into_iter()
-                .map(|e| e.and_then(|_| applied.clone()))
-                .collect()
+        super::batch_of(&jobs, event, move |events| {
+            Box::pin(async move { db.run(Apply(events)).await.map_err(retry) })
         })
     }
 }

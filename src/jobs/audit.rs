@@ -11,39 +11,21 @@ pub struct Audit(pub JobContext);
 
 impl JobRunner for Audit {
     fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
-        let run = self.run_batch(vec![job]);
-        Box::pin(async move {
-            run.await
-                .pop()
-                .unwrap_or_else(|| Err(JobFailure::Retry("no result".into())))
-        })
+        super::one(self.run_batch(vec![job]))
     }
 
     fn batch(&self) -> usize {
         super::BATCH
     }
 
-    /// One insert for every well-formed job; a malformed one fails alone.
+    /// One insert for every well-formed job of the batch.
     fn run_batch(
         &self,
         jobs: Vec<ClaimedJob>,
     ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
         let db = self.0.db.clone();
-        Box::pin(async move {
-            let parsed: Vec<Result<Row, JobFailure>> = jobs.iter().map(row).collect();
-            let rows: Vec<Row> = parsed
-                .iter()
-                .filter_map(|r| r.as_ref().ok().cloned())
-                .collect();
-            let written = if rows.is_empty() {
-                Ok(())
-            } else {
-                db.run(Insert(rows)).await.map_err(retry)
-            };
-            parsed
-                .into_iter()
-                .map(|r| r.and_then(|_| written.clone()))
-                .collect()
+        super::batch_of(&jobs, row, move |rows| {
+            Box::pin(async move { db.run(Insert(rows)).await.map_err(retry) })
         })
     }
 }

@@ -9,9 +9,8 @@ use futures_util::future::LocalBoxFuture;
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use rampart_actors::{
-    BreakerSettings, Circuit, ClaimedJob, Conn, DbCommand, DbError, JobFailure, JobRunner,
-};
+use rampart_actors::{BreakerSettings, Circuit, ClaimedJob, JobFailure, JobRunner};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
@@ -64,51 +63,92 @@ fn transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
 
 impl JobRunner for OrderEmail {
     fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
+        super::one(self.run_batch(vec![job]))
+    }
+
+    fn batch(&self) -> usize {
+        super::BATCH
+    }
+
+    /// The batch's orders in one read, then each mail composed and sent (or written) on its own.
+    fn run_batch(
+        &self,
+        jobs: Vec<ClaimedJob>,
+    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
         let (db, settings) = (self.ctx.db.clone(), self.ctx.settings.clone());
         let smtp = self.smtp.clone();
         Box::pin(async move {
-            let event: String = field(&job, "event")?;
-            let order_id: Uuid = field(&job, "order_id")?;
-            let merchant_id = job
-                .merchant_id
-                .ok_or_else(|| JobFailure::Permanent("email job without merchant".into()))?;
-            let Some((store, order)) = db
-                .run(Load {
-                    merchant_id,
-                    order_id,
-                })
-                .await
-                .map_err(retry)?
-            else {
-                return Err(JobFailure::Permanent(format!("order {order_id} not found")));
-            };
-            let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
-            let message = compose(&settings.email.from, &store, &order, &event, &id)?;
-            match smtp {
-                Some((transport, circuit)) => {
-                    let call = circuit.try_call().map_err(|open| {
-                        JobFailure::Deferred(open.retry_after, "the SMTP circuit is open".into())
+            let parsed: Vec<Result<(String, Uuid, Uuid), JobFailure>> = jobs
+                .iter()
+                .map(|job| {
+                    let merchant = job.merchant_id.ok_or_else(|| {
+                        JobFailure::Permanent("email job without merchant".into())
                     })?;
-                    match transport.send(message).await {
-                        Ok(_) => {
-                            call.succeeded();
-                            Ok(())
-                        }
-                        Err(e) if e.is_permanent() => {
-                            call.succeeded();
-                            Err(JobFailure::Permanent(format!("SMTP refused the mail: {e}")))
-                        }
-                        Err(e) => {
-                            call.failed();
-                            Err(JobFailure::Retry(format!("SMTP: {e}")))
-                        }
-                    }
-                }
-                None => write_eml(settings.email.outbox_dir.clone(), &id, message.formatted())
-                    .await
-                    .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}"))),
+                    Ok((field(job, "event")?, field(job, "order_id")?, merchant))
+                })
+                .collect();
+            let ids: Vec<Uuid> = parsed
+                .iter()
+                .filter_map(|p| p.as_ref().ok())
+                .map(|p| p.1)
+                .collect();
+            let loaded: Result<HashMap<Uuid, (Uuid, String, Order)>, JobFailure> = db
+                .run(orders::GetMany(ids))
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|(m, store, o)| (o.id, (m, store, o)))
+                        .collect()
+                })
+                .map_err(retry);
+            let mut results = Vec::with_capacity(parsed.len());
+            for job in parsed {
+                let mail = async {
+                    let (event, order_id, merchant) = job?;
+                    let orders = loaded.as_ref().map_err(Clone::clone)?;
+                    let Some((_, store, order)) = orders.get(&order_id).filter(|o| o.0 == merchant)
+                    else {
+                        return Err(JobFailure::Permanent(format!("order {order_id} not found")));
+                    };
+                    let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
+                    let message = compose(&settings.email.from, store, order, &event, &id)?;
+                    deliver(smtp.as_ref(), &settings.email.outbox_dir, &id, message).await
+                };
+                results.push(mail.await);
             }
+            results
         })
+    }
+}
+
+/// Sends `message` through SMTP behind its circuit, or writes it to the outbox.
+async fn deliver(
+    smtp: Option<&(AsyncSmtpTransport<Tokio1Executor>, Circuit)>,
+    outbox: &std::path::Path,
+    id: &str,
+    message: Message,
+) -> Result<(), JobFailure> {
+    let Some((transport, circuit)) = smtp else {
+        return write_eml(outbox.to_path_buf(), id, message.formatted())
+            .await
+            .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}")));
+    };
+    let call = circuit.try_call().map_err(|open| {
+        JobFailure::Deferred(open.retry_after, "the SMTP circuit is open".into())
+    })?;
+    match transport.send(message).await {
+        Ok(_) => {
+            call.succeeded();
+            Ok(())
+        }
+        Err(e) if e.is_permanent() => {
+            call.succeeded();
+            Err(JobFailure::Permanent(format!("SMTP refused the mail: {e}")))
+        }
+        Err(e) => {
+            call.failed();
+            Err(JobFailure::Retry(format!("SMTP: {e}")))
+        }
     }
 }
 
@@ -188,31 +228,4 @@ async fn write_eml(dir: PathBuf, id: &str, bytes: Vec<u8>) -> std::io::Result<()
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// The store's name and the order.
-struct Load {
-    merchant_id: Uuid,
-    order_id: Uuid,
-}
-
-impl DbCommand for Load {
-    type Output = Option<(String, Order)>;
-
-    async fn run(self, conn: &mut Conn) -> Result<Self::Output, DbError> {
-        let name: String = conn
-            .query_one(
-                "SELECT name FROM merchants WHERE id = $1",
-                &[&self.merchant_id],
-            )
-            .await?
-            .get(0);
-        let order = orders::Get {
-            merchant_id: self.merchant_id,
-            id: self.order_id,
-        }
-        .run(conn)
-        .await?;
-        Ok(order.map(|o| (name, o)))
-    }
 }

@@ -148,3 +148,39 @@ impl JobRunner for Noop {
         Box::pin(std::future::ready(Ok(())))
     }
 }
+
+/// A batch run of `jobs` whose well-formed items (`parse`) are handled together by `apply`:
+/// a malformed job fails alone, the others share `apply`'s outcome.
+pub fn batch_of<T: Clone + 'static>(
+    jobs: &[ClaimedJob],
+    parse: impl Fn(&ClaimedJob) -> Result<T, JobFailure>,
+    apply: impl FnOnce(Vec<T>) -> futures_util::future::LocalBoxFuture<'static, Result<(), JobFailure>>,
+) -> futures_util::future::LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
+    let parsed: Vec<Result<T, JobFailure>> = jobs.iter().map(parse).collect();
+    let items: Vec<T> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
+    let applied = (!items.is_empty()).then(|| apply(items));
+    Box::pin(async move {
+        let outcome = match applied {
+            Some(run) => run.await,
+            None => Ok(()),
+        };
+        parsed
+            .into_iter()
+            .map(|p| p.and_then(|_| outcome.clone()))
+            .collect()
+    })
+}
+
+/// The one result of a batch run of one job.
+pub fn one(
+    run: futures_util::future::LocalBoxFuture<'static, Vec<Result<(), JobFailure>>>,
+) -> futures_util::future::LocalBoxFuture<'static, Result<(), JobFailure>> {
+    Box::pin(async move {
+        run.await
+            .pop()
+            .unwrap_or_else(|| Err(JobFailure::Retry("the batch gave no result".into())))
+    })
+}

@@ -356,6 +356,27 @@ pub struct Get {
     pub id: Uuid,
 }
 
+/// Orders by id, each with its merchant's id and name (the jobs' read of their orders).
+pub struct GetMany(pub Vec<Uuid>);
+
+impl DbCommand for GetMany {
+    type Output = Vec<(Uuid, String, Order)>;
+
+    async fn run(self, conn: &mut Conn) -> Result<Self::Output, DbError> {
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ORDER_COLUMNS}, o.merchant_id, m.name FROM orders o
+                 JOIN merchants m ON m.id = o.merchant_id WHERE o.id = ANY($1)"
+            ))
+            .await?;
+        conn.query(&stmt, &[&self.0])
+            .await?
+            .iter()
+            .map(|r| Ok((r.get(10), r.get(11), Order::from_row(r)?)))
+            .collect()
+    }
+}
+
 async fn get_order(
     client: &impl deadpool_postgres::GenericClient,
     merchant_id: Uuid,

@@ -117,6 +117,20 @@ async fn all_jobs_finished(app: &TestApp) {
     .await;
 }
 
+/// The merchant's only webhook job, as `GET /api/v1/jobs/{id}` shows it.
+async fn webhook_job(app: &TestApp, merchant: &Merchant) -> Value {
+    let id: uuid::Uuid = app
+        .sql()
+        .await
+        .query_one("SELECT id FROM jobs WHERE kind = 'webhook'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    app.get_as(&merchant.api_key, &format!("/api/v1/jobs/{id}"))
+        .await
+        .json()
+}
+
 fn verify(secret: &str, delivery: &crate::receivers::Delivery) {
     let (t, v1) = delivery.signature.split_once(',').expect("t=..,v1=..");
     let t = t.strip_prefix("t=").expect("t=");
@@ -200,17 +214,7 @@ async fn a_receiver_that_answers_500_first_gets_the_same_event_again_after_backo
         "the same event id"
     );
     verify(&secret, &received[1]);
-    let job_id: uuid::Uuid = app
-        .sql()
-        .await
-        .query_one("SELECT id FROM jobs WHERE kind = 'webhook'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let job = app
-        .get_as(&merchant.api_key, &format!("/api/v1/jobs/{job_id}"))
-        .await
-        .json();
+    let job = webhook_job(&app, &merchant).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
     assert!(job["finished_at"].is_string(), "{job}");
@@ -224,22 +228,14 @@ async fn a_receiver_that_never_answers_leaves_the_job_dead_after_the_configured_
     let (merchant, _) = merchant_with_webhook(&app, &receiver.url).await;
     let product = app.create_product(&merchant, "HANG-1", 500, 5).await;
     buy(&app, &merchant, &product, 1).await;
-    let sql = app.sql().await;
     wait_until(
         "the webhook job is dead",
         Duration::from_secs(30),
         async || statuses(&app, "webhook").await.get("dead") == Some(&1),
     )
     .await;
-    let job_id: uuid::Uuid = sql
-        .query_one("SELECT id FROM jobs WHERE kind = 'webhook'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let job = app
-        .get_as(&merchant.api_key, &format!("/api/v1/jobs/{job_id}"))
-        .await
-        .json();
+    let job = webhook_job(&app, &merchant).await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
     assert_eq!(job["status"], "dead", "{job}");
     assert_eq!(job["attempts"], 3, "{job}");
     assert_eq!(job["max_attempts"], 3, "{job}");
@@ -1023,14 +1019,14 @@ async fn a_redirect_is_not_followed_and_the_delivery_is_retried() {
         async || statuses(&app, "webhook").await.get("dead") == Some(&1),
     )
     .await;
-    let error: String = app
-        .sql()
-        .await
-        .query_one("SELECT last_error FROM jobs WHERE kind = 'webhook'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(error.contains("redirects are not followed"), "{error}");
+    let job = webhook_job(&app, &merchant).await;
+    assert!(
+        job["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("redirects are not followed"),
+        "{job}"
+    );
     assert_eq!(
         receiver.received().len(),
         3,
