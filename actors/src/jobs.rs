@@ -2,16 +2,21 @@
 //! whose effects the jobs follow) to the runners registered per kind.
 //!
 //! Messages: [`Wake`] (a commit wrote jobs; sent by the request path after commit, never
-//! waited on), [`Crash`](crate::Crash) (tests), [`Stop`]. What it promises:
+//! waited on), [`Running`] (tests), [`Crash`](crate::Crash) (tests), [`Stop`]; its own job
+//! tasks report back with `Finished`. What it promises:
 //!
 //! - **At least once.** A job is claimed with `FOR UPDATE SKIP LOCKED` under a lease
 //!   (`locked_until`), renewed while it runs. A lease that runs out (a crashed or frozen
 //!   instance) puts the job back within a lease plus a poll interval, so every job of a committed
 //!   transaction runs, and none of a rolled-back one exists to run. A job may run twice after a
 //!   crash, so every runner is idempotent; in normal operation (leases renewed) none does.
-//! - **Bounded work.** Each queue runs at most its configured number of jobs at once on this
-//!   instance; a claim takes only as many as there are free places, so a busy queue leaves the
-//!   rest for other instances.
+//! - **Bounded work.** Each queue runs at most its configured number of runs at once on this
+//!   instance (a run is one job, or a batch of one kind for runners that take batches); a claim
+//!   takes only what its free places can run, so a busy queue leaves the rest for other
+//!   instances. While the foreground is busy ([`JobsSettings::busy`]) each queue has one place.
+//! - **Cheap bookkeeping.** Outcomes are written in batches (whatever finished while the previous
+//!   write was under way), and claims and outcomes commit without waiting for the WAL flush
+//!   ([`ASYNC_COMMIT`] says why that is safe).
 //! - **Retries.** A failure is retried after exponential backoff with full jitter; after
 //!   `max_attempts` the job is `dead`. A [`JobFailure::Deferred`] (the destination's circuit is
 //!   open) moves the job later without spending an attempt.
@@ -219,6 +224,9 @@ pub struct Jobs {
     listener: Option<tokio::sync::mpsc::Sender<String>>,
     /// Queues to name in the next notification to the other instances.
     to_broadcast: std::collections::BTreeSet<String>,
+    /// When each queue last claimed, and the queues whose next claim waits (while busy).
+    last_claim: HashMap<String, Instant>,
+    deferred: std::collections::HashSet<String>,
     /// Outcomes not written yet (queue, job, attempt, outcome), and whether a write is under way.
     outcomes: Vec<(String, Uuid, i32, Outcome)>,
     recording: bool,
@@ -256,6 +264,8 @@ impl Request for Running {
 }
 
 const DB_WAIT: Duration = Duration::from_secs(10);
+/// How often a queue claims while the foreground is busy.
+const BUSY_CLAIM_EVERY: Duration = Duration::from_millis(100);
 /// Notifications are coalesced to one per this interval: a burst of checkouts wakes the other
 /// instances once.
 const NOTIFY_EVERY: Duration = Duration::from_millis(20);
@@ -280,6 +290,8 @@ impl Jobs {
             notify_pending: false,
             listener: None,
             to_broadcast: Default::default(),
+            last_claim: HashMap::new(),
+            deferred: Default::default(),
             outcomes: Vec::new(),
             recording: false,
             supervision,
@@ -302,10 +314,8 @@ impl Jobs {
         let Some(&concurrency) = self.settings.queues.get(queue) else {
             return;
         };
-        let concurrency = match &self.settings.busy {
-            Some(busy) if busy() => 1,
-            _ => concurrency,
-        };
+        let busy = self.settings.busy.as_ref().is_some_and(|busy| busy());
+        let concurrency = if busy { 1 } else { concurrency };
         let running = self.running.get(queue).copied().unwrap_or(0);
         if running >= concurrency {
             return;
@@ -314,6 +324,24 @@ impl Jobs {
             *again = true;
             return;
         }
+        // While busy, a queue claims at most once per BUSY_CLAIM_EVERY: the jobs of a burst are
+        // taken in a few large batches rather than many small ones.
+        let now = Instant::now();
+        if busy {
+            if let Some(at) = self.last_claim.get(queue).map(|at| now.duration_since(*at)) {
+                if at < BUSY_CLAIM_EVERY {
+                    if self.deferred.insert(queue.to_owned()) {
+                        let queue = queue.to_owned();
+                        ctx.run_later(BUSY_CLAIM_EVERY - at, move |act, ctx| {
+                            act.deferred.remove(&queue);
+                            act.claim(&queue, ctx);
+                        });
+                    }
+                    return;
+                }
+            }
+        }
+        self.last_claim.insert(queue.to_owned(), now);
         self.claiming.insert(queue.to_owned(), false);
         let command = Claim {
             queue: queue.to_owned(),
