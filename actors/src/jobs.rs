@@ -854,11 +854,17 @@ impl DbCommand for Claim {
     type Output = Vec<ClaimedJob>;
 
     /// Committed without waiting for the flush, as [`Record`] is: a claim lost in a crash
-    /// only makes the job claimable again.
+    /// only makes the job claimable again. Planned on the due index whatever the statistics
+    /// say: a queue table analysed while empty got a plan that scanned and sorted the whole
+    /// queue on every claim once a burst filled it (commit-to-start p50 6.5 s in bench run
+    /// 20261201-215956, until autoanalyze caught up).
     async fn run(self, conn: &mut Conn) -> Result<Vec<ClaimedJob>, DbError> {
         let tx = conn.transaction().await?;
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await?;
+        tx.batch_execute(
+            "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off; \
+             SET LOCAL enable_sort = off",
+        )
+        .await?;
         let stmt = tx.prepare_cached(CLAIM).await?;
         let rows = tx
             .query(
@@ -980,8 +986,7 @@ impl DbCommand for Record {
             spends.push(spend);
         }
         let tx = conn.transaction().await?;
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await?;
+        tx.batch_execute(ASYNC_COMMIT).await?;
         let stmt = tx.prepare_cached(RECORD).await?;
         let rows = tx
             .query(
