@@ -2,7 +2,7 @@
 //! whose effects the jobs follow) to the runners registered per kind.
 //!
 //! Messages: [`Wake`] (a commit wrote jobs; sent by the request path after commit, never
-//! waited on), [`Running`] (tests), [`Crash`](crate::Crash) (tests), [`Stop`]; its own job
+//! waited on), [`Crash`](crate::Crash) (tests), [`Stop`]; its own job
 //! tasks report back with `Finished`. What it promises:
 //!
 //! - **At least once.** A job is claimed with `FOR UPDATE SKIP LOCKED` under a lease
@@ -32,7 +32,7 @@
 //! The database work goes through the [`Db`] actor like any other command, so the jobs share
 //! PostgreSQL's circuit, deadlines and backpressure with the requests.
 
-use crate::admission::{serve, Envelope, Handle, Reply, Request};
+use crate::admission::Handle;
 use crate::db::{Conn, Db, DbCommand, DbError};
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::fut::WrapFuture;
@@ -254,13 +254,6 @@ struct Finished {
 
 impl actix::Message for Finished {
     type Result = ();
-}
-
-/// How many jobs this instance runs now, per queue (tests wait on it).
-pub struct Running;
-
-impl Request for Running {
-    type Reply = usize;
 }
 
 const DB_WAIT: Duration = Duration::from_secs(10);
@@ -767,16 +760,6 @@ impl Handler<Finished> for Jobs {
         }
         self.record(ctx);
         self.claim(&done.queue, ctx);
-    }
-}
-
-impl Handler<Envelope<Running>> for Jobs {
-    type Result = ();
-
-    fn handle(&mut self, envelope: Envelope<Running>, ctx: &mut Context<Self>) {
-        serve(self, ctx, envelope, |jobs, Running, _| {
-            Reply::Ready(jobs.running.values().sum())
-        });
     }
 }
 

@@ -56,7 +56,7 @@ pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings,
 pub use gcra::{Decision, Gcra};
 pub use jobs::{
     Busy, ClaimedJob, JobFailure, JobRunner, Jobs, JobsBoard, JobsSettings, QueueCounts,
-    QueueHealth, Runners, Running, Wake,
+    QueueHealth, Runners, Wake,
 };
 pub use limiter::{ClassSnapshot, LimitClass, Limiter, LimiterSnapshot, RateLimits, Verdict};
 pub use memory::{

@@ -355,7 +355,11 @@ async fn memory_forced_critical_sheds_all_but_ops_and_shrinks_the_cache_until_it
 #[actix_rt::test]
 async fn a_crash_injected_into_each_actor_restarts_it_and_the_service_keeps_serving() {
     let app = TestApp::builder()
-        .configure(|s| s.rate_limit.enabled = true)
+        .configure(|s| {
+            s.rate_limit.enabled = true;
+            s.jobs.enabled = true;
+            s.jobs.poll_interval_ms = 100;
+        })
         .spawn()
         .await;
     let m = app.create_merchant("Crashes").await;
@@ -371,6 +375,7 @@ async fn a_crash_injected_into_each_actor_restarts_it_and_the_service_keeps_serv
             "limiter",
             a.limiter.as_ref().expect("limiter").call(Crash).await,
         ),
+        ("jobs", a.jobs.as_ref().expect("jobs").call(Crash).await),
     ];
     for (name, outcome) in crashes {
         assert!(
@@ -380,6 +385,23 @@ async fn a_crash_injected_into_each_actor_restarts_it_and_the_service_keeps_serv
     }
     assert_eq!(app.get(&m.store_product(&product)).await.status, 200);
     assert_eq!(app.get_as(&m.api_key, "/api/v1/products").await.status, 200);
+    // The restarted dispatcher still runs the jobs of a new order.
+    let body = json!({"customer_email": "c@example.com", "items": [{"product_id": product["id"], "quantity": 1}]});
+    assert_eq!(app.checkout(&m.id, &body, None).await.status, 201);
+    let sql = app.sql().await;
+    wait_until(
+        "the new order's jobs ran",
+        Duration::from_secs(20),
+        async || {
+            let open: i64 = sql
+                .query_one("SELECT count(*) FROM jobs WHERE status <> 'succeeded'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            open == 0
+        },
+    )
+    .await;
     let ready = app.get("/health/ready").await;
     assert_eq!(
         ready.status,
@@ -387,7 +409,9 @@ async fn a_crash_injected_into_each_actor_restarts_it_and_the_service_keeps_serv
         "{}",
         String::from_utf8_lossy(&ready.body)
     );
-    for name in ["db", "db_probe", "cache", "breakers", "memory", "limiter"] {
+    for name in [
+        "db", "db_probe", "cache", "breakers", "memory", "limiter", "jobs",
+    ] {
         assert_eq!(
             ready.json()["checks"][format!("actor.{name}")]["restarts"],
             1,
@@ -404,7 +428,10 @@ async fn a_crash_injected_into_each_actor_restarts_it_and_the_service_keeps_serv
         .await;
     assert_eq!(stats.status, 200);
     let actors = stats.json()["actors"].as_array().expect("actors").len();
-    assert_eq!(actors, 6, "breakers, db, db_probe, cache, limiter, memory");
+    assert_eq!(
+        actors, 7,
+        "breakers, db, db_probe, cache, limiter, memory, jobs"
+    );
 
     // Past its intensity (5 within 10 s by default) an actor is failed, and readiness names it.
     for _ in 0..5 {
