@@ -67,11 +67,7 @@ async fn create_merchant(
 ) -> Result<(), AnyError> {
     let allow = settings.webhooks.allow_private_targets;
     let input = NewMerchant::parse(&name, webhook_url.as_deref(), allow)?;
-    if let Some(url) = &input.webhook_url {
-        url.check_resolved("webhook_url", allow)
-            .await
-            .map_err(|e| rampart::error::ApiError::Validation(vec![e]))?;
-    }
+    input.check_resolved(allow).await?;
     let backend = Backend::start(&settings, false).await?;
     let created = merchants::create(&backend.db, input).await;
     backend.shutdown().await;

@@ -88,8 +88,7 @@ pub trait JobRunner: Send + Sync + 'static {
         1
     }
 
-    /// Runs up to [`JobRunner::batch`] jobs at once: one result per job, in order. Runners whose
-    /// jobs are a statement each make it one statement for all of them.
+    /// Runs up to [`JobRunner::batch`] jobs at once: one result per job, in order.
     fn run_batch(
         &self,
         jobs: Vec<ClaimedJob>,
@@ -102,6 +101,43 @@ pub trait JobRunner: Send + Sync + 'static {
             }
             results
         })
+    }
+}
+
+/// A runner whose jobs are cheapest together (a statement each made one statement for all).
+pub trait BatchRunner: Send + Sync + 'static {
+    /// The most jobs one run takes.
+    fn batch(&self) -> usize;
+
+    /// One result per job, in order.
+    fn run_batch(
+        &self,
+        jobs: Vec<ClaimedJob>,
+    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>>;
+}
+
+/// A [`BatchRunner`] as a [`JobRunner`]: a single job is a batch of one.
+pub struct Batched<R>(pub R);
+
+impl<R: BatchRunner> JobRunner for Batched<R> {
+    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
+        let run = self.0.run_batch(vec![job]);
+        Box::pin(async move {
+            run.await
+                .pop()
+                .unwrap_or_else(|| Err(JobFailure::Retry("the batch gave no result".into())))
+        })
+    }
+
+    fn batch(&self) -> usize {
+        self.0.batch()
+    }
+
+    fn run_batch(
+        &self,
+        jobs: Vec<ClaimedJob>,
+    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
+        self.0.run_batch(jobs)
     }
 }
 
@@ -214,6 +250,8 @@ pub struct Jobs {
     db: Handle<Db>,
     settings: Arc<JobsSettings>,
     runners: Arc<Runners>,
+    /// Per queue, the most jobs one run of its kinds takes (from the runners, once).
+    batches: HashMap<String, usize>,
     board: JobsBoard,
     /// Per queue: jobs running here, and whether a claim is under way or wanted after it.
     running: HashMap<String, usize>,
@@ -271,10 +309,16 @@ impl Jobs {
         board: JobsBoard,
         supervision: Supervision,
     ) -> Self {
+        let mut batches: HashMap<String, usize> = HashMap::new();
+        for (runner, queue) in runners.values() {
+            let n = batches.entry(queue.clone()).or_insert(1);
+            *n = (*n).max(runner.batch());
+        }
         Self {
             db,
             settings: Arc::new(settings),
             runners: Arc::new(runners),
+            batches,
             board,
             running: HashMap::new(),
             claiming: HashMap::new(),
@@ -364,12 +408,7 @@ impl Jobs {
 
     /// The most jobs one run of this queue's kinds may take.
     fn batch_of(&self, queue: &str) -> usize {
-        self.runners
-            .values()
-            .filter(|r| r.1 == queue)
-            .map(|r| r.0.batch().max(1))
-            .max()
-            .unwrap_or(1)
+        self.batches.get(queue).copied().unwrap_or(1)
     }
 
     /// Starts the claimed jobs: each run (one job, or a batch of one kind) takes one place.

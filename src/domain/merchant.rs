@@ -88,6 +88,17 @@ impl NewMerchant {
             _ => Err(ApiError::Validation(errors)),
         }
     }
+
+    /// Refuses a webhook URL whose host resolves to an internal address (unless allowed).
+    pub async fn check_resolved(&self, allow_private: bool) -> Result<(), ApiError> {
+        match &self.webhook_url {
+            Some(url) => url
+                .check_resolved("webhook_url", allow_private)
+                .await
+                .map_err(|e| ApiError::Validation(vec![e])),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use super::{field, retry, JobContext};
 use crate::store::in_transaction;
 use chrono::NaiveDate;
 use futures_util::future::LocalBoxFuture;
-use rampart_actors::{ClaimedJob, Conn, DbCommand, DbError, JobFailure, JobRunner};
+use rampart_actors::{BatchRunner, ClaimedJob, Conn, DbCommand, DbError, JobFailure};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -24,11 +24,7 @@ fn event(job: &ClaimedJob) -> Result<(Uuid, String), JobFailure> {
     }
 }
 
-impl JobRunner for OrderAnalytics {
-    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
-        super::one(self.run_batch(vec![job]))
-    }
-
+impl BatchRunner for OrderAnalytics {
     fn batch(&self) -> usize {
         super::BATCH
     }

@@ -4,16 +4,12 @@
 use super::{field, retry, JobContext};
 use chrono::{DateTime, Utc};
 use futures_util::future::LocalBoxFuture;
-use rampart_actors::{ClaimedJob, Conn, DbCommand, DbError, JobFailure, JobRunner};
+use rampart_actors::{BatchRunner, ClaimedJob, Conn, DbCommand, DbError, JobFailure};
 use uuid::Uuid;
 
 pub struct Audit(pub JobContext);
 
-impl JobRunner for Audit {
-    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
-        super::one(self.run_batch(vec![job]))
-    }
-
+impl BatchRunner for Audit {
     fn batch(&self) -> usize {
         super::BATCH
     }

@@ -9,7 +9,7 @@ use futures_util::future::LocalBoxFuture;
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use rampart_actors::{BreakerSettings, Circuit, ClaimedJob, JobFailure, JobRunner};
+use rampart_actors::{BatchRunner, BreakerSettings, Circuit, ClaimedJob, JobFailure};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,11 +61,7 @@ fn transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     Ok(builder.build())
 }
 
-impl JobRunner for OrderEmail {
-    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
-        super::one(self.run_batch(vec![job]))
-    }
-
+impl BatchRunner for OrderEmail {
     fn batch(&self) -> usize {
         super::BATCH
     }

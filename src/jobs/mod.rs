@@ -27,7 +27,8 @@ pub mod webhook;
 
 use crate::settings::Settings;
 use rampart_actors::{
-    BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, JobFailure, JobRunner, Runners,
+    Batched, BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, JobFailure, JobRunner,
+    Runners,
 };
 use std::sync::Arc;
 
@@ -108,14 +109,17 @@ pub fn runners(ctx: JobContext) -> Runners {
     let mut add = |kind: &Kind, runner: Arc<dyn JobRunner>| {
         runners.insert(kind.name.to_owned(), (runner, kind.queue.to_owned()));
     };
-    add(&ORDER_EMAIL, Arc::new(email::OrderEmail::new(ctx.clone())));
+    add(
+        &ORDER_EMAIL,
+        Arc::new(Batched(email::OrderEmail::new(ctx.clone()))),
+    );
     add(&WEBHOOK, Arc::new(webhook::Webhook::new(ctx.clone())));
     add(&SALES_REPORT, Arc::new(reports::SalesReport(ctx.clone())));
     add(
         &ORDER_ANALYTICS,
-        Arc::new(analytics::OrderAnalytics(ctx.clone())),
+        Arc::new(Batched(analytics::OrderAnalytics(ctx.clone()))),
     );
-    add(&AUDIT, Arc::new(audit::Audit(ctx)));
+    add(&AUDIT, Arc::new(Batched(audit::Audit(ctx))));
     add(&NOOP, Arc::new(Noop));
     runners
 }
@@ -171,16 +175,5 @@ pub fn batch_of<T: Clone + 'static>(
             .into_iter()
             .map(|p| p.and_then(|_| outcome.clone()))
             .collect()
-    })
-}
-
-/// The one result of a batch run of one job.
-pub fn one(
-    run: futures_util::future::LocalBoxFuture<'static, Vec<Result<(), JobFailure>>>,
-) -> futures_util::future::LocalBoxFuture<'static, Result<(), JobFailure>> {
-    Box::pin(async move {
-        run.await
-            .pop()
-            .unwrap_or_else(|| Err(JobFailure::Retry("the batch gave no result".into())))
     })
 }

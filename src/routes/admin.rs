@@ -40,11 +40,7 @@ pub async fn create_merchant(
 ) -> Result<HttpResponse, ApiError> {
     let allow = state.settings.webhooks.allow_private_targets;
     let input = NewMerchant::parse(&body.name, body.webhook_url.as_deref(), allow)?;
-    if let Some(url) = &input.webhook_url {
-        url.check_resolved("webhook_url", allow)
-            .await
-            .map_err(|e| ApiError::Validation(vec![e]))?;
-    }
+    input.check_resolved(allow).await?;
     let created = merchants::create(&state.db, input).await?;
     Ok(HttpResponse::Created().json(created))
 }

@@ -56,15 +56,7 @@ fn list_sql(q: &List) -> Result<ListSql, DbError> {
         )),
         Page::Keyset { .. } => None,
     };
-    let after_key: Option<Param> = match &q.page {
-        Page::Keyset {
-            after: Some(pos), ..
-        } => match pos.key {
-            KeyValue::Time(t) => Some(Box::new(t)),
-            _ => return Err(DbError::Other("cursor does not match the sort".into())),
-        },
-        _ => None,
-    };
+    let after_key = paging::time_after(&q.page)?;
     let tail = page_tail(
         &q.page,
         after_key,

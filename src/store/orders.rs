@@ -440,15 +440,7 @@ pub fn list_sql(q: &OrderQuery) -> Result<ListSql, DbError> {
         }
         Page::Keyset { .. } => None,
     };
-    let after_key: Option<Param> = match &q.page {
-        Page::Keyset {
-            after: Some(pos), ..
-        } => match pos.key {
-            KeyValue::Time(t) => Some(Box::new(t)),
-            _ => return Err(DbError::Other("cursor does not match the sort".into())),
-        },
-        _ => None,
-    };
+    let after_key = paging::time_after(&q.page)?;
     let tail = page_tail(
         &q.page,
         after_key,

@@ -54,6 +54,20 @@ pub fn page_tail(
     }
 }
 
+/// The sort key after which a keyset page of a list sorted by time starts (`None`: the first
+/// page, or an offset page).
+pub fn time_after(page: &Page) -> Result<Option<Param>, DbError> {
+    match page {
+        Page::Keyset {
+            after: Some(pos), ..
+        } => match pos.key {
+            crate::domain::listing::KeyValue::Time(t) => Ok(Some(Box::new(t))),
+            _ => Err(DbError::Other("cursor does not match the sort".into())),
+        },
+        _ => Ok(None),
+    }
+}
+
 pub struct PageOf<T> {
     pub rows: Vec<T>,
     pub has_more: bool,
