@@ -153,6 +153,49 @@ impl Cluster {
         write_private(&self.password_file(), &password).map_err(|e| step("keeping the password", e))
     }
 
+    /// A streaming replica of this (running) cluster in `data`: `pg_basebackup -R` (a standby
+    /// that follows the primary), started on a free port. Ephemeral durability, like the tests
+    /// that use it.
+    pub fn standby(&self, data: &Path) -> Result<Cluster, ClusterError> {
+        let port = free_port().map_err(|e| step("finding a free port", e))?;
+        let mut standby = Self {
+            data: data.to_path_buf(),
+            port,
+            owned: true,
+            ..self.clone()
+        };
+        std::fs::create_dir_all(data).map_err(|e| step("creating the data directory", e))?;
+        // The server refuses a data directory others can read.
+        std::fs::set_permissions(data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| step("restricting the data directory", e))?;
+        if self.as_postgres {
+            self.run(
+                "chown",
+                Command::new("chown").arg("postgres:postgres").arg(data),
+            )?;
+        }
+        let mut backup = self.pg("pg_basebackup");
+        backup
+            .arg("-D")
+            .arg(data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1"])
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
+            .env("PGPASSWORD", self.password.clone().unwrap_or_default());
+        self.run("pg_basebackup", &mut backup)?;
+        if let Some(password) = &self.password {
+            write_private(&standby.password_file(), password)
+                .map_err(|e| step("keeping the password", e))?;
+        }
+        standby.options_file(&format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c hot_standby_feedback=on",
+            data.display()
+        ))?;
+        standby.start_again()?;
+        standby.write_owner()?;
+        standby.password = self.password.clone();
+        Ok(standby)
+    }
+
     /// `<data>.password`: beside the data directory, not inside it (the server's user owns that).
     pub fn password_file(&self) -> PathBuf {
         let mut name = self.data.file_name().unwrap_or_default().to_owned();

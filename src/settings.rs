@@ -4,7 +4,7 @@
 
 use config::{Config, Environment, File, FileFormat};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -43,13 +43,20 @@ impl Secret {
     }
 }
 
+/// Secrets serialize redacted too: a dump of the settings shows that a secret is set, never it.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -70,7 +77,7 @@ pub struct Settings {
     pub dev: DevSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub host: String,
@@ -89,14 +96,14 @@ pub struct ServerSettings {
     pub cursor_secret: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     #[serde(default)]
     pub token: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     #[serde(default)]
@@ -113,9 +120,14 @@ pub struct DatabaseSettings {
     /// TCP keepalive: idle seconds before the first probe; a dead peer is noticed after about
     /// three times this.
     pub tcp_keepalive_secs: u64,
+    /// Streaming replicas for catalog reads that miss the cache (see `crate::replicas`).
+    #[serde(default)]
+    pub replica_urls: Vec<Secret>,
+    /// A replica further behind the primary than this is skipped.
+    pub replica_max_lag_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     #[serde(default)]
@@ -128,7 +140,7 @@ pub struct RedisSettings {
     pub breaker_open_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
@@ -138,7 +150,7 @@ pub struct RateLimitSettings {
 }
 
 /// Every dependency's circuit (resilience4j's model); Redis's uses `redis.breaker_*` instead.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     pub failure_rate_percent: u32,
@@ -166,7 +178,7 @@ impl BreakerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitClasses {
     pub storefront: RateLimitClass,
@@ -174,14 +186,14 @@ pub struct RateLimitClasses {
     pub merchant: RateLimitClass,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitClass {
     pub limit: u32,
     pub period_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
     pub product_ttl_secs: u64,
@@ -193,7 +205,7 @@ pub struct CacheSettings {
     pub stale_if_error_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSettings {
     /// Whether this instance dispatches jobs (off: it only writes them).
@@ -210,7 +222,7 @@ pub struct JobSettings {
     pub concurrency: BTreeMap<String, u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemorySettings {
     pub soft_limit_mb: u64,
@@ -225,7 +237,7 @@ pub struct MemorySettings {
 }
 
 /// The concurrency limit at the HTTP edge (see `rampart_actors::concurrency`).
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverloadSettings {
     pub enabled: bool,
@@ -236,7 +248,7 @@ pub struct OverloadSettings {
     pub max_limit: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     #[serde(default)]
@@ -245,27 +257,27 @@ pub struct EmailSettings {
     pub outbox_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
     pub allow_private_targets: bool,
     pub timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSettings {
     pub ready_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -276,7 +288,7 @@ pub struct LogSettings {
     pub slow_query_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActorSettings {
     pub call_deadline_ms: u64,
@@ -288,7 +300,7 @@ pub struct ActorSettings {
     pub jobs: ActorLimits,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActorLimits {
     pub mailbox: usize,
@@ -296,7 +308,7 @@ pub struct ActorLimits {
     pub restart_window_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DevSettings {
     pub demo_merchant: bool,
@@ -320,6 +332,15 @@ impl Settings {
         Self::load_layers(&dir, &env, true)
     }
 
+    /// The built-in defaults alone: what the operator's guide lists.
+    pub fn defaults() -> Result<Self, SettingsError> {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        Ok(settings)
+    }
+
     /// The built-in defaults and `config/test.toml`, without the process environment: what the
     /// integration tests start from before setting their own values.
     pub fn for_tests() -> Result<Self, SettingsError> {
@@ -338,7 +359,8 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("server.trusted_proxies"),
+                    .with_list_parse_key("server.trusted_proxies")
+                    .with_list_parse_key("database.replica_urls"),
             );
         }
         let settings: Settings = builder.build()?.try_deserialize()?;
@@ -391,6 +413,14 @@ impl Settings {
             tokio_postgres::Config::from_str(url.expose())
                 .map_err(|e| invalid("database.url", e.to_string()))?;
         }
+        for url in &self.database.replica_urls {
+            tokio_postgres::Config::from_str(url.expose())
+                .map_err(|e| invalid("database.replica_urls", e.to_string()))?;
+        }
+        positive(
+            "database.replica_max_lag_ms",
+            self.database.replica_max_lag_ms,
+        )?;
         positive(
             "database.max_connections",
             self.database.max_connections as u64,

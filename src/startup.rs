@@ -7,6 +7,7 @@ use crate::domain::listing::CursorKey;
 use crate::error::ApiError;
 use crate::http::metrics::Metrics;
 use crate::pg_cluster::{Cluster, ClusterError, Durability};
+use crate::replicas::{Reads, Replica};
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::migrate::Migrate;
@@ -64,6 +65,8 @@ pub async fn blocking<T: Send + 'static>(
 /// HTTP server.
 pub struct Backend {
     pub db: Handle<Db>,
+    /// Catalog reads: a fresh replica when there is one, else the primary.
+    pub reads: Reads,
     /// Readiness' own lane to PostgreSQL: never queued behind requests.
     pub probe: Handle<DbProbe>,
     /// Pool usage, read without a message.
@@ -97,6 +100,7 @@ impl Backend {
     /// | `breakers` | main    | `actors.breakers.mailbox`      | every dependency's circuit        |
     /// | `db`       | db      | `actors.db.mailbox`            | the PostgreSQL pool               |
     /// | `db_probe` | db      | 16                             | readiness' own connection         |
+    /// | `db_replica_<n>` | db | `actors.db.mailbox`            | a read replica's pool             |
     /// | `cache`    | db      | `actors.cache.mailbox`         | the in-process and Redis tiers    |
     /// | `limiter`  | main    | `actors.limiter.mailbox`       | the rate limits (local or Redis)  |
     /// | `memory`   | main    | `actors.memory.mailbox`        | memory and lag samples, shedding  |
@@ -131,12 +135,7 @@ impl Backend {
 
         let db_settings = DbSettings {
             pg: pg.clone(),
-            max_connections: settings.database.max_connections,
-            max_inflight: settings.database.max_inflight,
-            max_waiting: actors.db.mailbox,
-            wait_timeout: Settings::ms(settings.database.wait_timeout_ms),
-            create_timeout: Settings::ms(settings.database.create_timeout_ms),
-            recycle_timeout: Settings::ms(settings.database.recycle_timeout_ms),
+            ..db_settings_for(settings)
         };
         let gauge = DbGauge::new(&db_settings);
         // The pool coordinates every worker's queries, so it runs once, on a thread of its own.
@@ -164,6 +163,25 @@ impl Backend {
         let probe = tree.start(&probe_spec, Some(&db_arbiter.handle()), move |sup| {
             DbProbe::new(pg, sup)
         });
+        let mut replicas = Vec::new();
+        for (n, url) in settings.database.replica_urls.iter().enumerate() {
+            let name = format!("postgres_replica_{n}");
+            let circuit = board.register(&name, settings.breakers.breaker());
+            let replica_settings = DbSettings {
+                pg: pg_config(settings, url.expose())?,
+                ..db_settings_for(settings)
+            };
+            let replica_gauge = DbGauge::new(&replica_settings);
+            // Started once per process: the name lives as long as the tree.
+            let actor_name: &'static str = Box::leak(format!("db_replica_{n}").into_boxed_str());
+            let for_actor = circuit.clone();
+            let handle = tree.start(
+                &spec(actor_name, actors.db),
+                Some(&db_arbiter.handle()),
+                move |sup| Db::new(replica_settings, replica_gauge, sup).with_circuit(for_actor),
+            );
+            replicas.push(Replica::new(name, handle, circuit));
+        }
         // Beside Db: its loads call Db on the same thread; its hits never reach it.
         let cache_settings = CacheSettings {
             max_entries: settings.cache.max_entries,
@@ -187,7 +205,9 @@ impl Backend {
             Some(&db_arbiter.handle()),
             move |sup| Cache::new(cache_settings, tier, shared_for_actor, sup),
         );
-        let cache = StoreCache::new(cache, reader, shared, settings);
+        let cache = StoreCache::new(cache, reader.clone(), shared, settings);
+        let reads = Reads::new(db.clone(), replicas, reader, settings);
+        db_arbiter.spawn(reads.clone().track());
 
         let limits = settings
             .rate_limit
@@ -298,6 +318,7 @@ impl Backend {
         };
         Ok(Self {
             db,
+            reads,
             probe,
             gauge,
             cache,
@@ -335,6 +356,19 @@ impl Backend {
     /// The embedded cluster, when the service runs its own.
     pub fn cluster(&self) -> Option<&Cluster> {
         self.cluster.as_ref()
+    }
+}
+
+/// The pool settings every `Db` shares, but the server it connects to.
+fn db_settings_for(settings: &Settings) -> DbSettings {
+    DbSettings {
+        pg: tokio_postgres::Config::new(),
+        max_connections: settings.database.max_connections,
+        max_inflight: settings.database.max_inflight,
+        max_waiting: settings.actors.db.mailbox,
+        wait_timeout: Settings::ms(settings.database.wait_timeout_ms),
+        create_timeout: Settings::ms(settings.database.create_timeout_ms),
+        recycle_timeout: Settings::ms(settings.database.recycle_timeout_ms),
     }
 }
 
@@ -535,6 +569,7 @@ impl Application {
 
         let state = web::Data::new(AppState {
             db: backend.db.clone(),
+            reads: backend.reads.clone(),
             probe: backend.probe.clone(),
             gauge: backend.gauge.clone(),
             cache: backend.cache.clone(),

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 pub struct AppState {
     pub db: Handle<Db>,
+    /// Catalog reads that missed the cache: a fresh replica, else the primary.
+    pub reads: crate::replicas::Reads,
     pub probe: Handle<DbProbe>,
     pub gauge: DbGauge,
     pub cache: StoreCache,

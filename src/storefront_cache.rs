@@ -8,14 +8,15 @@
 
 use crate::domain::listing::CursorKey;
 use crate::error::ApiError;
+use crate::replicas::Reads;
 use crate::routes::products::ProductListing;
 use crate::settings::Settings;
 use crate::store::merchants::Exists;
 use crate::store::products::{self, Product};
 use actix_web::http::header::HeaderValue;
 use rampart_actors::{
-    current_deadline, with_deadline, Cache, CacheReader, Db, DbError, Entry, Handle, LoadError,
-    Loaded, Loader, Lookup, SharedTier,
+    current_deadline, with_deadline, Cache, CacheReader, DbError, Entry, Handle, LoadError, Loaded,
+    Loader, Lookup, SharedTier,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -38,7 +39,8 @@ fn product_key(merchant_id: Uuid, id: Uuid) -> String {
     format!("product:{merchant_id}:{id}")
 }
 
-fn scope(merchant_id: Uuid) -> String {
+/// The cache scope of a merchant's catalog: every write to it bumps the scope.
+pub fn scope(merchant_id: Uuid) -> String {
     format!("merchant:{merchant_id}")
 }
 
@@ -68,18 +70,21 @@ impl StoreCache {
     /// unavailable, the last value within `cache.stale_if_error_secs`.
     pub async fn product(
         &self,
-        db: &Handle<Db>,
+        reads: &Reads,
         merchant_id: Uuid,
         id: Uuid,
     ) -> Result<Option<Arc<Entry>>, ApiError> {
-        let db = db.clone();
+        let reads = reads.clone();
         let load = async move || {
-            let product = db
-                .run(products::Get {
+            let product = reads
+                .run(
                     merchant_id,
-                    id,
-                    active_only: true,
-                })
+                    products::Get {
+                        merchant_id,
+                        id,
+                        active_only: true,
+                    },
+                )
                 .await?;
             product.map(|p| serialize(&p)).transpose()
         };
@@ -93,7 +98,7 @@ impl StoreCache {
     /// such store.
     pub async fn list(
         &self,
-        db: &Handle<Db>,
+        reads: &Reads,
         listing: ProductListing,
         cursor_key: CursorKey,
     ) -> Result<Option<Arc<Entry>>, ApiError> {
@@ -104,11 +109,13 @@ impl StoreCache {
             self.reader.generation(&scope),
             listing.fingerprint()
         );
-        let db = db.clone();
+        let reads = reads.clone();
         let load = async move || {
-            let result = db.run(products::List(listing.query.clone())).await?;
+            let result = reads
+                .run(merchant_id, products::List(listing.query.clone()))
+                .await?;
             // An empty page may mean there is no such store: only then is it worth asking.
-            if result.rows.is_empty() && !db.run(Exists(merchant_id)).await? {
+            if result.rows.is_empty() && !reads.run(merchant_id, Exists(merchant_id)).await? {
                 return Ok(None);
             }
             Ok(Some((listing.body(result, &cursor_key), Arc::from(""))))
@@ -189,6 +196,7 @@ impl StoreCache {
             // The actor could not take it: drop the entries here, so no reader is served the
             // old value (a load already in flight may still store it until its freshness ends).
             tracing::error!(error = %e, "cache invalidation through the actor failed");
+            self.reader.mark_changed([scope(merchant_id).as_str()]);
             for key in keys {
                 self.reader.evict(&key);
             }

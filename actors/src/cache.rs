@@ -141,6 +141,9 @@ pub enum Lookup {
 pub struct CacheReader {
     tier: Tier<Arc<str>, Arc<Entry>>,
     generations: Arc<RwLock<HashMap<String, u64>>>,
+    /// When each scope last changed here (a local write or another instance's broadcast): the
+    /// read replicas serve a scope only once they have replayed past it.
+    changed: Arc<RwLock<HashMap<String, Instant>>>,
     stats: Arc<CacheStats>,
 }
 
@@ -168,6 +171,21 @@ impl CacheReader {
             .read()
             .map(|g| g.get(scope).copied().unwrap_or(0))
             .unwrap_or(0)
+    }
+
+    /// When the scope was last invalidated on this instance (`None`: not since it started).
+    pub fn changed_at(&self, scope: &str) -> Option<Instant> {
+        self.changed.read().ok().and_then(|c| c.get(scope).copied())
+    }
+
+    /// Records that these scopes changed now.
+    pub fn mark_changed<'a>(&self, scopes: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut changed) = self.changed.write() {
+            let now = Instant::now();
+            for scope in scopes {
+                changed.insert(scope.to_owned(), now);
+            }
+        }
     }
 
     /// Drops `key` at once, off the mailbox: only for when an [`Invalidate`] could not be
@@ -262,6 +280,7 @@ impl Cache {
         CacheReader {
             tier: build_tier(settings, &stats),
             generations: Arc::new(RwLock::new(HashMap::new())),
+            changed: Arc::new(RwLock::new(HashMap::new())),
             stats,
         }
     }
@@ -455,6 +474,8 @@ impl Cache {
                 *generation = (*generation + 1).max(*at_least);
             }
         }
+        self.reader
+            .mark_changed(scopes.iter().map(|(s, _)| s.as_str()));
         for key in keys.iter().chain(scopes.iter().map(|(s, _)| s)) {
             self.reader.tier.invalidate(key.as_str());
             self.invalidated.insert(key.clone(), epoch);

@@ -172,9 +172,40 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
         &guardians,
         &jobs,
     );
+    let text = text + &replica_metrics(&state.reads);
     HttpResponse::Ok()
         .insert_header(ContentType(prometheus_text()))
         .body(text)
+}
+
+/// The read replicas' figures (none without `database.replica_urls`).
+fn replica_metrics(reads: &crate::replicas::Reads) -> String {
+    use std::fmt::Write;
+    let replicas = reads.snapshot();
+    if replicas.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "# HELP db_replica_reads_total Catalog reads a replica answered\n# TYPE db_replica_reads_total counter\n",
+    );
+    for r in &replicas {
+        let _ = writeln!(
+            out,
+            "db_replica_reads_total{{replica=\"{}\"}} {}",
+            r.name, r.reads
+        );
+    }
+    out.push_str("# HELP db_replica_lag_ms How far behind the primary a replica is known to be, at most (-1: never caught up)\n# TYPE db_replica_lag_ms gauge\n");
+    for r in &replicas {
+        let lag = r.lag_ms.map_or(-1, |ms| ms as i64);
+        let _ = writeln!(out, "db_replica_lag_ms{{replica=\"{}\"}} {lag}", r.name);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP db_replica_fallbacks_total Replica reads that failed and went to the primary\n# TYPE db_replica_fallbacks_total counter\ndb_replica_fallbacks_total {}",
+        reads.fallbacks()
+    );
+    out
 }
 
 /// The queues' health across every instance, read within the readiness deadline (`None`:

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod background;
+pub mod docs;
 pub mod health;
 pub mod openapi;
 pub mod ops;
@@ -46,6 +47,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(route("/health/ready").route(web::get().to(health::ready)))
         .service(route("/metrics").route(web::get().to(health::metrics)))
         .service(route("/api-docs/openapi.json").route(web::get().to(openapi::document)))
+        .service(route("/docs").route(web::get().to(docs::root)))
+        .service(route("/docs/{tail:.*}").route(web::get().to(docs::asset)))
         .service(
             route("/api/v1/ops/stats")
                 .route(web::get().to(ops::stats))

@@ -39,6 +39,9 @@ pub struct OpsStats {
     pub overload: std::collections::BTreeMap<&'static str, LimitSnapshot>,
     #[schema(value_type = Object)]
     pub pool: PoolSnapshot,
+    /// The read replicas: circuit, lag and reads answered.
+    #[schema(value_type = Vec<Object>)]
+    pub replicas: Vec<crate::replicas::ReplicaSnapshot>,
     pub requests: RequestCounts,
     pub jobs: JobStats,
     /// Resident memory now, bytes.
@@ -77,6 +80,7 @@ pub async fn stats(
         memory,
         overload: state.concurrency.snapshot().into_iter().collect(),
         pool: state.gauge.snapshot(),
+        replicas: state.reads.snapshot(),
         requests: metrics.counts(),
         jobs: JobStats {
             queues: crate::routes::health::queue_health(&state).await,

@@ -88,7 +88,10 @@ pub async fn list(
     params: web::Query<ProductListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let listing = ProductListing::parse(&state.cursor_key, auth.merchant_id, false, &params)?;
-    let result = state.db.run(products::List(listing.query.clone())).await?;
+    let result = state
+        .reads
+        .run(auth.merchant_id, products::List(listing.query.clone()))
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(listing.body(result, &state.cursor_key)))
@@ -165,12 +168,15 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id)?;
     let product = state
-        .db
-        .run(products::Get {
-            merchant_id: auth.merchant_id,
-            id,
-            active_only: false,
-        })
+        .reads
+        .run(
+            auth.merchant_id,
+            products::Get {
+                merchant_id: auth.merchant_id,
+                id,
+                active_only: false,
+            },
+        )
         .await?
         .ok_or(ApiError::NotFound)?;
     if not_modified(req.headers(), &product.etag()) {

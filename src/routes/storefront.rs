@@ -36,7 +36,7 @@ pub async fn list(
     let listing = ProductListing::parse(&state.cursor_key, merchant_id, true, &params)?;
     let page = state
         .cache
-        .list(&state.db, listing, state.cursor_key.clone())
+        .list(&state.reads, listing, state.cursor_key.clone())
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok()
@@ -57,7 +57,7 @@ pub async fn get(
     let (merchant_id, id) = (path_id(merchant)?, path_id(id)?);
     let entry = state
         .cache
-        .product(&state.db, merchant_id, id)
+        .product(&state.reads, merchant_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     // A hit serializes nothing: the stored bytes and tag are the response.

@@ -106,6 +106,7 @@ impl DbCommand for Count {
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct Exists(pub Uuid);
 
 impl DbCommand for Exists {

@@ -105,6 +105,7 @@ impl DbCommand for Insert {
 }
 
 /// One product of one merchant; with `active_only`, archived ones are not found.
+#[derive(Clone)]
 pub struct Get {
     pub merchant_id: Uuid,
     pub id: Uuid,
@@ -358,6 +359,7 @@ pub fn list_sql(q: &ProductQuery) -> Result<ListSql, DbError> {
     Ok((sql, params, count))
 }
 
+#[derive(Clone)]
 pub struct List(pub ProductQuery);
 
 impl DbCommand for List {

@@ -20,5 +20,6 @@ mod jobs;
 mod orders;
 mod pagination;
 mod receivers;
+mod replicas;
 mod shared_cache;
 mod tenancy;

@@ -142,6 +142,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// On this database (already migrated) instead of a fresh one.
+    pub fn database(mut self, url: &str) -> Self {
+        self.database = Some(url.to_owned());
+        self
+    }
+
     /// With the Redis tier on `redis`.
     pub fn with_redis(self, redis: &TestRedis) -> Self {
         let url = redis.url();
