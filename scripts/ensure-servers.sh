@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure the PostgreSQL and Redis server binaries the tests start are installed.
+# Makes sure the server binaries the tests start (PostgreSQL, Redis, nginx) and the tools the
+# documentation's examples use (curl, jq, openssl) are installed.
 # Missing: installs them with apt-get on Debian as root, else says in one line what to install.
 set -euo pipefail
 
@@ -8,10 +9,13 @@ have_pg() {
   compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null
 }
 have_redis() { command -v redis-server >/dev/null 2>&1; }
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
 missing=()
 have_pg || missing+=(postgresql)
 have_redis || missing+=(redis-server)
+have nginx || missing+=(nginx-light)
+for tool in curl jq openssl; do have "$tool" || missing+=("$tool"); done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -20,10 +24,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts the packaged services; the tests run their own servers on free ports.
-  for svc in postgresql redis-server; do
+  for svc in postgresql redis-server nginx; do
     (service "$svc" stop || true) >/dev/null 2>&1
   done
   exit 0
 fi
-echo "missing server binaries: install ${missing[*]} (PostgreSQL 13+ and Redis 6+) and run make test again" >&2
+echo "missing server binaries: install ${missing[*]} (PostgreSQL 13+, Redis 6+, nginx) and run make test again" >&2
 exit 1
