@@ -22,5 +22,6 @@ mod orders;
 mod pagination;
 mod receivers;
 mod replicas;
+mod scale_out;
 mod shared_cache;
 mod tenancy;

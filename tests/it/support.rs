@@ -577,6 +577,12 @@ impl OtherProcess {
         other
     }
 
+    /// SIGKILL: the instance dies mid-request, as a crashed machine would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub async fn status(&self, path: &str) -> Option<u16> {
         let reply = self.client.get(format!("{}{path}", self.base)).send().await;
         reply.ok().map(|r| r.status().as_u16())
