@@ -4,20 +4,24 @@ CARGO ?= cargo
 SCENARIO ?= all
 DURATION ?= 30
 
-.PHONY: run test servers lint unit bench check fmt conformance
+.PHONY: run test servers lint unit bench check fmt conformance deploy-check
 
 ## Build and start the service on 127.0.0.1:8080 with a local PostgreSQL under .data/ and a demo merchant.
 run: servers
 	$(CARGO) build --bin rampart
 	RAMPART_ENV=$${RAMPART_ENV:-development} ./target/debug/rampart serve
 
-## Everything CI checks: formatting, lints, then the whole test suite against real servers.
-test: servers lint
+## Everything CI checks: formatting, lints, the deployment files, then the whole test suite against real servers.
+test: servers lint deploy-check
 	$(CARGO) test --workspace --lib --bins --tests
 
 ## The running service against its OpenAPI description (schemathesis, all checks, stateful links).
 conformance:
 	bash scripts/conformance.sh
+
+## The compose file (docker-compose config) and the Kubernetes manifests (kubernetes-validate).
+deploy-check:
+	bash scripts/deploy-check.sh
 
 servers:
 	@bash scripts/ensure-servers.sh

@@ -210,9 +210,21 @@ fn replica_metrics(reads: &crate::replicas::Reads) -> String {
 
 /// The queues' health across every instance, read within the readiness deadline (`None`:
 /// PostgreSQL did not answer in time; its own check says so).
+/// Every queue of the job kinds is listed, an idle one with zeros: a series that vanished while
+/// its queue was empty would leave gaps in the graphs and alerts with nothing to compare.
 pub async fn queue_health(state: &AppState) -> Option<Vec<QueueHealth>> {
     let within = Settings::ms(state.settings.health.ready_timeout_ms);
-    state.probe.queues(within).await.ok()
+    let mut queues = state.probe.queues(within).await.ok()?;
+    for kind in crate::jobs::KINDS {
+        if !queues.iter().any(|q| q.queue == kind.queue) {
+            queues.push(QueueHealth {
+                queue: kind.queue.to_owned(),
+                ..QueueHealth::default()
+            });
+        }
+    }
+    queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+    Some(queues)
 }
 
 /// Resident memory as the memory monitor last sampled it (at most `memory.check_interval_ms`

@@ -12,6 +12,7 @@ mod cli;
 mod contract;
 mod db_actor;
 mod deadlines;
+mod deployment;
 mod docs;
 mod edge;
 mod explain;
