@@ -4,7 +4,7 @@ CARGO ?= cargo
 SCENARIO ?= all
 DURATION ?= 30
 
-.PHONY: run test servers lint unit bench check fmt conformance deploy-check
+.PHONY: run test servers lint unit bench check fmt conformance deploy-check profile
 
 ## Build and start the service on 127.0.0.1:8080 with a local PostgreSQL under .data/ and a demo merchant.
 run: servers
@@ -39,3 +39,7 @@ check:
 ## Load and micro benchmarks; see BENCHMARKS.md. make bench SCENARIO=product DURATION=20
 bench: servers
 	SOAK_SECS=$${SOAK_SECS:-600} bash bench/run.sh "$(SCENARIO)" "$(DURATION)"
+
+## A CPU profile of one scenario and its flame graph (SVG): make profile SCENARIO=mixed DURATION=20
+profile: servers
+	SOAK_SECS=0 bash bench/profile.sh "$(if $(filter all,$(SCENARIO)),product,$(SCENARIO))" "$(DURATION)"

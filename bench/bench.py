@@ -31,7 +31,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "guardians", "overload", "jobs", "soak"]
+SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "guardians", "overload", "jobs", "soak", "scale-out"]
+# Scenarios that run closed-loop wrk only: they need no fixed-rate generator (oha).
+WITHOUT_OHA = {"list", "checkout", "mixed", "scale-out"}
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 PRODUCTS = 10_000
 HOT = 100
@@ -171,6 +173,82 @@ class Process:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def cpu_seconds(pids):
+    """User plus system CPU seconds the processes have used so far (gone ones count 0)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def process_tree(root):
+    """`root` and its children (PostgreSQL's backends, nginx's workers)."""
+    pids = [root]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == root:
+                        pids.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return pids
+
+
+class Nginx:
+    """nginx on a free port in front of `ports`, with docker/nginx.conf as shipped (addresses changed)."""
+
+    def __init__(self, workdir, name, ports):
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True)
+        self.port = free_port()
+        self.proc = None
+        shipped = (ROOT / "docker/nginx.conf").read_text()
+        servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in ports)
+        site = shipped.replace("server rampart:8080 max_fails=3 fail_timeout=10s;", servers).replace(
+            "listen 8080;", f"listen 127.0.0.1:{self.port} backlog=4096;")
+        (self.dir / "rampart.conf").write_text(site)
+        d = self.dir
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (self.dir / "nginx.conf").write_text(
+            f"daemon off;\n{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n"
+            f"worker_rlimit_nofile 65536;\nevents {{ worker_connections 8192; }}\n"
+            f"http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n"
+            f" fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n"
+            f" include {d}/rampart.conf;\n}}\n")
+
+    def start(self):
+        binary = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
+        self.proc = subprocess.Popen([binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "w"))
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        sys.exit(f"bench: nginx did not start; see {self.dir}")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def base(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
 
 
 # ---------------------------------------------------------------- /proc sampling
@@ -349,6 +427,7 @@ class Suite:
                "RAMPART__LOG__FILTER": "warn", "RAMPART__ACTORS__DB__MAILBOX": "4096",
                # The main instance only writes jobs; the jobs scenario starts instances that run them.
                "RAMPART__JOBS__ENABLED": "false", "RAMPART__EMAIL__OUTBOX_DIR": str(self.work / "outbox")}
+        self.env = env
         self.service = Process("rampart", [str(ROOT / "target/release/rampart"), "serve"], env, self.port, self.out / "rampart.log")
         self.service.start("/health/ready")
         self.started.append(self.service)
@@ -485,13 +564,27 @@ class Suite:
         hot = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--pid", str(pid or self.service.pid),
                    "--sort", "dso,sym", "--percent-limit", "0.2", "-g", "none"]).stdout
         (self.out / f"profile-rampart{suffix}.txt").write_text(hot)
+        files = [f"profile-by-process{suffix}.txt", f"profile-rampart{suffix}.txt"]
+        # The flame graph of the service's stacks, when inferno is installed (make profile does).
+        if shutil.which("inferno-flamegraph") and shutil.which("inferno-collapse-perf"):
+            svg = self.out / f"flamegraph{suffix}.svg"
+            script = subprocess.Popen(["perf", "script", "-i", data, "--pid", str(pid or self.service.pid)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            collapse = subprocess.Popen(["inferno-collapse-perf"], stdin=script.stdout, stdout=subprocess.PIPE)
+            script.stdout.close()
+            with open(svg, "wb") as out:
+                subprocess.run(["inferno-flamegraph", "--title", f"rampart: {name}"], stdin=collapse.stdout, stdout=out, check=False)
+            collapse.wait()
+            script.wait()
+            files.append(svg.name)
+            log(f"flame graph: {svg}")
         shares = {}
         for line in by_process.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0].endswith("%"):
                 shares[parts[1]] = float(parts[0].rstrip("%"))
         log(f"CPU share by process during the profiled run: {shares}")
-        return {"cpu_share_by_process_pct": shares, "files": [f"profile-by-process{suffix}.txt", f"profile-rampart{suffix}.txt"]}
+        return {"cpu_share_by_process_pct": shares, "files": files}
 
     def list(self, d):
         lst = str(self.work / "list.txt")
@@ -518,7 +611,10 @@ class Suite:
         path = f"/api/v1/stores/{self.merchant}/orders"
         ids = str(self.work / "checkout.txt")
         r = {}
+        profiler = self.start_profile(d, "checkout") if os.environ.get("PROFILE") else None
         r["service"] = self.measure("checkout", lambda: wrk(self.base(), "bench/lua/checkout.lua", [path, ids], d, connections=connections))
+        if profiler:
+            r["profile"] = self.finish_profile(profiler)
         r["oversell_check"] = self.oversell_check()
 
         def pgbench():
@@ -538,7 +634,10 @@ class Suite:
         return [f"/api/v1/stores/{self.merchant}", str(self.work / "hot.txt"), str(self.work / "list.txt"), str(self.work / "checkout.txt")]
 
     def mixed(self, d):
+        profiler = self.start_profile(d, "mixed") if os.environ.get("PROFILE") else None
         r = {"service": self.measure("mixed 80/15/5", lambda: wrk(self.base(), "bench/lua/mixed.lua", self.mixed_args(), d))}
+        if profiler:
+            r["profile"] = self.finish_profile(profiler)
         r["oversell_check"] = self.oversell_check()
         self.mixed_peak = r["service"]["rps"]
         return r
@@ -811,13 +910,69 @@ class Suite:
                 "rss_growth_after_warmup": growth, "p99_drift": round(last / first - 1, 4) if first else None,
                 "errors": sum(w["errors"] for w in windows), "oversell_check": self.oversell_check()}
 
+    def costs(self, label, base, script, args, d, instances, nginx=None):
+        """A closed-loop run and the CPU seconds each request cost every component."""
+        pg_pid = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
+        parts = {"rampart": lambda: [p.pid for p in instances], "postgres": lambda: process_tree(pg_pid),
+                 "redis": lambda: [self.redis.proc.pid]}
+        if nginx:
+            parts["nginx"] = lambda: process_tree(nginx.pid)
+        before = {k: cpu_seconds(f()) for k, f in parts.items()}
+        result = self.measure(label, lambda: wrk(base, script, args, d, connections=64))
+        after = {k: cpu_seconds(f()) for k, f in parts.items()}
+        requests = max(1, result["requests"])
+        result["cpu_us_per_request"] = {k: round((after[k] - before[k]) / requests * 1e6, 1) for k in parts}
+        log(f"{label}: CPU per request {result['cpu_us_per_request']} us")
+        return result
+
+    def scale_out(self, d):
+        """The mixed workload through nginx to one and to three instances on one PostgreSQL and
+        one Redis, and what each request costs every component in CPU, per workload, for the
+        capacity model (BENCHMARKS.md)."""
+        extra = []
+        for i in (2, 3):
+            port = free_port()
+            env = {**self.env, "RAMPART__SERVER__PORT": str(port), "RAMPART__SERVER__TRUSTED_PROXIES": "127.0.0.1"}
+            p = Process(f"rampart-{i}", [str(ROOT / "target/release/rampart"), "serve"], env, port, self.out / f"rampart-{i}.log")
+            p.start("/health/ready")
+            self.started.append(p)
+            extra.append(p)
+        one = Nginx(self.work, "nginx-one", [self.port])
+        three = Nginx(self.work, "nginx-three", [self.port] + [p.port for p in extra])
+        for n in (one, three):
+            n.start()
+            self.started.append(n)
+        r = {}
+        mixed = ("bench/lua/mixed.lua", self.mixed_args())
+        self.warm(one.base(), *mixed)
+        r["one_instance"] = self.costs("mixed via nginx, 1 instance", one.base(), *mixed, d, [self.service], one)
+        self.warm(three.base(), *mixed)
+        r["three_instances"] = self.costs("mixed via nginx, 3 instances", three.base(), *mixed, d, [self.service] + extra, three)
+        r["ratio_three_to_one"] = round(r["three_instances"]["rps"] / r["one_instance"]["rps"], 3)
+        r["errors"] = r["one_instance"]["errors"] + r["three_instances"]["errors"]
+        # Per workload, straight to one instance: the figures of the capacity model.
+        store = f"/api/v1/stores/{self.merchant}"
+        workloads = {
+            "product": ("bench/lua/product.lua", [f"{store}/products/", str(self.work / "hot.txt")]),
+            "list": ("bench/lua/list.lua", ["", str(self.work / "list.txt")]),
+            "checkout": ("bench/lua/checkout.lua", [f"{store}/orders", str(self.work / "checkout.txt")]),
+            "mixed": mixed,
+        }
+        r["per_workload"] = {name: self.costs(f"{name}, 1 instance (CPU cost)", self.base(), script, args, d, [self.service])
+                             for name, (script, args) in workloads.items()}
+        r["capacity_model"] = capacity_model(r["per_workload"])
+        r["oversell_check"] = self.oversell_check()
+        for p in extra + [one, three]:
+            p.stop()
+        return r
+
     # -- run
     def run(self, names):
         try:
             self.setup()
             for name in names:
                 log(f"scenario {name}")
-                self.results["scenarios"][name] = getattr(self, name)(self.args.duration)
+                self.results["scenarios"][name] = getattr(self, name.replace("-", "_"))(self.args.duration)
                 self.save()
         finally:
             for s in reversed(self.started):
@@ -828,6 +983,23 @@ class Suite:
     def save(self):
         (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
         subprocess.run([sys.executable, str(ROOT / "bench/report.py"), str(self.out)], check=False)
+
+
+def capacity_model(per_workload, utilization=0.6, instance_cores=2):
+    """How many of each component a shop needs for a rate of requests, from the CPU each request
+    cost here: instances of `instance_cores` cores, PostgreSQL cores and Redis nodes (one core:
+    Redis runs commands on one thread), each planned at `utilization` of its CPU."""
+    model = {}
+    for name, run in per_workload.items():
+        cost = run["cpu_us_per_request"]
+        rows = {}
+        for rate in (1_000, 10_000, 100_000):
+            need = {k: rate * cost[k] / 1e6 / utilization for k in cost}
+            rows[str(rate)] = {"instances": math.ceil(need["rampart"] / instance_cores),
+                               "postgres_cores": round(need["postgres"], 1),
+                               "redis_nodes": max(1, math.ceil(need["redis"]))}
+        model[name] = {"cpu_us_per_request": cost, "at_rps": rows}
+    return model
 
 
 def machine():
@@ -848,8 +1020,13 @@ def main():
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         sys.exit(f"bench: unknown scenario {unknown}; choose from {SCENARIOS}")
-    for tool in ("wrk", "oha", "pgbench", "redis-server", "psql"):
-        if not shutil.which(tool):
+    tools = ["wrk", "pgbench", "redis-server", "psql"]
+    if not set(names) <= WITHOUT_OHA:
+        tools.append("oha")
+    if "scale-out" in names:
+        tools.append("nginx")
+    for tool in tools:
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             sys.exit(f"bench: {tool} not found (bench/run.sh installs what is missing)")
     out = ROOT / "bench/results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
