@@ -20,7 +20,7 @@ if ! command -v perf >/dev/null; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v inferno-flamegraph >/dev/null; then
-  echo "profile: installing inferno (flame graphs) from crates.io, once: about 2 minutes on 2 cores" >&2
+  echo "profile: installing inferno (flame graphs) from crates.io, once: about 90 s on 2 cores" >&2
   started=$(date +%s)
   cargo install inferno --locked --quiet
   echo "profile: inferno installed in $(( $(date +%s) - started )) s" >&2

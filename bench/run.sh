@@ -28,7 +28,7 @@ for s in "${wanted[@]}"; do
 done
 export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$needs_oha" = yes ] && ! command -v oha >/dev/null; then
-  echo "bench: installing oha (fixed-rate load generator) from crates.io, once: about 3 minutes on 2 cores" >&2
+  echo "bench: installing oha (fixed-rate load generator) from crates.io, once: about 15 minutes on 2 cores" >&2
   started=$(date +%s)
   cargo install oha --locked --quiet
   echo "bench: oha installed in $(( $(date +%s) - started )) s" >&2
