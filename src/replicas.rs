@@ -20,7 +20,9 @@
 //! commit, which is all the comparison needs.
 
 use crate::settings::Settings;
-use rampart_actors::{CacheReader, Circuit, CircuitState, Conn, Db, DbCommand, DbError, Handle};
+use rampart_actors::{
+    current_deadline, CacheReader, Circuit, CircuitState, Conn, Db, DbCommand, DbError, Handle,
+};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -29,6 +31,9 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const TRACK_EVERY: Duration = Duration::from_millis(100);
+/// A read tried on a replica gets at most this, and at most half the request's time left: a
+/// replica that hangs (frozen, partitioned) leaves the primary time to answer.
+const REPLICA_ATTEMPT: Duration = Duration::from_secs(1);
 const TRACK_WITHIN: Duration = Duration::from_millis(500);
 
 pub struct Replica {
@@ -100,7 +105,10 @@ impl Reads {
         C: DbCommand + Clone,
     {
         if let Some(replica) = self.pick(merchant_id) {
-            match replica.db.run(command.clone()).await {
+            let budget = current_deadline().map_or(REPLICA_ATTEMPT, |at| {
+                (at.saturating_duration_since(tokio::time::Instant::now()) / 2).min(REPLICA_ATTEMPT)
+            });
+            match replica.db.run_within(command.clone(), budget).await {
                 Ok(output) => {
                     replica.reads.fetch_add(1, Relaxed);
                     return Ok(output);
