@@ -35,24 +35,9 @@ fn jobs_app() -> TestAppBuilder {
 
 /// A merchant whose webhooks go to `url`, and its signing secret.
 async fn merchant_with_webhook(app: &TestApp, url: &str) -> (Merchant, String) {
-    let reply = app
-        .post_json(
-            "/api/v1/admin/merchants",
-            Some(ADMIN_TOKEN),
-            &json!({"name": "Hooked", "webhook_url": url}),
-        )
+    let (merchant, body) = app
+        .create_merchant_with(&json!({"name": "Hooked", "webhook_url": url}))
         .await;
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let body = reply.json();
-    let merchant = Merchant {
-        id: body["merchant"]["id"].as_str().unwrap().to_owned(),
-        api_key: body["api_key"].as_str().unwrap().to_owned(),
-    };
     (
         merchant,
         body["webhook_secret"].as_str().unwrap().to_owned(),

@@ -5,7 +5,7 @@
 //! checkout clients no duplicate order.
 
 use crate::receivers::{Behaviour, WebhookReceiver};
-use crate::support::{wait_until, Merchant, OtherProcess, TestApp, TestRedis, ADMIN_TOKEN};
+use crate::support::{wait_until, OtherProcess, TestApp, TestRedis};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -148,24 +148,9 @@ async fn three_instances_behind_nginx_act_as_one_service() {
     let client = app.client.clone();
     let via = |path: &str| format!("{}{path}", nginx.base);
 
-    let reply = app
-        .post_json(
-            "/api/v1/admin/merchants",
-            Some(ADMIN_TOKEN),
-            &json!({"name": "Scaled", "webhook_url": receiver.url}),
-        )
+    let (shop, _) = app
+        .create_merchant_with(&json!({"name": "Scaled", "webhook_url": receiver.url}))
         .await;
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let body = reply.json();
-    let shop = Merchant {
-        id: body["merchant"]["id"].as_str().expect("id").to_owned(),
-        api_key: body["api_key"].as_str().expect("key").to_owned(),
-    };
     let product = app.create_product(&shop, "SCALE-1", 1000, 100_000).await;
     let product_id = product["id"].as_str().expect("id").to_owned();
     let item = format!("/api/v1/stores/{}/products/{product_id}", shop.id);

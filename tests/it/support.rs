@@ -349,12 +349,14 @@ impl TestApp {
     }
 
     pub async fn create_merchant(&self, name: &str) -> Merchant {
+        self.create_merchant_with(&json!({"name": name})).await.0
+    }
+
+    /// `POST /api/v1/admin/merchants` with `body`: the merchant and the whole answer (its
+    /// webhook secret among the rest).
+    pub async fn create_merchant_with(&self, body: &Value) -> (Merchant, Value) {
         let reply = self
-            .post_json(
-                "/api/v1/admin/merchants",
-                Some(ADMIN_TOKEN),
-                &json!({"name": name}),
-            )
+            .post_json("/api/v1/admin/merchants", Some(ADMIN_TOKEN), body)
             .await;
         assert_eq!(
             reply.status,
@@ -363,10 +365,11 @@ impl TestApp {
             String::from_utf8_lossy(&reply.body)
         );
         let body = reply.json();
-        Merchant {
+        let merchant = Merchant {
             id: body["merchant"]["id"].as_str().expect("id").to_owned(),
             api_key: body["api_key"].as_str().expect("key").to_owned(),
-        }
+        };
+        (merchant, body)
     }
 
     pub async fn sql(&self) -> tokio_postgres::Client {
