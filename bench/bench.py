@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "guardians", "overload", "jobs", "soak", "scale-out"]
 # Scenarios that run closed-loop wrk only: they need no fixed-rate generator (oha).
-WITHOUT_OHA = {"list", "checkout", "mixed", "scale-out"}
+WITHOUT_OHA = {"list", "checkout", "mixed", "jobs", "scale-out"}
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 PRODUCTS = 10_000
 HOT = 100

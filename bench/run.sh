@@ -24,7 +24,7 @@ fi
 needs_oha=no
 IFS=, read -ra wanted <<< "$scenario"
 for s in "${wanted[@]}"; do
-  case "$s" in list|checkout|mixed|scale-out) ;; *) needs_oha=yes ;; esac
+  case "$s" in list|checkout|mixed|jobs|scale-out) ;; *) needs_oha=yes ;; esac
 done
 export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$needs_oha" = yes ] && ! command -v oha >/dev/null; then
