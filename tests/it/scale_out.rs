@@ -198,6 +198,7 @@ async fn three_instances_behind_nginx_act_as_one_service() {
     // One client, 300 requests spread over three instances: the limit of 100 per minute holds
     // in total (each instance may run ahead by one lease of a hundredth of the limit).
     let mut admitted = 0;
+    let started = std::time::Instant::now();
     for _ in 0..30 {
         let batch = (0..10).map(|_| {
             status_of(
@@ -212,9 +213,11 @@ async fn three_instances_behind_nginx_act_as_one_service() {
             admitted += usize::from(status == 200);
         }
     }
+    // The bucket refills at 100 a minute while the requests run: a slow machine earns that much.
+    let refilled = (started.elapsed().as_secs_f64() * 100.0 / 60.0).ceil() as usize;
     assert!(
-        (95..=103).contains(&admitted),
-        "admitted {admitted} of 300 with a limit of 100"
+        (95..=103 + refilled).contains(&admitted),
+        "admitted {admitted} of 300 with a limit of 100 ({refilled} refilled meanwhile)"
     );
 
     // Every job of 20 more checkouts runs once, whichever instance claims it.
