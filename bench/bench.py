@@ -203,52 +203,26 @@ def process_tree(root):
     return pids
 
 
-class Nginx:
-    """nginx on a free port in front of `ports`, with docker/nginx.conf as shipped (addresses changed)."""
-
-    def __init__(self, workdir, name, ports):
-        self.dir = Path(workdir) / name
-        self.dir.mkdir(parents=True)
-        self.port = free_port()
-        self.proc = None
-        shipped = (ROOT / "docker/nginx.conf").read_text()
-        servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in ports)
-        site = shipped.replace("server rampart:8080 max_fails=3 fail_timeout=10s;", servers).replace(
-            "listen 8080;", f"listen 127.0.0.1:{self.port} backlog=4096;")
-        (self.dir / "rampart.conf").write_text(site)
-        d = self.dir
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (self.dir / "nginx.conf").write_text(
-            f"daemon off;\n{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n"
-            f"worker_rlimit_nofile 65536;\nevents {{ worker_connections 8192; }}\n"
-            f"http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n"
-            f" fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n"
-            f" include {d}/rampart.conf;\n}}\n")
-
-    def start(self):
-        binary = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
-        self.proc = subprocess.Popen([binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "w"))
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        sys.exit(f"bench: nginx did not start; see {self.dir}")
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def base(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
+def nginx(workdir, name, ports):
+    """nginx on a free port in front of `ports`, with docker/nginx.conf as shipped (addresses
+    changed), as a Process: started, it is ready once /health answers through it."""
+    d = Path(workdir) / name
+    d.mkdir(parents=True)
+    port = free_port()
+    shipped = (ROOT / "docker/nginx.conf").read_text()
+    servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in ports)
+    site = shipped.replace("server rampart:8080 max_fails=3 fail_timeout=10s;", servers).replace(
+        "listen 8080;", f"listen 127.0.0.1:{port} backlog=4096;")
+    (d / "rampart.conf").write_text(site)
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (d / "nginx.conf").write_text(
+        f"daemon off;\n{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n"
+        f"worker_rlimit_nofile 65536;\nevents {{ worker_connections 8192; }}\n"
+        f"http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n"
+        f" fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n"
+        f" include {d}/rampart.conf;\n}}\n")
+    binary = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
+    return Process(name, [binary, "-p", str(d), "-c", str(d / "nginx.conf")], {}, port, d / "stderr.log")
 
 
 # ---------------------------------------------------------------- /proc sampling
@@ -924,13 +898,13 @@ class Suite:
                     counts[status] = counts.get(status, 0) + float(line.split()[-1])
         return counts
 
-    def costs(self, label, base, script, args, d, instances, nginx=None, connections=32):
+    def costs(self, label, base, script, args, d, instances, proxy=None, connections=32):
         """A closed-loop run and the CPU seconds each request cost every component."""
         pg_pid = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
         parts = {"rampart": lambda: [p.pid for p in instances], "postgres": lambda: process_tree(pg_pid),
                  "redis": lambda: [self.redis.proc.pid]}
-        if nginx:
-            parts["nginx"] = lambda: process_tree(nginx.pid)
+        if proxy:
+            parts["nginx"] = lambda: process_tree(proxy.pid)
         before, answered = {k: cpu_seconds(f()) for k, f in parts.items()}, self.statuses(instances)
         result = self.measure(label, lambda: wrk(base, script, args, d, connections=connections))
         after, answered_after = {k: cpu_seconds(f()) for k, f in parts.items()}, self.statuses(instances)
@@ -955,17 +929,18 @@ class Suite:
             p.start("/health/ready")
             self.started.append(p)
             extra.append(p)
-        one = Nginx(self.work, "nginx-one", [self.port])
-        three = Nginx(self.work, "nginx-three", [p.port for p in extra])
+        one = nginx(self.work, "nginx-one", [self.port])
+        three = nginx(self.work, "nginx-three", [p.port for p in extra])
         for n in (one, three):
-            n.start()
+            n.start("/health")
             self.started.append(n)
+        via = lambda n: f"http://127.0.0.1:{n.port}"
         r = {}
         mixed = ("bench/lua/mixed.lua", self.mixed_args())
-        self.warm(one.base(), *mixed)
-        r["one_instance"] = self.costs("mixed via nginx, 1 instance", one.base(), *mixed, d, [self.service], one)
-        self.warm(three.base(), *mixed)
-        r["three_instances"] = self.costs("mixed via nginx, 3 instances", three.base(), *mixed, d, extra, three)
+        self.warm(via(one), *mixed)
+        r["one_instance"] = self.costs("mixed via nginx, 1 instance", via(one), *mixed, d, [self.service], one)
+        self.warm(via(three), *mixed)
+        r["three_instances"] = self.costs("mixed via nginx, 3 instances", via(three), *mixed, d, extra, three)
         r["ratio_three_to_one"] = round(r["three_instances"]["rps"] / r["one_instance"]["rps"], 3)
         r["errors"] = r["one_instance"]["errors"] + r["three_instances"]["errors"]
         for p in extra + [one, three]:

@@ -25,7 +25,7 @@ use rampart_actors::{
 };
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -44,6 +44,7 @@ pub struct Replica {
     /// replayed past (0: never).
     fresh_as_of: AtomicU64,
     reads: AtomicU64,
+    not_a_standby: AtomicBool,
 }
 
 impl Replica {
@@ -54,6 +55,7 @@ impl Replica {
             circuit,
             fresh_as_of: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            not_a_standby: AtomicBool::new(false),
         }
     }
 }
@@ -183,23 +185,26 @@ impl Reads {
         loop {
             ticks.tick().await;
             let asked = Instant::now();
-            match self.primary.run_within(InsertPosition, TRACK_WITHIN).await {
-                Ok(lsn) => {
+            match self.primary.run_within(INSERTED, TRACK_WITHIN).await {
+                Ok(Some(lsn)) => {
                     if samples.len() == keep {
                         samples.pop_front();
                     }
                     samples.push_back((asked, lsn));
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "primary WAL position unknown");
+                other => {
+                    tracing::debug!(answer = ?other, "primary WAL position unknown");
                     continue;
                 }
             }
             for replica in self.replicas.iter() {
-                let replayed = match replica.db.run_within(ReplayPosition, TRACK_WITHIN).await {
+                let replayed = match replica.db.run_within(REPLAYED, TRACK_WITHIN).await {
                     Ok(Some(lsn)) => lsn,
                     Ok(None) => {
-                        tracing::warn!(replica = %replica.name, "not a standby: never read from");
+                        // Said once, not on every tick.
+                        if !replica.not_a_standby.swap(true, Relaxed) {
+                            tracing::warn!(replica = %replica.name, "not a standby: never read from");
+                        }
                         continue;
                     }
                     Err(_) => continue,
@@ -215,39 +220,20 @@ impl Reads {
     }
 }
 
-/// The primary's WAL insert position: every commit acknowledged before it was asked lies at or
+/// A WAL position as a number (`None`: the server has none of that kind).
+#[derive(Clone, Copy)]
+struct Position(&'static str);
+
+/// The primary's insert position: every commit acknowledged before it was asked lies at or
 /// before it.
-#[derive(Clone, Copy)]
-struct InsertPosition;
+const INSERTED: Position = Position("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint");
+/// How far a standby has replayed (`None` on a server that is not a standby).
+const REPLAYED: Position = Position("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint");
 
-impl DbCommand for InsertPosition {
-    type Output = i64;
-
-    async fn run(self, conn: &mut Conn) -> Result<i64, DbError> {
-        let row = conn
-            .query_one(
-                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
-                &[],
-            )
-            .await?;
-        Ok(row.get(0))
-    }
-}
-
-/// How far a standby has replayed (`None`: it is not a standby).
-#[derive(Clone, Copy)]
-struct ReplayPosition;
-
-impl DbCommand for ReplayPosition {
+impl DbCommand for Position {
     type Output = Option<i64>;
 
     async fn run(self, conn: &mut Conn) -> Result<Option<i64>, DbError> {
-        let row = conn
-            .query_one(
-                "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint",
-                &[],
-            )
-            .await?;
-        Ok(row.get(0))
+        Ok(conn.query_one(self.0, &[]).await?.get(0))
     }
 }

@@ -44,6 +44,25 @@ async fn merchant_with_webhook(app: &TestApp, url: &str) -> (Merchant, String) {
     )
 }
 
+/// A merchant whose webhooks go to `url` sells one unit of a new product (`sku`): one order,
+/// and its `order.created` webhook queued. The merchant and its signing secret.
+async fn one_order_hooked_to(app: &TestApp, url: &str, sku: &str) -> (Merchant, String) {
+    let (merchant, secret) = merchant_with_webhook(app, url).await;
+    let product = app.create_product(&merchant, sku, 500, 5).await;
+    buy(app, &merchant, &product, 1).await;
+    (merchant, secret)
+}
+
+/// Waits until the one webhook job has used every attempt.
+async fn webhook_dead(app: &TestApp) {
+    wait_until(
+        "the webhook job is dead",
+        Duration::from_secs(30),
+        async || statuses(app, "webhook").await.get("dead") == Some(&1),
+    )
+    .await;
+}
+
 async fn buy(app: &TestApp, merchant: &Merchant, product: &Value, quantity: i64) -> Value {
     let body = json!({"customer_email": "buyer@example.com", "customer_name": "Ada",
         "items": [{"product_id": product["id"], "quantity": quantity}]});
@@ -181,9 +200,7 @@ async fn a_checkout_reaches_the_merchants_receiver_signed_and_each_status_change
 async fn a_receiver_that_answers_500_first_gets_the_same_event_again_after_backoff() {
     let receiver = WebhookReceiver::start(Behaviour::FailFirst(1));
     let app = jobs_app().spawn().await;
-    let (merchant, secret) = merchant_with_webhook(&app, &receiver.url).await;
-    let product = app.create_product(&merchant, "RETRY-1", 500, 5).await;
-    buy(&app, &merchant, &product, 1).await;
+    let (merchant, secret) = one_order_hooked_to(&app, &receiver.url, "RETRY-1").await;
     wait_until(
         "the event delivered twice",
         Duration::from_secs(20),
@@ -210,15 +227,8 @@ async fn a_receiver_that_answers_500_first_gets_the_same_event_again_after_backo
 async fn a_receiver_that_never_answers_leaves_the_job_dead_after_the_configured_attempts() {
     let receiver = WebhookReceiver::start(Behaviour::Hang);
     let app = jobs_app().spawn().await;
-    let (merchant, _) = merchant_with_webhook(&app, &receiver.url).await;
-    let product = app.create_product(&merchant, "HANG-1", 500, 5).await;
-    buy(&app, &merchant, &product, 1).await;
-    wait_until(
-        "the webhook job is dead",
-        Duration::from_secs(30),
-        async || statuses(&app, "webhook").await.get("dead") == Some(&1),
-    )
-    .await;
+    let (merchant, _) = one_order_hooked_to(&app, &receiver.url, "HANG-1").await;
+    webhook_dead(&app).await;
     let job = webhook_job(&app, &merchant).await;
     let job_id = job["id"].as_str().unwrap().to_owned();
     assert_eq!(job["status"], "dead", "{job}");
@@ -960,9 +970,7 @@ async fn a_graceful_stop_gives_back_the_jobs_it_still_runs_without_spending_thei
         .configure(|s| s.webhooks.timeout_ms = 30_000)
         .spawn()
         .await;
-    let (merchant, _) = merchant_with_webhook(&app, &receiver.url).await;
-    let product = app.create_product(&merchant, "STOP-1", 100, 5).await;
-    buy(&app, &merchant, &product, 1).await;
+    one_order_hooked_to(&app, &receiver.url, "STOP-1").await;
     wait_until(
         "the delivery is under way",
         Duration::from_secs(20),
@@ -995,15 +1003,8 @@ async fn a_redirect_is_not_followed_and_the_delivery_is_retried() {
     let to: &'static str = Box::leak(elsewhere.url.clone().into_boxed_str());
     let receiver = WebhookReceiver::start(Behaviour::Redirect(to));
     let app = jobs_app().spawn().await;
-    let (merchant, _) = merchant_with_webhook(&app, &receiver.url).await;
-    let product = app.create_product(&merchant, "REDIR-1", 100, 5).await;
-    buy(&app, &merchant, &product, 1).await;
-    wait_until(
-        "the webhook job is dead",
-        Duration::from_secs(30),
-        async || statuses(&app, "webhook").await.get("dead") == Some(&1),
-    )
-    .await;
+    let (merchant, _) = one_order_hooked_to(&app, &receiver.url, "REDIR-1").await;
+    webhook_dead(&app).await;
     let job = webhook_job(&app, &merchant).await;
     assert!(
         job["last_error"]
