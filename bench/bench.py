@@ -524,7 +524,9 @@ class Suite:
         """perf (cpu-clock sampling: no hardware counters needed) over the middle of the run."""
         data = self.out / f"{name}.data"
         self.profile_name = name
-        return subprocess.Popen(["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", "299", "-o", str(data),
+        # PROFILE=dwarf unwinds through DWARF (whole stacks without frame pointers, heavier).
+        graph = ["--call-graph", "dwarf,16384"] if os.environ.get("PROFILE") == "dwarf" else ["-g"]
+        return subprocess.Popen(["perf", "record", "-a", *graph, "-e", "cpu-clock", "-F", "299", "-o", str(data),
                                  "--", "sleep", str(max(5, d - 4))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def finish_profile(self, profiler, pid=None):
@@ -690,18 +692,23 @@ class Suite:
         guarded = self.extra_service("guarded", huge)
         # The same guardians with the limits decided in process (no Redis for this instance).
         local = self.extra_service("guarded-local", huge, without=("RAMPART__REDIS__URL",))
-        bare = self.extra_service("unguarded", {"RAMPART__RATE_LIMIT__ENABLED": "false",
-                                                "RAMPART__OVERLOAD__ENABLED": "false"})
+        off = {"RAMPART__RATE_LIMIT__ENABLED": "false", "RAMPART__OVERLOAD__ENABLED": "false"}
+        bare = self.extra_service("unguarded", off)
+        # Its pair: what the in-process instance is compared with (no Redis either).
+        bare_local = self.extra_service("unguarded-local", off, without=("RAMPART__REDIS__URL",))
         store = f"/api/v1/stores/{self.merchant}/products/"
         hot = str(self.work / "hot.txt")
-        runs = {"guarded": [], "guarded-local": [], "unguarded": []}
-        for proc in (guarded, local, bare):
+        runs = {"guarded": [], "guarded-local": [], "unguarded": [], "unguarded-local": []}
+        pairs = (("unguarded", bare), ("guarded", guarded), ("unguarded-local", bare_local), ("guarded-local", local))
+        for _, proc in pairs:
             self.warm(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot])
         profile = None
         calls_before = self.redis.commands()
-        for turn in range(2):
-            for name, proc in (("unguarded", bare), ("guarded", guarded), ("guarded-local", local)):
-                # With PROFILE=1 the guarded instance's last turn is profiled.
+        for turn in range(int(os.environ.get("GUARDIAN_TURNS", "4"))):
+            # The second turn runs in the reverse order, so a drift of the machine over the run
+            # (or a position in it) weighs on both sides of each ratio alike.
+            for name, proc in (pairs if turn % 2 == 0 else pairs[::-1]):
+                # With PROFILE=1 each instance's second turn is profiled.
                 profiler = self.start_profile(d, name) if os.environ.get("PROFILE") and turn == 1 else None
                 runs[name].append(self.measure(f"product, {name} (turn {turn + 1})",
                                                lambda: wrk(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot], d),
@@ -715,10 +722,10 @@ class Suite:
         decisions = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("rate_limit_decisions_total{"))
         mean = lambda rs: sum(r["rps"] for r in rs) / len(rs)
         ratio = round(mean(runs["guarded"]) / mean(runs["unguarded"]), 3)
-        local_ratio = round(mean(runs["guarded-local"]) / mean(runs["unguarded"]), 3)
+        local_ratio = round(mean(runs["guarded-local"]) / mean(runs["unguarded-local"]), 3)
         log(f"guardians on / off: {ratio} with limits in Redis, {local_ratio} in process "
             f"({decisions:.0f} limit decisions on the Redis-backed instance)")
-        for proc in (guarded, local, bare):
+        for _, proc in pairs:
             proc.stop()
         return {"runs": runs, "ratio_on_to_off": ratio, "local_ratio_on_to_off": local_ratio,
                 "limit_decisions": decisions, "redis_calls": redis_calls, "profile": profile}

@@ -30,6 +30,7 @@ pub mod concurrency;
 pub mod db;
 pub mod gcra;
 pub mod jobs;
+mod key_table;
 pub mod limiter;
 pub mod memory;
 pub mod redis_link;
