@@ -144,7 +144,7 @@ pub struct RedisSettings {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
-    /// Keys each class holds in process at most (least recently used out first).
+    /// Keys each class holds in process at most (idle ones out first).
     pub max_keys: u64,
     pub classes: RateLimitClasses,
 }
