@@ -96,7 +96,9 @@ class Postgres:
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         run(self.cmd("initdb", "-D", str(self.dir), "-U", "rampart", "-A", "trust", "-E", "UTF8", "--no-locale"))
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=400 "
-                "-c shared_buffers=512MB -c max_wal_size=4GB")
+                "-c shared_buffers=512MB -c max_wal_size=4GB "
+                # Slow statements and autovacuum runs, for the runs that go wrong (kept with the results).
+                "-c log_min_duration_statement=200 -c log_autovacuum_min_duration=0")
         run(self.cmd("pg_ctl", "-D", str(self.dir), "-l", str(self.dir / "server.log"), "-w", "-o", opts, "start"))
         run(self.psql_cmd("postgres", "-c", "CREATE DATABASE rampart"))
         log(f"PostgreSQL on 127.0.0.1:{self.port}")
@@ -870,9 +872,31 @@ class Suite:
         rate = 1000
         cmd = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "rampart", "-c", "4", "-j", "2",
                "-R", str(rate), "-T", str(d), "-f", str(script), "rampart"]
+        samples, sampling = [], threading.Event()
+
+        def sample():
+            # What the queue and the database's snapshots look like while the phase runs: a run
+            # that falls behind is explained by these (kept in the results).
+            started = time.time()
+            while not sampling.wait(0.5):
+                samples.append({"t": round(time.time() - started, 1), "jobs": self.pg.sql(
+                    "SELECT string_agg(status || '=' || n, ' ') FROM (SELECT status, count(*) n FROM jobs "
+                    "WHERE kind = 'noop' GROUP BY status) s"),
+                    "dead": self.pg.sql("SELECT n_dead_tup || ' dead, ' || n_live_tup || ' live' FROM pg_stat_user_tables "
+                                        "WHERE relname = 'jobs'"),
+                    "oldest_xmin": self.pg.sql(
+                        "SELECT coalesce(max(age(backend_xmin)), 0) || ' xids, ' || coalesce(string_agg(DISTINCT "
+                        "coalesce(application_name, '') || ':' || state || ':' || left(query, 60), ' | '), '') "
+                        "FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()")})
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         out = run(cmd).stdout
         tps = float(next(l for l in out.splitlines() if l.startswith("tps")).split("=")[1].split()[0])
         self.wait_jobs_drained(kind="noop")
+        sampling.set()
+        sampler.join()
+        r["latency_phase_samples"] = samples
         row = self.pg.sql("SELECT count(*), "
                           "percentile_cont(0.5) WITHIN GROUP (ORDER BY started_at - created_at), "
                           "percentile_cont(0.99) WITHIN GROUP (ORDER BY started_at - created_at), "
@@ -1038,6 +1062,9 @@ class Suite:
 
     def save(self):
         (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
+        pg_log = self.pg.dir / "server.log"
+        if pg_log.exists():
+            shutil.copy(pg_log, self.out / "postgresql.log")
         subprocess.run([sys.executable, str(ROOT / "bench/report.py"), str(self.out)], check=False)
 
 

@@ -325,8 +325,13 @@ impl RateLimits {
         let until = self.nanos(now + LEASE_VALID.min(c.spec.period));
         let now = self.nanos(now);
         let add = |lease: &Lease| {
-            lease.left.fetch_add(extra, Relaxed);
-            lease.until.store(until, Relaxed);
+            // What a lease past its validity still held was granted over a second ago: dropped,
+            // not revived by this grant.
+            if lease.until.swap(until, Relaxed) <= now {
+                lease.left.store(extra, Relaxed);
+            } else {
+                lease.left.fetch_add(extra, Relaxed);
+            }
         };
         if extra == 0 {
             c.leases.get(key, add);
