@@ -887,7 +887,12 @@ class Suite:
                     "oldest_xmin": self.pg.sql(
                         "SELECT coalesce(max(age(backend_xmin)), 0) || ' xids, ' || coalesce(string_agg(DISTINCT "
                         "coalesce(application_name, '') || ':' || state || ':' || left(query, 60), ' | '), '') "
-                        "FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()")})
+                        "FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"),
+                    # The dispatcher's side: jobs started and running, its Db actor's queue.
+                    "dispatcher": " ".join(
+                        l for l in urllib.request.urlopen(f"http://127.0.0.1:{dispatcher.port}/metrics", timeout=5)
+                        .read().decode().splitlines()
+                        if not l.startswith("#") and ('queue="noop"' in l or l.startswith(("db_commands", "db_pool_waiting"))))})
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
