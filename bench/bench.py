@@ -707,7 +707,7 @@ class Suite:
         profile = None
         calls_before = self.redis.commands()
         for turn in range(int(os.environ.get("GUARDIAN_TURNS", "4"))):
-            # The second turn runs in the reverse order, so a drift of the machine over the run
+            # Every other turn runs in the reverse order, so a drift of the machine over the run
             # (or a position in it) weighs on both sides of each ratio alike.
             for name, proc in (pairs if turn % 2 == 0 else pairs[::-1]):
                 # With PROFILE=1 each instance's second turn is profiled.
