@@ -879,12 +879,17 @@ impl DbCommand for Claim {
     /// only makes the job claimable again. Planned on the due index whatever the statistics
     /// say: a queue table analysed while empty got a plan that scanned and sorted the whole
     /// queue on every claim once a burst filled it (commit-to-start p50 6.5 s in bench run
-    /// 20261201-215956, until autoanalyze caught up).
+    /// 20261201-215956, until autoanalyze caught up). Planned for each claim with its own
+    /// limit, and joined to the rows it updates by their key: one run in about ten fell behind
+    /// from its start (runs 20261202-032507 and -042058: one claim at a time, each 200-500 ms,
+    /// no snapshot held, until autovacuum), the prepared statement's cached generic plan made
+    /// while the table was nearly empty and the limit unknown.
     async fn run(self, conn: &mut Conn) -> Result<Vec<ClaimedJob>, DbError> {
         let tx = conn.transaction().await?;
         tx.batch_execute(
             "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off; \
-             SET LOCAL enable_sort = off",
+             SET LOCAL enable_sort = off; SET LOCAL plan_cache_mode = force_custom_plan; \
+             SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
         )
         .await?;
         let stmt = tx.prepare_cached(CLAIM).await?;
