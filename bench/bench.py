@@ -813,17 +813,8 @@ class Suite:
 
     def refusals_histogram(self):
         """(answered within 5 ms, all) of the service's 503 answers so far, from its histogram."""
-        text = urllib.request.urlopen(self.base() + "/metrics", timeout=5).read().decode()
-        within = total = 0.0
-        for line in text.splitlines():
-            if not line.startswith("http_request_duration_seconds_") or 'status="503"' not in line:
-                continue
-            value = float(line.split()[-1])
-            if line.startswith("http_request_duration_seconds_bucket") and 'le="0.005"' in line:
-                within += value
-            elif line.startswith("http_request_duration_seconds_count"):
-                total += value
-        return within, total
+        buckets = self.latency_buckets(503)
+        return buckets.get(0.005, 0.0), buckets.get(float("inf"), 0.0)
 
     def wal(self):
         """PostgreSQL's WAL counters so far: records, full page images, bytes, flushes."""
