@@ -9,6 +9,7 @@ pub mod json;
 pub mod metrics;
 pub mod problems;
 pub mod rate_limit;
+pub mod refusal;
 pub mod request_id;
 pub mod shed;
 

@@ -73,7 +73,7 @@ fn describe(headers: &mut HeaderMap, verdict: &Verdict, reset: u64) {
 }
 
 pub async fn middleware(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let decided = match req.app_data::<web::Data<AppState>>() {
@@ -90,6 +90,7 @@ pub async fn middleware(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     if !verdict.allowed {
+        crate::http::refusal::discard_small_body(&mut req).await;
         let wait = seconds(verdict.retry_after).max(1);
         let mut response = ApiError::RateLimited { retry_after: wait }.error_response();
         describe(response.headers_mut(), &verdict, wait);

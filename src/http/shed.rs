@@ -4,7 +4,8 @@
 //! never shed; a checkout only at the full limit, after the other writes; under memory pressure
 //! everything but ops is. A shed request is answered 503 with `Retry-After` at once: after the
 //! rate limit's decision (so a limited route still tells its budget), before the deadline, the
-//! handler or any actor (two atomic operations and the problem body).
+//! handler or any actor (two atomic operations and the problem body; a small body already on its
+//! way is read first so the connection stays open, see [`crate::http::refusal`]).
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -36,7 +37,7 @@ fn criticality(req: &ServiceRequest) -> Criticality {
 }
 
 pub async fn middleware(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -50,6 +51,7 @@ pub async fn middleware(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let Some(permit) = limit.try_acquire(criticality(&req)) else {
+        crate::http::refusal::discard_small_body(&mut req).await;
         let response = ApiError::Overloaded { retry_after: 1 }.error_response();
         return Ok(req.into_response(response).map_into_right_body());
     };

@@ -533,3 +533,104 @@ async fn a_busy_key_costs_one_redis_round_trip_per_lease_not_per_request() {
     assert!((10..=12).contains(&calls), "{calls} script calls\n{info}");
     assert_eq!(limits.snapshot().shared_decisions, 640);
 }
+
+/// One HTTP/1.1 connection driven by hand, to see what a client sees of its connection.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    read: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(app: &TestApp) -> Connection {
+        let addr = app.base.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Connection {
+            stream,
+            read: Vec::new(),
+        }
+    }
+
+    /// Sends one request and reads its answer: (status, the `Connection` header, if any).
+    async fn send(&mut self, method: &str, path: &str, body: &str) -> (u16, Option<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("request written: the connection is open");
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&self.read[..end]).to_lowercase();
+                    let field = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+                    };
+                    let length: usize = field("content-length").map_or(0, |v| v.parse().unwrap());
+                    if self.read.len() >= end + 4 + length {
+                        let status = head[9..12].parse().expect("status");
+                        let connection = field("connection");
+                        self.read.drain(..end + 4 + length);
+                        return (status, connection);
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "the service closed the connection");
+                self.read.extend_from_slice(&chunk[..n]);
+            }
+        });
+        answer.await.expect("an answer within 10 s")
+    }
+}
+
+#[actix_rt::test]
+async fn a_refused_request_keeps_its_connection_for_the_next_one() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.rate_limit.enabled = true;
+            s.rate_limit.classes.checkout = RateLimitClass {
+                limit: 2,
+                period_secs: 60,
+            };
+            s.memory.soft_limit_mb = 4096;
+            s.memory.hard_limit_mb = 8192;
+        })
+        .spawn()
+        .await;
+    let m = app.create_merchant("Keep-alive").await;
+    let product = app.create_product(&m, "K-1", 100, 5).await;
+    let orders = format!("/api/v1/stores/{}/orders", m.id);
+    let order = json!({"customer_email": "c@example.com",
+                       "items": [{"product_id": product["id"], "quantity": 1}]})
+    .to_string();
+    let mut conn = Connection::open(&app).await;
+
+    // Shed (503) twice on one connection, its body unread by any handler.
+    app.actors
+        .memory
+        .call(Pressure(16 << 30))
+        .await
+        .expect("pressure");
+    for _ in 0..2 {
+        let (status, connection) = conn.send("POST", &orders, &order).await;
+        assert_eq!(status, 503);
+        assert_ne!(connection.as_deref(), Some("close"));
+    }
+    app.actors
+        .memory
+        .call(Pressure(0))
+        .await
+        .expect("pressure lifted");
+    // The two shed checkouts spent the class's budget of 2: limited (429) on the same connection.
+    let (status, connection) = conn.send("POST", &orders, &order).await;
+    assert_eq!(status, 429);
+    assert_ne!(connection.as_deref(), Some("close"));
+    assert_eq!(conn.send("GET", "/health", "").await.0, 200);
+    // Nothing refused was taken: the stock is whole.
+    assert_eq!(app.get(&m.store_product(&product)).await.json()["stock"], 5);
+}
