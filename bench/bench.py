@@ -19,6 +19,7 @@ import math
 import os
 import pwd
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -469,10 +470,23 @@ class Suite:
         return f"http://127.0.0.1:{self.port}"
 
     def measure(self, name, fn, pid=None):
+        # Beside the service's own samples, what the run cost the rest of the machine, in cores:
+        # the generator (the bench's children waited for meanwhile: wrk or oha) and PostgreSQL.
+        pg_root = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
+        pg_before = {p: cpu_seconds([p]) for p in process_tree(pg_root)}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.time()
         with Sampler(pid or self.service.pid) as sampler:
             result = fn()
+        took = time.time() - started
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)
         result["server"] = sampler.summary()
-        log(f"{name}: {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, errors {result.get('errors')}")
+        result["cpu_cores"] = {
+            "service": result["server"].get("cpu_cores_mean"),
+            "generator": round((now.ru_utime + now.ru_stime - children.ru_utime - children.ru_stime) / took, 3),
+            "postgres": round(sum(cpu_seconds([p]) - pg_before.get(p, 0.0) for p in process_tree(pg_root)) / took, 3)}
+        log(f"{name}: {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, errors {result.get('errors')}, "
+            f"cores {result['cpu_cores']}")
         return result
 
     def cache_counts(self):
@@ -752,24 +766,32 @@ class Suite:
         levels = []
         for factor in (1, 2, 5, 10, 1):
             rate = max(1, round(capacity * factor))
-            before = self.refusals_histogram()
+            refusals_before = self.latency_buckets(503)
             admitted_before = self.latency_buckets(201)
             res = self.measure(f"checkout offered at {factor}x capacity ({rate}/s)",
                                lambda: oha_per_request(regex_escape(self.base() + orders), rate, d, 256, csv_path,
                                                        method="POST", body_lines=bodies,
                                                        headers=["Content-Type: application/json"]))
-            after = self.refusals_histogram()
+            refusals = {b: n - refusals_before.get(b, 0.0) for b, n in self.latency_buckets(503).items()}
+            # Where the edge's adaptive limit on writes stood when the level ended.
+            res["writes_limit_after"] = self.metric('overload_limit{lane="writes"}')
             # The admitted requests' p99 as the service measured it: the client's figure also
             # holds the generator's own backlog when it cannot send at the rate asked.
             res["admitted_server_p99_ms"] = self.bucket_quantile(admitted_before, self.latency_buckets(201), 0.99)
-            refused = after[1] - before[1]
+            refused, within = refusals.get(float("inf"), 0.0), refusals.get(0.005, 0.0)
+            # The slower refusals, by the histogram's bucket (upper bound in ms): their count in each.
+            bounds = sorted(refusals)
+            res["slow_refusals_by_bucket"] = {("+Inf" if b == float("inf") else f"{b * 1000:g}"): refusals[b] - refusals[a]
+                                              for a, b in zip(bounds, bounds[1:]) if a >= 0.005 and refusals[b] > refusals[a]}
             res["factor"] = factor
             res["goodput_rps"] = round(res["by_status"].get("201", 0) / d, 1)
             res["server_refusals"] = refused
-            res["server_refusals_within_5ms"] = (after[0] - before[0]) / refused if refused else None
+            res["server_refusals_within_5ms"] = within / refused if refused else None
             log(f"  {factor}x: goodput {res['goodput_rps']}/s, admitted p99 {res['admitted']['p99_ms']} ms "
                 f"(at the server {res['admitted_server_p99_ms']} ms), "
-                f"refused {refused} ({res['server_refusals_within_5ms']} within 5 ms at the server), statuses {res['by_status']}")
+                f"refused {refused} ({res['server_refusals_within_5ms']} within 5 ms at the server), slower: {res['slow_refusals_by_bucket']}, "
+                f"statuses {res['by_status']}, writes' limit {res['writes_limit_after']}, "
+                f"cores used: {res['cpu_cores']}")
             levels.append(res)
         base = levels[0]
         base_server = [l["admitted_server_p99_ms"] for l in (levels[0], levels[4]) if l.get("admitted_server_p99_ms")]
@@ -781,6 +803,11 @@ class Suite:
                 "admitted_server_p99_10x_to_1x": round(levels[3]["admitted_server_p99_ms"] / min(base_server), 3)
                 if base_server and levels[3].get("admitted_server_p99_ms") else None,
                 "recovered_goodput_to_1x": round(levels[4]["goodput_rps"] / base["goodput_rps"], 3) if base["goodput_rps"] else None}
+
+    def metric(self, series):
+        """The value of one series of the service's /metrics, or None."""
+        text = urllib.request.urlopen(self.base() + "/metrics", timeout=5).read().decode()
+        return next((float(l.split()[-1]) for l in text.splitlines() if l.startswith(series + " ")), None)
 
     def latency_buckets(self, status):
         """The service's latency histogram of `status` answers so far: {upper bound s: count}."""
@@ -810,11 +837,6 @@ class Suite:
                 return round((lower + (bound - lower) * share) * 1000, 1)
             lower, below = bound, cumulative
         return None
-
-    def refusals_histogram(self):
-        """(answered within 5 ms, all) of the service's 503 answers so far, from its histogram."""
-        buckets = self.latency_buckets(503)
-        return buckets.get(0.005, 0.0), buckets.get(float("inf"), 0.0)
 
     def wal(self):
         """PostgreSQL's WAL counters so far: records, full page images, bytes, flushes."""

@@ -37,7 +37,7 @@ impl Default for LimitSettings {
         Self {
             adaptive: true,
             initial: 256,
-            min: 16,
+            min: 4,
             max: 4096,
         }
     }
