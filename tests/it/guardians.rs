@@ -552,11 +552,22 @@ impl Connection {
 
     /// Sends one request and reads its answer: (status, the `Connection` header, if any).
     async fn send(&mut self, method: &str, path: &str, body: &str) -> (u16, Option<String>) {
+        self.send_announcing(method, path, body.len(), body).await
+    }
+
+    /// Sends a request whose head announces `length` bytes of body, of which only `body` is
+    /// sent, and reads its answer.
+    async fn send_announcing(
+        &mut self,
+        method: &str,
+        path: &str,
+        length: usize,
+        body: &str,
+    ) -> (u16, Option<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
+             Content-Length: {length}\r\n\r\n{body}"
         );
         self.stream
             .write_all(request.as_bytes())
@@ -594,7 +605,7 @@ async fn a_refused_request_keeps_its_connection_for_the_next_one() {
         .configure(|s| {
             s.rate_limit.enabled = true;
             s.rate_limit.classes.checkout = RateLimitClass {
-                limit: 2,
+                limit: 3,
                 period_secs: 60,
             };
             s.memory.soft_limit_mb = 4096;
@@ -621,12 +632,17 @@ async fn a_refused_request_keeps_its_connection_for_the_next_one() {
         assert_eq!(status, 503);
         assert_ne!(connection.as_deref(), Some("close"));
     }
+    // A body that has not arrived is not waited for: refused at once, that connection closed.
+    let mut slow = Connection::open(&app).await;
+    let (status, connection) = slow.send_announcing("POST", &orders, order.len(), "").await;
+    assert_eq!(status, 503);
+    assert_eq!(connection.as_deref(), Some("close"));
     app.actors
         .memory
         .call(Pressure(0))
         .await
         .expect("pressure lifted");
-    // The two shed checkouts spent the class's budget of 2: limited (429) on the same connection.
+    // The three shed checkouts spent the class's budget of 3: limited (429) on the first connection.
     let (status, connection) = conn.send("POST", &orders, &order).await;
     assert_eq!(status, 429);
     assert_ne!(connection.as_deref(), Some("close"));
