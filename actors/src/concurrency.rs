@@ -37,7 +37,7 @@ impl Default for LimitSettings {
         Self {
             adaptive: true,
             initial: 256,
-            min: 4,
+            min: 8,
             max: 4096,
         }
     }
