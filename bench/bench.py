@@ -192,6 +192,23 @@ def cpu_seconds(pids):
     return total
 
 
+def run_queue(pid):
+    """(ns waited on a run queue, times scheduled) so far, over the process's threads: how long
+    its threads were ready to run while others had the cores."""
+    waited = scheduled = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    _, wait, slices = map(int, f.read().split())
+                waited, scheduled = waited + wait, scheduled + slices
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                pass
+    except FileNotFoundError:
+        pass
+    return waited, scheduled
+
+
 def process_tree(root):
     """`root` and its children (PostgreSQL's backends, nginx's workers)."""
     pids = [root]
@@ -475,10 +492,16 @@ class Suite:
         pg_root = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
         pg_before = {p: cpu_seconds([p]) for p in process_tree(pg_root)}
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        queued = run_queue(pid or self.service.pid)
         started = time.time()
         with Sampler(pid or self.service.pid) as sampler:
             result = fn()
         took = time.time() - started
+        waited, scheduled = (now - then for now, then in zip(run_queue(pid or self.service.pid), queued))
+        # The service's threads ready to run but waiting for a core (two cores shared with the
+        # generator and PostgreSQL): a request can take no less than such a wait.
+        result["service_run_queue"] = {"waited_ms_per_s": round(waited / 1e6 / took, 1),
+                                       "mean_wait_us": round(waited / 1e3 / scheduled, 1) if scheduled else None}
         now = resource.getrusage(resource.RUSAGE_CHILDREN)
         result["server"] = sampler.summary()
         result["cpu_cores"] = {
@@ -486,7 +509,7 @@ class Suite:
             "generator": round((now.ru_utime + now.ru_stime - children.ru_utime - children.ru_stime) / took, 3),
             "postgres": round(sum(cpu_seconds([p]) - pg_before.get(p, 0.0) for p in process_tree(pg_root)) / took, 3)}
         log(f"{name}: {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, errors {result.get('errors')}, "
-            f"cores {result['cpu_cores']}")
+            f"cores {result['cpu_cores']}, the service's threads waited for a core {result['service_run_queue']}")
         return result
 
     def cache_counts(self):
@@ -863,66 +886,86 @@ class Suite:
         dispatch = {"RAMPART__JOBS__ENABLED": "true", "RAMPART__JOBS__CONCURRENCY__NOOP": "64"}
         dispatcher = self.extra_service("dispatcher", dispatch)
         self.wait_jobs_drained()
-        n = 50_000
-        self.pg.sql("DELETE FROM jobs WHERE kind = 'noop'")
-        self.pg.sql(f"INSERT INTO jobs (id, queue, kind, payload) SELECT gen_random_uuid(), 'noop', 'noop', '{{}}' "
-                    f"FROM generate_series(1, {n}); NOTIFY rampart_jobs")
-        took = self.wait_jobs_drained(kind="noop")
-        span = float(self.pg.sql("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs WHERE kind = 'noop'").strip())
-        r["noop_throughput"] = {"jobs": n, "drained_after_s": round(took, 2), "first_start_to_last_finish_s": round(span, 2),
-                                "jobs_per_s": round(n / span, 1)}
-        log(f"  {n} no-op jobs: {r['noop_throughput']['jobs_per_s']} jobs/s through the dispatcher ({span:.2f} s)")
+        rounds = []
 
-        # Commit-to-start latency at a fixed rate, after a vacuum of what the bulk phase left (an
-        # autovacuum of 50,000 dead rows during the run would be measured too).
-        self.pg.sql("DELETE FROM jobs WHERE kind = 'noop'")
-        self.pg.sql("VACUUM ANALYZE jobs")
-        script = self.work / "noop.sql"
-        # The notification the service itself sends after a commit: "<sender> <queues>". (A bare
-        # NOTIFY means "look at every queue": six claims per job instead of one.)
-        script.write_text("INSERT INTO jobs (id, queue, kind, payload) VALUES (gen_random_uuid(), 'noop', 'noop', '{}');\n"
-                          "NOTIFY rampart_jobs, 'bench noop';\n")
-        rate = 1000
-        cmd = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "rampart", "-c", "4", "-j", "2",
-               "-R", str(rate), "-T", str(d), "-f", str(script), "rampart"]
-        samples, sampling = [], threading.Event()
+        def bulk_then_latency(round_no):
+            res = {"round": round_no + 1}
+            n = 50_000
+            self.pg.sql("DELETE FROM jobs WHERE kind = 'noop'")
+            self.pg.sql(f"INSERT INTO jobs (id, queue, kind, payload) SELECT gen_random_uuid(), 'noop', 'noop', '{{}}' "
+                        f"FROM generate_series(1, {n}); NOTIFY rampart_jobs")
+            took = self.wait_jobs_drained(kind="noop")
+            span = float(self.pg.sql("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs WHERE kind = 'noop'").strip())
+            res["noop_throughput"] = {"jobs": n, "drained_after_s": round(took, 2), "first_start_to_last_finish_s": round(span, 2),
+                                    "jobs_per_s": round(n / span, 1)}
+            log(f"  {n} no-op jobs: {res['noop_throughput']['jobs_per_s']} jobs/s through the dispatcher ({span:.2f} s)")
 
-        def sample():
-            # What the queue and the database's snapshots look like while the phase runs: a run
-            # that falls behind is explained by these (kept in the results).
-            started = time.time()
-            while not sampling.wait(0.5):
-                samples.append({"t": round(time.time() - started, 1), "jobs": self.pg.sql(
-                    "SELECT string_agg(status || '=' || n, ' ') FROM (SELECT status, count(*) n FROM jobs "
-                    "WHERE kind = 'noop' GROUP BY status) s"),
-                    "dead": self.pg.sql("SELECT n_dead_tup || ' dead, ' || n_live_tup || ' live' FROM pg_stat_user_tables "
-                                        "WHERE relname = 'jobs'"),
-                    "oldest_xmin": self.pg.sql(
-                        "SELECT coalesce(max(age(backend_xmin)), 0) || ' xids, ' || coalesce(string_agg(DISTINCT "
-                        "coalesce(application_name, '') || ':' || state || ':' || left(query, 60), ' | '), '') "
-                        "FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"),
-                    # The dispatcher's side: jobs started and running, its Db actor's queue.
-                    "dispatcher": " ".join(
-                        l for l in urllib.request.urlopen(f"http://127.0.0.1:{dispatcher.port}/metrics", timeout=5)
-                        .read().decode().splitlines()
-                        if not l.startswith("#") and ('queue="noop"' in l or l.startswith(("db_commands", "db_pool_waiting"))))})
+            # Commit-to-start latency at a fixed rate, after a vacuum of what the bulk phase left (an
+            # autovacuum of 50,000 dead rows during the run would be measured too).
+            self.pg.sql("DELETE FROM jobs WHERE kind = 'noop'")
+            self.pg.sql("VACUUM ANALYZE jobs")
+            script = self.work / "noop.sql"
+            # The notification the service itself sends after a commit: "<sender> <queues>". (A bare
+            # NOTIFY means "look at every queue": six claims per job instead of one.)
+            script.write_text("INSERT INTO jobs (id, queue, kind, payload) VALUES (gen_random_uuid(), 'noop', 'noop', '{}');\n"
+                              "NOTIFY rampart_jobs, 'bench noop';\n")
+            rate = 1000
+            cmd = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "rampart", "-c", "4", "-j", "2",
+                   "-R", str(rate), "-T", str(d), "-f", str(script), "rampart"]
+            samples, sampling = [], threading.Event()
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        out = run(cmd).stdout
-        tps = float(next(l for l in out.splitlines() if l.startswith("tps")).split("=")[1].split()[0])
-        self.wait_jobs_drained(kind="noop")
-        sampling.set()
-        sampler.join()
-        r["latency_phase_samples"] = samples
-        row = self.pg.sql("SELECT count(*), "
-                          "percentile_cont(0.5) WITHIN GROUP (ORDER BY started_at - created_at), "
-                          "percentile_cont(0.99) WITHIN GROUP (ORDER BY started_at - created_at), "
-                          "max(started_at - created_at) FROM jobs WHERE kind = 'noop'").strip().split("|")
-        ms = lambda v: round(float(self.pg.sql(f"SELECT extract(epoch FROM interval '{v}') * 1000").strip()), 2)
-        r["commit_to_start"] = {"offered_per_s": rate, "inserted_per_s": round(tps, 1), "jobs": int(row[0]),
-                                "p50_ms": ms(row[1]), "p99_ms": ms(row[2]), "max_ms": ms(row[3])}
-        log(f"  commit-to-start at {tps:.0f} jobs/s: p50 {r['commit_to_start']['p50_ms']} ms, p99 {r['commit_to_start']['p99_ms']} ms")
+            def sample():
+                # What the queue and the database's snapshots look like while the phase runs: a run
+                # that falls behind is explained by these (kept in the results).
+                started = time.time()
+                while not sampling.wait(0.5):
+                    samples.append({"t": round(time.time() - started, 1), "jobs": self.pg.sql(
+                        "SELECT string_agg(status || '=' || n, ' ') FROM (SELECT status, count(*) n FROM jobs "
+                        "WHERE kind = 'noop' GROUP BY status) s"),
+                        "dead": self.pg.sql("SELECT n_dead_tup || ' dead, ' || n_live_tup || ' live' FROM pg_stat_user_tables "
+                                            "WHERE relname = 'jobs'"),
+                        "oldest_xmin": self.pg.sql(
+                            "SELECT coalesce(max(age(backend_xmin)), 0) || ' xids, ' || coalesce(string_agg(DISTINCT "
+                            "coalesce(application_name, '') || ':' || state || ':' || left(query, 60), ' | '), '') "
+                            "FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"),
+                        # The dispatcher's side: jobs started and running, its Db actor's queue.
+                        "dispatcher": " ".join(
+                            l for l in urllib.request.urlopen(f"http://127.0.0.1:{dispatcher.port}/metrics", timeout=5)
+                            .read().decode().splitlines()
+                            if not l.startswith("#") and ('queue="noop"' in l or l.startswith(("db_commands", "db_pool_waiting"))))})
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            out = run(cmd).stdout
+            tps = float(next(l for l in out.splitlines() if l.startswith("tps")).split("=")[1].split()[0])
+            self.wait_jobs_drained(kind="noop")
+            sampling.set()
+            sampler.join()
+            res["latency_phase_samples"] = samples
+            row = self.pg.sql("SELECT count(*), "
+                              "percentile_cont(0.5) WITHIN GROUP (ORDER BY started_at - created_at), "
+                              "percentile_cont(0.99) WITHIN GROUP (ORDER BY started_at - created_at), "
+                              "max(started_at - created_at) FROM jobs WHERE kind = 'noop'").strip().split("|")
+            ms = lambda v: round(float(self.pg.sql(f"SELECT extract(epoch FROM interval '{v}') * 1000").strip()), 2)
+            res["commit_to_start"] = {"offered_per_s": rate, "inserted_per_s": round(tps, 1), "jobs": int(row[0]),
+                                    "p50_ms": ms(row[1]), "p99_ms": ms(row[2]), "max_ms": ms(row[3])}
+            log(f"  commit-to-start at {tps:.0f} jobs/s: p50 {res['commit_to_start']['p50_ms']} ms, p99 {res['commit_to_start']['p99_ms']} ms")
+            return res
+
+        # JOBS_LATENCY_ROUNDS repeats the bulk drain, the vacuum and the latency phase on the same
+        # dispatcher: a run that falls behind came about one in ten.
+        for round_no in range(int(os.environ.get("JOBS_LATENCY_ROUNDS", "1"))):
+            rounds.append(bulk_then_latency(round_no))
+        r.update(rounds[0])
+        if len(rounds) > 1:
+            # Judged by the worst round.
+            r["rounds"] = [{k: v for k, v in x.items() if k != "latency_phase_samples"} for x in rounds]
+            worst = max(rounds, key=lambda x: x["commit_to_start"]["p99_ms"])
+            r["commit_to_start"], r["latency_phase_samples"] = worst["commit_to_start"], worst["latency_phase_samples"]
+            r["noop_throughput"] = min(rounds, key=lambda x: x["noop_throughput"]["jobs_per_s"])["noop_throughput"]
+            log(f"  {len(rounds)} rounds: commit-to-start p99 {min(x['commit_to_start']['p99_ms'] for x in rounds)} to "
+                f"{worst['commit_to_start']['p99_ms']} ms, no-op {min(x['noop_throughput']['jobs_per_s'] for x in rounds)} to "
+                f"{max(x['noop_throughput']['jobs_per_s'] for x in rounds)} jobs/s")
         dispatcher.stop()
 
         # Checkout with dispatch running against nobody dispatching, in turns; the dispatching
@@ -930,7 +973,7 @@ class Suite:
         path = f"/api/v1/stores/{self.merchant}/orders"
         ids = str(self.work / "checkout.txt")
         runs = {"without": [], "with": []}
-        for turn in range(2):
+        for turn in range(int(os.environ.get("JOBS_CHECKOUT_TURNS", "2"))):
             for name, env in (("without", {"RAMPART__JOBS__ENABLED": "false"}), ("with", dispatch)):
                 proc = self.extra_service(f"checkout-{name}-dispatch", env)
                 if name == "with":
@@ -946,9 +989,10 @@ class Suite:
                 if name == "with":
                     runs[name][-1]["backlog_after"] = self.jobs_open()
                 proc.stop()
-        mean = lambda rs: sum(x["rps"] for x in rs) / len(rs)
-        r["checkout"] = {"runs": runs, "ratio_with_to_without": round(mean(runs["with"]) / mean(runs["without"]), 3)}
-        log(f"  checkout with dispatch / without: {r['checkout']['ratio_with_to_without']}")
+        if runs["with"]:
+            mean = lambda rs: sum(x["rps"] for x in rs) / len(rs)
+            r["checkout"] = {"runs": runs, "ratio_with_to_without": round(mean(runs["with"]) / mean(runs["without"]), 3)}
+            log(f"  checkout with dispatch / without: {r['checkout']['ratio_with_to_without']}")
         return r
 
     def soak(self, d):

@@ -15,8 +15,9 @@
 //!   takes only what its free places can run, so a busy queue leaves the rest for other
 //!   instances. While the foreground is busy ([`JobsSettings::busy`]) each queue has one place.
 //! - **Cheap bookkeeping.** Outcomes are written in batches (whatever finished while the previous
-//!   write was under way), and claims and outcomes commit without waiting for the WAL flush
-//!   ([`ASYNC_COMMIT`] says why that is safe).
+//!   write was under way, at most [`RECORD_AT_MOST`] a write; no claims while more wait), and
+//!   claims and outcomes commit without waiting for the WAL flush ([`ASYNC_COMMIT`] says why
+//!   that is safe).
 //! - **Retries.** A failure is retried after exponential backoff with full jitter; after
 //!   `max_attempts` the job is `dead`. A [`JobFailure::Deferred`] (the destination's circuit is
 //!   open) moves the job later without spending an attempt.
@@ -268,6 +269,8 @@ pub struct Jobs {
     /// Outcomes not written yet (queue, job, attempt, outcome), and whether a write is under way.
     outcomes: Vec<(String, Uuid, i32, Outcome)>,
     recording: bool,
+    /// A claim was skipped because too many outcomes waited to be written.
+    held_back: bool,
     supervision: Supervision,
 }
 
@@ -297,6 +300,16 @@ impl actix::Message for Finished {
 const DB_WAIT: Duration = Duration::from_secs(10);
 /// How often a queue claims while the foreground is busy.
 const BUSY_CLAIM_EVERY: Duration = Duration::from_millis(100);
+/// The most outcomes one write records; the rest go in the writes that follow. A write of
+/// whatever finished meanwhile grew with a burst: in bench run 20261202-060757 writes of 10,000
+/// outcomes and more ran into the statement timeout and were lost, the next ones were as large,
+/// and those jobs ran again once their leases ran out (600 no-op jobs/s instead of 6,000, for
+/// 80 s, in 5 of 13 rounds).
+const RECORD_AT_MOST: usize = 1024;
+/// No claims while this many outcomes wait to be written: the dispatcher runs no faster than it
+/// records (claims resume when the writes catch up, at the latest at the next poll).
+const UNRECORDED_AT_MOST: u64 = 4 * RECORD_AT_MOST as u64;
+
 /// Notifications are coalesced to one per this interval: a burst of checkouts wakes the other
 /// instances once.
 const NOTIFY_EVERY: Duration = Duration::from_millis(20);
@@ -331,6 +344,7 @@ impl Jobs {
             deferred: Default::default(),
             outcomes: Vec::new(),
             recording: false,
+            held_back: false,
             supervision,
         }
     }
@@ -355,6 +369,10 @@ impl Jobs {
         let concurrency = if busy { 1 } else { concurrency };
         let running = self.running.get(queue).copied().unwrap_or(0);
         if running >= concurrency {
+            return;
+        }
+        if self.board.unrecorded.load(Relaxed) >= UNRECORDED_AT_MOST {
+            self.held_back = true;
             return;
         }
         if let Some(again) = self.claiming.get_mut(queue) {
@@ -457,16 +475,17 @@ impl Jobs {
         actix_rt::spawn(tracing::Instrument::instrument(work, span));
     }
 
-    /// Writes the outcomes gathered so far in one statement, unless a write is under way: the
-    /// outcomes that finish meanwhile go in the next one (a group commit). A job's place is
-    /// free as soon as its outcome is here; its row says `running` until the write, which
-    /// nobody else can take before its lease runs out.
+    /// Writes the outcomes gathered so far (up to [`RECORD_AT_MOST`]) in one statement, unless
+    /// a write is under way: the outcomes that finish meanwhile go in the next one (a group
+    /// commit). A job's place is free as soon as its outcome is here; its row says `running`
+    /// until the write, which nobody else can take before its lease runs out.
     fn record(&mut self, ctx: &mut Context<Self>) {
         if self.recording || self.outcomes.is_empty() {
             return;
         }
         self.recording = true;
-        let batch = std::mem::take(&mut self.outcomes);
+        let take = self.outcomes.len().min(RECORD_AT_MOST);
+        let batch: Vec<_> = self.outcomes.drain(..take).collect();
         let command = Record {
             instance: self.settings.instance.clone(),
             outcomes: batch
@@ -498,10 +517,17 @@ impl Jobs {
                                 counter.fetch_add(1, Relaxed);
                             }
                         }
-                        // The rows stay `running`: their leases run out and they run again.
+                        // Not written again: the runners' writes commit without waiting for the
+                        // flush, and a failure may be the crash that lost them (a later write
+                        // would mark done what no longer is). The rows stay `running`: their
+                        // leases run out and they run again.
                         Err(e) => tracing::warn!(jobs = batch.len(), error = %e, "recording job outcomes failed"),
                     }
                     act.record(ctx);
+                    if act.held_back && act.board.unrecorded.load(Relaxed) < UNRECORDED_AT_MOST {
+                        act.held_back = false;
+                        act.claim_all(ctx);
+                    }
                 }),
         );
     }

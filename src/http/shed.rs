@@ -4,8 +4,8 @@
 //! never shed; a checkout only at the full limit, after the other writes; under memory pressure
 //! everything but ops is. A shed request is answered 503 with `Retry-After` at once: after the
 //! rate limit's decision (so a limited route still tells its budget), before the deadline, the
-//! handler or any actor (two atomic operations and the problem body; a small body already on its
-//! way is read first so the connection stays open, see [`crate::http::refusal`]).
+//! handler or any actor (two atomic operations and the problem body; a small body that came with
+//! the head is dropped first so the connection stays open, see [`crate::http::refusal`]).
 
 use crate::error::ApiError;
 use crate::state::AppState;
