@@ -303,8 +303,8 @@ const BUSY_CLAIM_EVERY: Duration = Duration::from_millis(100);
 /// The most outcomes one write records; the rest go in the writes that follow. A write of
 /// whatever finished meanwhile grew with a burst: in bench run 20261202-060757 writes of 10,000
 /// outcomes and more ran into the statement timeout and were lost, the next ones were as large,
-/// and those jobs ran again once their leases ran out (600 no-op jobs/s instead of 6,000, for
-/// 80 s, in 5 of 13 rounds).
+/// and those jobs ran again once their leases ran out (600-700 no-op jobs/s instead of 4,300 to
+/// 5,900, for 70-80 s, in 4 of 11 rounds).
 const RECORD_AT_MOST: usize = 1024;
 /// No claims while this many outcomes wait to be written: the dispatcher runs no faster than it
 /// records (claims resume when the writes catch up, at the latest at the next poll).
