@@ -98,8 +98,10 @@ class Postgres:
         run(self.cmd("initdb", "-D", str(self.dir), "-U", "rampart", "-A", "trust", "-E", "UTF8", "--no-locale"))
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=400 "
                 "-c shared_buffers=512MB -c max_wal_size=4GB "
-                # Slow statements and autovacuum runs, for the runs that go wrong (kept with the results).
-                "-c log_min_duration_statement=200 -c log_autovacuum_min_duration=0")
+                # Slow statements and autovacuum runs, for the runs that go wrong (kept with the
+                # results), and the plan of any statement over a second.
+                "-c log_min_duration_statement=200 -c log_autovacuum_min_duration=0 "
+                "-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=1000")
         run(self.cmd("pg_ctl", "-D", str(self.dir), "-l", str(self.dir / "server.log"), "-w", "-o", opts, "start"))
         run(self.psql_cmd("postgres", "-c", "CREATE DATABASE rampart"))
         log(f"PostgreSQL on 127.0.0.1:{self.port}")
