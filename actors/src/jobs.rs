@@ -55,6 +55,16 @@ pub const CHANNEL: &str = "rampart_jobs";
 /// again; a lost claim only makes the job claimable again.
 pub const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off";
 
+/// Plans a statement on the queue table for each call (its own parameters, the table's size
+/// now) and through the primary key or the due index, never a scan of the table: the queue
+/// swings between empty and tens of thousands of rows within seconds, and a plan made at one end
+/// (a prepared statement's cached generic plan, statistics taken before a burst) reads the whole
+/// queue once per row at the other (claims of 200-500 ms, outcome writes of 1-2 s in bench runs
+/// 20261202-042058, -064159 and -064606; plans in `bench/latest/`).
+const PLANNED_BY_KEY: &str = "SET LOCAL plan_cache_mode = force_custom_plan; \
+    SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+    SET LOCAL enable_mergejoin = off";
+
 /// One claimed job, as a runner sees it.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -912,11 +922,9 @@ impl DbCommand for Claim {
     /// while the table was nearly empty and the limit unknown.
     async fn run(self, conn: &mut Conn) -> Result<Vec<ClaimedJob>, DbError> {
         let tx = conn.transaction().await?;
-        tx.batch_execute(
-            "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off; \
-             SET LOCAL enable_sort = off; SET LOCAL plan_cache_mode = force_custom_plan; \
-             SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
-        )
+        tx.batch_execute(&format!(
+            "{ASYNC_COMMIT}; {PLANNED_BY_KEY}; SET LOCAL enable_sort = off"
+        ))
         .await?;
         let stmt = tx.prepare_cached(CLAIM).await?;
         let rows = tx
@@ -991,8 +999,10 @@ enum Outcome {
 /// `status = 'running'`: that condition matches the lease index's predicate, and with statistics
 /// taken before a burst the planner chose to scan that index (estimated one row) and join the
 /// batch to every running job: 1.4-1.9 s per write of 1,024 outcomes while 40,000 ran (plans
-/// logged by auto_explain in bench run 20261202-064159). Written this way the key is the only
-/// index it can use. [`Renew`] is written the same way for the same reason.
+/// logged by auto_explain in bench run 20261202-064159). [`Renew`] is written the same way for
+/// the same reason. Planned as the claim is ([`PLANNED_BY_KEY`]): without the lease index, a
+/// generic plan made while the table was small scanned the whole table for each outcome
+/// instead (1.0-2.0 s a write, bench run 20261202-064606).
 ///
 /// Committed without waiting for the WAL flush (`synchronous_commit = off`): the bookkeeping of
 /// an at-least-once queue may be lost in a PostgreSQL crash, which only runs those jobs again,
@@ -1046,7 +1056,8 @@ impl DbCommand for Record {
             spends.push(spend);
         }
         let tx = conn.transaction().await?;
-        tx.batch_execute(ASYNC_COMMIT).await?;
+        tx.batch_execute(&format!("{ASYNC_COMMIT}; {PLANNED_BY_KEY}"))
+            .await?;
         let stmt = tx.prepare_cached(RECORD).await?;
         let rows = tx
             .query(
