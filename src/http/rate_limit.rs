@@ -9,7 +9,7 @@
 //! `RateLimit-Reset`, so a client that waits as told is admitted.
 
 use crate::error::ApiError;
-use crate::http::client_ip;
+use crate::http::{client_ip, refusal};
 use crate::state::AppState;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -73,7 +73,7 @@ fn describe(headers: &mut HeaderMap, verdict: &Verdict, reset: u64) {
 }
 
 pub async fn middleware(
-    mut req: ServiceRequest,
+    req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let decided = match req.app_data::<web::Data<AppState>>() {
@@ -90,11 +90,10 @@ pub async fn middleware(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     if !verdict.allowed {
-        crate::http::refusal::discard_small_body(&mut req).await;
         let wait = seconds(verdict.retry_after).max(1);
         let mut response = ApiError::RateLimited { retry_after: wait }.error_response();
         describe(response.headers_mut(), &verdict, wait);
-        return Ok(req.into_response(response).map_into_right_body());
+        return Ok(refusal::refuse(req, response).await);
     }
     let mut response = next.call(req).await?;
     describe(

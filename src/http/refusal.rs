@@ -7,9 +7,10 @@
 //! head; a body still on the network (or waiting for `100 Continue`) is not waited for, and its
 //! connection closes as before. A refusal never waits on the client.
 
-use actix_web::dev::ServiceRequest;
+use actix_web::body::EitherBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{CONTENT_LENGTH, EXPECT};
-use actix_web::HttpMessage;
+use actix_web::{HttpMessage, HttpResponse};
 use futures_util::Stream;
 use std::pin::Pin;
 use std::task::Poll;
@@ -17,9 +18,18 @@ use std::task::Poll;
 /// The most a refusal reads to keep its connection.
 const AT_MOST: u64 = 64 * 1024;
 
-/// Drops `req`'s body if it is small and already read from the socket, so that the refusal
-/// about to be sent leaves the connection open.
-pub async fn discard_small_body(req: &mut ServiceRequest) {
+/// Answers `req` with `response`, a refusal made before any handler ran (429, 503), keeping the
+/// connection when the body allows.
+pub async fn refuse<B>(
+    mut req: ServiceRequest,
+    response: HttpResponse,
+) -> ServiceResponse<EitherBody<B>> {
+    discard_small_body(&mut req).await;
+    req.into_response(response).map_into_right_body()
+}
+
+/// Drops `req`'s body if it is small and already read from the socket.
+async fn discard_small_body(req: &mut ServiceRequest) {
     let length = req
         .headers()
         .get(CONTENT_LENGTH)

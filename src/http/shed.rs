@@ -8,6 +8,7 @@
 //! the head is dropped first so the connection stays open, see [`crate::http::refusal`]).
 
 use crate::error::ApiError;
+use crate::http::refusal;
 use crate::state::AppState;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -37,7 +38,7 @@ fn criticality(req: &ServiceRequest) -> Criticality {
 }
 
 pub async fn middleware(
-    mut req: ServiceRequest,
+    req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -51,9 +52,8 @@ pub async fn middleware(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let Some(permit) = limit.try_acquire(criticality(&req)) else {
-        crate::http::refusal::discard_small_body(&mut req).await;
         let response = ApiError::Overloaded { retry_after: 1 }.error_response();
-        return Ok(req.into_response(response).map_into_right_body());
+        return Ok(refusal::refuse(req, response).await);
     };
     let started = Instant::now();
     let response = next.call(req).await;
