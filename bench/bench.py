@@ -101,9 +101,12 @@ class Postgres:
                 # Slow statements and autovacuum runs, for the runs that go wrong (kept with the
                 # results), and the plan of any statement over a second.
                 "-c log_min_duration_statement=200 -c log_autovacuum_min_duration=0 "
-                "-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=1000")
+                "-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=1000 "
+                # What each statement costs, for the scenarios that compare two runs' database work.
+                "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on")
         run(self.cmd("pg_ctl", "-D", str(self.dir), "-l", str(self.dir / "server.log"), "-w", "-o", opts, "start"))
         run(self.psql_cmd("postgres", "-c", "CREATE DATABASE rampart"))
+        run(self.psql_cmd("rampart", "-c", "CREATE EXTENSION pg_stat_statements"))
         log(f"PostgreSQL on 127.0.0.1:{self.port}")
 
     def psql_cmd(self, db, *args):
@@ -863,6 +866,20 @@ class Suite:
             lower, below = bound, cumulative
         return None
 
+    def statements(self, top=12):
+        """The statements that took the database's time since the last call, most first: calls,
+        rows, and milliseconds planning and executing (pg_stat_statements; reset after reading)."""
+        rows = self.pg.sql(
+            "SELECT calls, rows, round((total_plan_time + total_exec_time)::numeric, 1), "
+            "regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
+            f"ORDER BY total_plan_time + total_exec_time DESC LIMIT {top}; SELECT pg_stat_statements_reset()")
+        out = []
+        for line in rows.splitlines():
+            parts = line.split("|", 3)
+            if len(parts) == 4:
+                out.append({"calls": int(parts[0]), "rows": int(parts[1]), "ms": float(parts[2]), "query": parts[3]})
+        return out
+
     def wal(self):
         """PostgreSQL's WAL counters so far: records, full page images, bytes, flushes."""
         row = self.pg.sql("SELECT wal_records, wal_fpi, wal_bytes, wal_sync FROM pg_stat_wal").split("|")
@@ -981,6 +998,7 @@ class Suite:
                 if name == "with":
                     self.wait_jobs_drained()
                 wal_before = self.wal()
+                self.statements()
                 runs[name].append(self.measure(f"checkout {name} dispatch (turn {turn + 1})",
                                                lambda: wrk(f"http://127.0.0.1:{proc.port}", "bench/lua/checkout.lua", [path, ids], d, connections=16),
                                                proc.pid))
@@ -988,6 +1006,11 @@ class Suite:
                 done = runs[name][-1]["requests"] or 1
                 runs[name][-1]["wal_per_checkout"] = {k: round((v - wal_before[k]) / done, 1) for k, v in self.wal().items()}
                 log(f"    WAL per checkout: {runs[name][-1]['wal_per_checkout']}")
+                # Where the database's time went, per checkout (the jobs' statements beside the
+                # checkout's own).
+                runs[name][-1]["statements"] = [{**s, "ms_per_checkout": round(s["ms"] / done, 3)} for s in self.statements()]
+                for s in runs[name][-1]["statements"]:
+                    log(f"      {s['ms_per_checkout']:7.3f} ms/checkout  {s['calls']:7d} calls  {s['query'][:110]}")
                 if name == "with":
                     runs[name][-1]["backlog_after"] = self.jobs_open()
                 proc.stop()

@@ -18,6 +18,9 @@
 //!   write was under way, at most [`RECORD_AT_MOST`] a write; no claims while more wait), and
 //!   claims and outcomes commit without waiting for the WAL flush ([`ASYNC_COMMIT`] says why
 //!   that is safe).
+//! - **In the claim.** A kind whose whole work is writes to this database ([`ClaimRunner`])
+//!   runs inside the transaction that claims its jobs: claim, work and outcome commit together
+//!   or not at all, and that transaction is the lease ([`in_claim`] says how it is bounded).
 //! - **Retries.** A failure is retried after exponential backoff with full jitter; after
 //!   `max_attempts` the job is `dead`. A [`JobFailure::Deferred`] (the destination's circuit is
 //!   open) moves the job later without spending an attempt.
@@ -45,6 +48,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
+
+pub mod in_claim;
+pub use in_claim::{ClaimRunner, InClaim};
 
 /// The notification channel shared by every instance.
 pub const CHANNEL: &str = "rampart_jobs";
@@ -97,6 +103,12 @@ pub trait JobRunner: Send + Sync + 'static {
     /// How many jobs of this kind one run may take at once (one place of its queue).
     fn batch(&self) -> usize {
         1
+    }
+
+    /// Set for a kind whose whole work is writes to the queue's own database: its jobs run
+    /// inside the transaction that claims them ([`in_claim`]).
+    fn in_claim(&self) -> Option<&dyn ClaimRunner> {
+        None
     }
 
     /// Runs up to [`JobRunner::batch`] jobs at once: one result per job, in order.
@@ -186,6 +198,19 @@ pub struct QueueCounters {
     pub running: AtomicU64,
 }
 
+impl QueueCounters {
+    /// Counts a recorded outcome.
+    fn count(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::Succeeded => &self.succeeded,
+            Outcome::Later { spend: true, .. } => &self.retried,
+            Outcome::Later { spend: false, .. } => &self.deferred,
+            Outcome::Dead { .. } => &self.dead,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QueueCounts {
     pub queue: String,
@@ -263,6 +288,8 @@ pub struct Jobs {
     runners: Arc<Runners>,
     /// Per queue, the most jobs one run of its kinds takes (from the runners, once).
     batches: HashMap<String, usize>,
+    /// The queues whose every kind runs in its claim ([`in_claim`]).
+    in_claim: std::collections::HashSet<String>,
     board: JobsBoard,
     /// Per queue: jobs running here, and whether a claim is under way or wanted after it.
     running: HashMap<String, usize>,
@@ -333,15 +360,25 @@ impl Jobs {
         supervision: Supervision,
     ) -> Self {
         let mut batches: HashMap<String, usize> = HashMap::new();
+        let mut apart = std::collections::HashSet::new();
         for (runner, queue) in runners.values() {
             let n = batches.entry(queue.clone()).or_insert(1);
             *n = (*n).max(runner.batch());
+            if runner.in_claim().is_none() {
+                apart.insert(queue.clone());
+            }
         }
+        let in_claim = batches
+            .keys()
+            .filter(|q| !apart.contains(*q))
+            .cloned()
+            .collect();
         Self {
             db,
             settings: Arc::new(settings),
             runners: Arc::new(runners),
             batches,
+            in_claim,
             board,
             running: HashMap::new(),
             claiming: HashMap::new(),
@@ -408,6 +445,9 @@ impl Jobs {
         }
         self.last_claim.insert(queue.to_owned(), now);
         self.claiming.insert(queue.to_owned(), false);
+        if self.in_claim.contains(queue) {
+            return self.run_in_claim(queue.to_owned(), ctx);
+        }
         let command = Claim {
             queue: queue.to_owned(),
             limit: ((concurrency - running) * self.batch_of(queue)) as i64,
@@ -514,17 +554,11 @@ impl Jobs {
                         Ok(ids) => {
                             for (queue, id, _, outcome) in &batch {
                                 let Some(c) = act.board.counters(queue) else { continue };
-                                let counter = if !ids.contains(id) {
-                                    &c.lease_lost
+                                if ids.contains(id) {
+                                    c.count(outcome);
                                 } else {
-                                    match outcome {
-                                        Outcome::Succeeded => &c.succeeded,
-                                        Outcome::Later { spend: true, .. } => &c.retried,
-                                        Outcome::Later { spend: false, .. } => &c.deferred,
-                                        Outcome::Dead { .. } => &c.dead,
-                                    }
-                                };
-                                counter.fetch_add(1, Relaxed);
+                                    c.lease_lost.fetch_add(1, Relaxed);
+                                }
                             }
                         }
                         // Not written again: the runners' writes commit without waiting for the
@@ -632,27 +666,38 @@ async fn execute(
             ))
         })))
         .map(|(&(id, attempt, max_attempts), result)| {
-            if let Err(e) = &result {
-                tracing::warn!(job = %id, error = ?e, "job did not succeed");
-            }
-            match result {
-                Ok(()) => Outcome::Succeeded,
-                Err(JobFailure::Deferred(after, error)) => Outcome::Later {
-                    after,
-                    error,
-                    spend: false,
-                },
-                Err(JobFailure::Retry(error)) if attempt < max_attempts => Outcome::Later {
-                    after: backoff(settings, attempt),
-                    error,
-                    spend: true,
-                },
-                Err(JobFailure::Retry(error)) | Err(JobFailure::Permanent(error)) => {
-                    Outcome::Dead { error }
-                }
-            }
+            outcome(settings, id, attempt, max_attempts, result)
         })
         .collect()
+}
+
+/// What becomes of a job after its run's `result`.
+fn outcome(
+    settings: &JobsSettings,
+    id: Uuid,
+    attempt: i32,
+    max_attempts: i32,
+    result: Result<(), JobFailure>,
+) -> Outcome {
+    if let Err(e) = &result {
+        tracing::warn!(job = %id, error = ?e, "job did not succeed");
+    }
+    match result {
+        Ok(()) => Outcome::Succeeded,
+        Err(JobFailure::Deferred(after, error)) => Outcome::Later {
+            after,
+            error,
+            spend: false,
+        },
+        Err(JobFailure::Retry(error)) if attempt < max_attempts => Outcome::Later {
+            after: backoff(settings, attempt),
+            error,
+            spend: true,
+        },
+        Err(JobFailure::Retry(error)) | Err(JobFailure::Permanent(error)) => {
+            Outcome::Dead { error }
+        }
+    }
 }
 
 /// Exponential backoff with full jitter: a uniform delay up to `base * 2^(attempt - 1)`, capped.
@@ -878,7 +923,12 @@ impl Handler<Stop> for Jobs {
 
 // ---- the commands
 
-const CLAIM: &str = "WITH due AS (
+/// The due jobs of queue `$1` (at most `$2`), oldest first, none behind an unfinished job of its
+/// ordering key, locked; then the claim's `UPDATE ... FROM due`, and what a runner sees of them.
+macro_rules! claim {
+    ($update:literal) => {
+        concat!(
+            "WITH due AS (
     SELECT j.id FROM jobs j
     WHERE j.queue = $1 AND j.status IN ('queued', 'failed') AND j.run_at <= now()
       AND (j.ordering_key IS NULL OR NOT EXISTS (
@@ -890,12 +940,40 @@ const CLAIM: &str = "WITH due AS (
     LIMIT $2
     FOR UPDATE OF j SKIP LOCKED
 )
-UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1,
-    locked_until = now() + $3 * interval '1 millisecond', locked_by = $4, updated_at = now(),
-    started_at = clock_timestamp()
+",
+            $update,
+            "
 FROM due WHERE jobs.id = due.id
 RETURNING jobs.id, jobs.merchant_id, jobs.queue, jobs.kind, jobs.payload, jobs.attempts,
-    jobs.max_attempts, jobs.created_at";
+    jobs.max_attempts, jobs.created_at"
+        )
+    };
+}
+pub(crate) use claim;
+
+const CLAIM: &str = claim!(
+    "UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1,
+    locked_until = now() + $3 * interval '1 millisecond', locked_by = $4, updated_at = now(),
+    started_at = clock_timestamp()"
+);
+
+/// Every claim's settings: see [`Claim`].
+fn claim_settings() -> String {
+    format!("{ASYNC_COMMIT}; {PLANNED_BY_KEY}; SET LOCAL enable_sort = off")
+}
+
+fn claimed(r: &tokio_postgres::Row) -> ClaimedJob {
+    ClaimedJob {
+        id: r.get(0),
+        merchant_id: r.get(1),
+        queue: r.get(2),
+        kind: r.get(3),
+        payload: r.get(4),
+        attempt: r.get(5),
+        max_attempts: r.get(6),
+        created_at: r.get(7),
+    }
+}
 
 struct Claim {
     queue: String,
@@ -922,10 +1000,7 @@ impl DbCommand for Claim {
     /// while the table was nearly empty and the limit unknown.
     async fn run(self, conn: &mut Conn) -> Result<Vec<ClaimedJob>, DbError> {
         let tx = conn.transaction().await?;
-        tx.batch_execute(&format!(
-            "{ASYNC_COMMIT}; {PLANNED_BY_KEY}; SET LOCAL enable_sort = off"
-        ))
-        .await?;
+        tx.batch_execute(&claim_settings()).await?;
         let stmt = tx.prepare_cached(CLAIM).await?;
         let rows = tx
             .query(
@@ -939,19 +1014,7 @@ impl DbCommand for Claim {
             )
             .await?;
         tx.commit().await?;
-        Ok(rows
-            .iter()
-            .map(|r| ClaimedJob {
-                id: r.get(0),
-                merchant_id: r.get(1),
-                queue: r.get(2),
-                kind: r.get(3),
-                payload: r.get(4),
-                attempt: r.get(5),
-                max_attempts: r.get(6),
-                created_at: r.get(7),
-            })
-            .collect())
+        Ok(rows.iter().map(claimed).collect())
     }
 }
 
@@ -1012,69 +1075,105 @@ struct Record {
     outcomes: Vec<(Uuid, i32, Outcome)>,
 }
 
+/// An outcome to write: the job, its `attempts` as the row has them now (the run is its own
+/// only while they match), how many attempts to add, and the outcome.
+struct Written {
+    id: Uuid,
+    attempts: i32,
+    add: i32,
+    outcome: Outcome,
+}
+
+impl Written {
+    /// The outcome of a run whose claim counted its attempt: one it should not spend is given
+    /// back.
+    fn claimed(id: Uuid, attempt: i32, outcome: Outcome) -> Self {
+        let add = if outcome.spends() { 0 } else { -1 };
+        Self {
+            id,
+            attempts: attempt,
+            add,
+            outcome,
+        }
+    }
+}
+
+impl Outcome {
+    fn spends(&self) -> bool {
+        !matches!(self, Outcome::Later { spend: false, .. })
+    }
+}
+
 const RECORD: &str = "UPDATE jobs j SET status = o.status, locked_by = NULL, locked_until = NULL,
-    attempts = j.attempts - CASE WHEN o.spend THEN 0 ELSE 1 END,
+    attempts = j.attempts + o.add,
     run_at = CASE WHEN o.status = 'failed' THEN now() + o.delay_ms * interval '1 millisecond' ELSE j.run_at END,
     last_error = coalesce(o.error, j.last_error),
     finished_at = CASE WHEN o.status IN ('succeeded', 'dead') THEN now() END,
     updated_at = now()
-FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[], $5::text[], $6::bool[])
-    AS o(id, attempt, status, delay_ms, error, spend)
-WHERE j.id = o.id AND j.locked_by = $7 AND j.attempts = o.attempt
+FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[], $5::text[], $6::int[])
+    AS o(id, attempts, status, delay_ms, error, add)
+WHERE j.id = o.id AND j.locked_by IS NOT DISTINCT FROM $7 AND j.attempts = o.attempts
 RETURNING j.id";
+
+/// Writes `outcomes` in `tx`, each only while the row is as the run left it: held by
+/// `held_by` (`None`: by no one, a run in its claim) with the attempts it expects. The ids
+/// written.
+async fn record_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    held_by: Option<&str>,
+    outcomes: Vec<Written>,
+) -> Result<std::collections::HashSet<Uuid>, DbError> {
+    let n = outcomes.len();
+    let (mut ids, mut attempts, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut delays, mut errors, mut adds) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for w in outcomes {
+        ids.push(w.id);
+        attempts.push(w.attempts);
+        adds.push(w.add);
+        let (status, delay, error) = match w.outcome {
+            Outcome::Succeeded => ("succeeded", Duration::ZERO, None),
+            Outcome::Later { after, error, .. } => ("failed", after, Some(error)),
+            Outcome::Dead { error } => ("dead", Duration::ZERO, Some(error)),
+        };
+        statuses.push(status);
+        delays.push(millis(delay));
+        errors.push(error);
+    }
+    let stmt = tx.prepare_cached(RECORD).await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &ids, &attempts, &statuses, &delays, &errors, &adds, &held_by,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
 
 impl DbCommand for Record {
     type Output = std::collections::HashSet<Uuid>;
 
     async fn run(self, conn: &mut Conn) -> Result<Self::Output, DbError> {
-        let n = self.outcomes.len();
-        let (mut ids, mut attempts, mut statuses) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut delays, mut errors, mut spends) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (id, attempt, outcome) in self.outcomes {
-            ids.push(id);
-            attempts.push(attempt);
-            let (status, delay, error, spend) = match outcome {
-                Outcome::Succeeded => ("succeeded", Duration::ZERO, None, true),
-                Outcome::Later {
-                    after,
-                    error,
-                    spend,
-                } => ("failed", after, Some(error), spend),
-                Outcome::Dead { error } => ("dead", Duration::ZERO, Some(error), true),
-            };
-            statuses.push(status);
-            delays.push(millis(delay));
-            errors.push(error);
-            spends.push(spend);
-        }
+        let outcomes = self
+            .outcomes
+            .into_iter()
+            .map(|(id, attempt, outcome)| Written::claimed(id, attempt, outcome))
+            .collect();
         let tx = conn.transaction().await?;
         tx.batch_execute(&format!("{ASYNC_COMMIT}; {PLANNED_BY_KEY}"))
             .await?;
-        let stmt = tx.prepare_cached(RECORD).await?;
-        let rows = tx
-            .query(
-                &stmt,
-                &[
-                    &ids,
-                    &attempts,
-                    &statuses,
-                    &delays,
-                    &errors,
-                    &spends,
-                    &self.instance,
-                ],
-            )
-            .await?;
+        let written = record_in(&tx, Some(&self.instance), outcomes).await?;
         tx.commit().await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(written)
     }
 }
 

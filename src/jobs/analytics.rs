@@ -4,15 +4,16 @@
 //! `analytics_daily`; a second run finds the row and changes nothing. An order counts while its
 //! creation is applied and its cancellation is not, whichever job runs first.
 
-use super::{field, retry, JobContext};
-use crate::store::in_transaction;
+use super::field;
 use chrono::NaiveDate;
+use deadpool_postgres::Transaction;
 use futures_util::future::LocalBoxFuture;
-use rampart_actors::{BatchRunner, ClaimedJob, Conn, DbCommand, DbError, JobFailure};
+use rampart_actors::{ClaimRunner, ClaimedJob, Conn, DbCommand, DbError, JobFailure};
 use serde::Serialize;
 use uuid::Uuid;
 
-pub struct OrderAnalytics(pub JobContext);
+/// Runs in its claim ([`rampart_actors::InClaim`]): its writes commit with the job's outcome.
+pub struct OrderAnalytics;
 
 /// The order and its event, or why the payload is unusable.
 fn event(job: &ClaimedJob) -> Result<(Uuid, String), JobFailure> {
@@ -24,19 +25,24 @@ fn event(job: &ClaimedJob) -> Result<(Uuid, String), JobFailure> {
     }
 }
 
-impl BatchRunner for OrderAnalytics {
+impl ClaimRunner for OrderAnalytics {
     fn batch(&self) -> usize {
         super::BATCH
     }
 
-    /// Every well-formed event of the batch in one statement.
-    fn run_batch(
-        &self,
-        jobs: Vec<ClaimedJob>,
-    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
-        let db = self.0.db.clone();
-        super::batch_of(&jobs, event, move |events| {
-            Box::pin(async move { db.run(Apply(events)).await.map_err(retry) })
+    /// Every well-formed event of the batch in one statement ([`APPLY`]).
+    fn apply<'a>(
+        &'a self,
+        tx: &'a Transaction<'_>,
+        jobs: &'a [ClaimedJob],
+    ) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>> {
+        super::batch_of(jobs, event, move |events| {
+            Box::pin(async move {
+                let (orders, events): (Vec<Uuid>, Vec<String>) = events.into_iter().unzip();
+                let stmt = tx.prepare_cached(APPLY).await?;
+                tx.execute(&stmt, &[&orders, &events]).await?;
+                Ok(())
+            })
         })
     }
 }
@@ -46,8 +52,6 @@ impl BatchRunner for OrderAnalytics {
 /// (before, or in this batch); a cancellation subtracts only what an earlier creation added. The
 /// statement sees `analytics_applied` as it was before it (its own inserts are not visible to
 /// its other parts), which is what "before" means here.
-struct Apply(Vec<(Uuid, String)>);
-
 const APPLY: &str = "WITH fresh AS (
     INSERT INTO analytics_applied (order_id, event)
     SELECT * FROM unnest($1::uuid[], $2::text[])
@@ -70,21 +74,6 @@ FROM delta d JOIN orders o ON o.id = d.order_id
 GROUP BY 1, 2
 ON CONFLICT (merchant_id, day) DO UPDATE SET orders = a.orders + excluded.orders,
     units = a.units + excluded.units, revenue_cents = a.revenue_cents + excluded.revenue_cents";
-
-impl DbCommand for Apply {
-    type Output = ();
-
-    async fn run(self, conn: &mut Conn) -> Result<(), DbError> {
-        let (orders, events): (Vec<Uuid>, Vec<String>) = self.0.into_iter().unzip();
-        in_transaction(conn, async |tx| {
-            tx.batch_execute(rampart_actors::jobs::ASYNC_COMMIT).await?;
-            let stmt = tx.prepare_cached(APPLY).await?;
-            tx.execute(&stmt, &[&orders, &events]).await?;
-            Ok(((), true))
-        })
-        .await
-    }
-}
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SalesDay {

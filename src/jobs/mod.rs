@@ -14,7 +14,9 @@
 //!
 //! An order's email, webhook and analytics jobs share its id as ordering key: they follow the
 //! order's events in order. Analytics and audit run in batches (up to [`BATCH`] jobs in one
-//! statement): a job each was as much database work as the checkout that wrote it.
+//! statement): a job each was as much database work as the checkout that wrote it. And they run
+//! in their claim ([`InClaim`]): their writes are all they do, so claim, work and outcome are one
+//! transaction, and their work is done exactly once.
 
 /// The most analytics or audit jobs one run takes.
 pub const BATCH: usize = 64;
@@ -26,9 +28,10 @@ pub mod reports;
 pub mod webhook;
 
 use crate::settings::Settings;
+use futures_util::future::LocalBoxFuture;
 use rampart_actors::{
-    Batched, BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, JobFailure, JobRunner,
-    Runners,
+    Batched, BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, InClaim, JobFailure,
+    JobRunner, Runners,
 };
 use std::sync::Arc;
 
@@ -117,9 +120,9 @@ pub fn runners(ctx: JobContext) -> Runners {
     add(&SALES_REPORT, Arc::new(reports::SalesReport(ctx.clone())));
     add(
         &ORDER_ANALYTICS,
-        Arc::new(Batched(analytics::OrderAnalytics(ctx.clone()))),
+        Arc::new(InClaim::new(ctx.db.clone(), analytics::OrderAnalytics)),
     );
-    add(&AUDIT, Arc::new(Batched(audit::Audit(ctx))));
+    add(&AUDIT, Arc::new(InClaim::new(ctx.db, audit::Audit)));
     add(&NOOP, Arc::new(Noop));
     runners
 }
@@ -145,35 +148,28 @@ pub fn field<T: serde::de::DeserializeOwned>(
 struct Noop;
 
 impl JobRunner for Noop {
-    fn run(
-        &self,
-        _: ClaimedJob,
-    ) -> futures_util::future::LocalBoxFuture<'static, Result<(), JobFailure>> {
+    fn run(&self, _: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
         Box::pin(std::future::ready(Ok(())))
     }
 }
 
-/// A batch run of `jobs` whose well-formed items (`parse`) are handled together by `apply`:
-/// a malformed job fails alone, the others share `apply`'s outcome.
-pub fn batch_of<T: Clone + 'static>(
+/// A batch of `jobs` whose well-formed items (`parse`) are written together by `apply`: a
+/// malformed job fails alone, the others share `apply`'s outcome.
+pub fn batch_of<'a, T: 'a>(
     jobs: &[ClaimedJob],
     parse: impl Fn(&ClaimedJob) -> Result<T, JobFailure>,
-    apply: impl FnOnce(Vec<T>) -> futures_util::future::LocalBoxFuture<'static, Result<(), JobFailure>>,
-) -> futures_util::future::LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
-    let parsed: Vec<Result<T, JobFailure>> = jobs.iter().map(parse).collect();
-    let items: Vec<T> = parsed
+    apply: impl FnOnce(Vec<T>) -> LocalBoxFuture<'a, Result<(), DbError>>,
+) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>> {
+    let mut items = Vec::new();
+    let results: Vec<Result<(), JobFailure>> = jobs
         .iter()
-        .filter_map(|p| p.as_ref().ok().cloned())
+        .map(|job| parse(job).map(|item| items.push(item)))
         .collect();
     let applied = (!items.is_empty()).then(|| apply(items));
     Box::pin(async move {
-        let outcome = match applied {
-            Some(run) => run.await,
-            None => Ok(()),
-        };
-        parsed
-            .into_iter()
-            .map(|p| p.and_then(|_| outcome.clone()))
-            .collect()
+        if let Some(run) = applied {
+            run.await?;
+        }
+        Ok(results)
     })
 }

@@ -523,6 +523,178 @@ async fn analytics_equal_the_orders_totals_per_inclusive_day_even_after_the_jobs
     }
 }
 
+/// Analytics and audit jobs run in their claim: the claim, the work and the outcome are one
+/// transaction. A run whose work fails leaves nothing behind (no aggregate, no applied mark,
+/// the job not marked succeeded): the job spends the attempt and is retried after backoff,
+/// and once the cause is gone its work is done exactly once.
+#[actix_rt::test]
+async fn an_analytics_run_that_fails_leaves_nothing_and_its_retry_applies_the_order_once() {
+    // Attempts to spare while the cause is in place.
+    let app = jobs_app()
+        .configure(|s| s.jobs.max_attempts = 50)
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("Refused").await;
+    let product = app.create_product(&merchant, "IC-1", 700, 10).await;
+    let sql = app.sql().await;
+    // A real database error inside the run, after its claim and its first write.
+    sql.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'aggregates refused by the test'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON analytics_daily FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .unwrap();
+    buy(&app, &merchant, &product, 2).await;
+    wait_until(
+        "the analytics job failed once",
+        Duration::from_secs(30),
+        async || {
+            statuses(&app, "order_analytics")
+                .await
+                .contains_key("failed")
+        },
+    )
+    .await;
+    let row = sql
+        .query_one(
+            "SELECT attempts, last_error, finished_at IS NULL, run_at > created_at,
+                    (SELECT count(*) FROM analytics_applied), (SELECT count(*) FROM analytics_daily)
+             FROM jobs WHERE kind = 'order_analytics'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (attempts, error): (i32, String) = (row.get(0), row.get(1));
+    assert!(attempts >= 1, "the failed run spent its attempt");
+    assert!(error.contains("aggregates refused by the test"), "{error}");
+    assert!(row.get::<_, bool>(2), "not finished");
+    assert!(row.get::<_, bool>(3), "retried later, after backoff");
+    assert_eq!(
+        (row.get::<_, i64>(4), row.get::<_, i64>(5)),
+        (0, 0),
+        "the run's writes were undone with it"
+    );
+
+    sql.batch_execute("DROP TRIGGER refuse ON analytics_daily")
+        .await
+        .unwrap();
+    all_jobs_finished(&app).await;
+    assert_eq!(
+        statuses(&app, "order_analytics").await,
+        BTreeMap::from([("succeeded".to_owned(), 1)])
+    );
+    let today = chrono::Utc::now().date_naive();
+    let path = format!("/api/v1/analytics/sales?from={today}&to={today}");
+    assert_eq!(
+        app.get_as(&merchant.api_key, &path).await.json(),
+        json!({"data": [{"day": today.to_string(), "orders": 1, "units": 2, "revenue_cents": 1400}]})
+    );
+    let view = app
+        .get_as(
+            &merchant.api_key,
+            &format!(
+                "/api/v1/jobs/{}",
+                sql.query_one(
+                    "SELECT id::text FROM jobs WHERE kind = 'order_analytics'",
+                    &[]
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+            ),
+        )
+        .await
+        .json();
+    assert_eq!(view["status"], "succeeded");
+    assert!(view["attempts"].as_i64().unwrap() >= 2, "{view}");
+}
+
+/// A run in its claim holds its jobs by its transaction. An instance frozen in the middle of
+/// one (SIGSTOP) has that transaction ended by PostgreSQL once it has idled for the lease: the
+/// run is undone, its attempt included, and another instance runs the job, once.
+#[actix_rt::test]
+async fn a_frozen_instance_gives_back_the_jobs_it_runs_in_their_claim_within_its_lease() {
+    // The in-process instance sets up and reads; it dispatches nothing.
+    let app = TestApp::builder()
+        .configure(|s| s.jobs.enabled = false)
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("Frozen").await;
+    let product = app.create_product(&merchant, "FR-1", 100, 5).await;
+    let sql = app.sql().await;
+    // Audit entries are written slowly, so that the run can be caught inside its transaction.
+    sql.batch_execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION slow();",
+    )
+    .await
+    .unwrap();
+    let outbox = std::env::temp_dir().join(format!("rampart-frozen-{}", uuid::Uuid::new_v4()));
+    let outbox_text = outbox.display().to_string();
+    let env = [
+        ("RAMPART__JOBS__ENABLED", "true"),
+        ("RAMPART__JOBS__POLL_INTERVAL_MS", "100"),
+        ("RAMPART__JOBS__LEASE_SECS", "2"),
+        ("RAMPART__EMAIL__OUTBOX_DIR", outbox_text.as_str()),
+        // The lease bounds the run, not the sessions' own limit (longer than the wait below).
+        (
+            "RAMPART__DATABASE__IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "600000",
+        ),
+    ];
+    let first = OtherProcess::logging_to(&app, &env, &outbox.with_extension("log")).await;
+    buy(&app, &merchant, &product, 1).await;
+    wait_until(
+        "the first instance runs the audit job",
+        Duration::from_secs(30),
+        async || {
+            let inside: i64 = sql
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE state = 'active' AND query LIKE 'INSERT INTO audit_log%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            inside == 1
+        },
+    )
+    .await;
+    first.freeze();
+
+    // Another instance can take the job only once PostgreSQL has ended the frozen run.
+    let _second = TestApp::builder()
+        .beside(&app)
+        .configure(|s| {
+            quick(s);
+            s.email.outbox_dir = outbox.clone();
+        })
+        .spawn()
+        .await;
+    wait_until(
+        "the audit job ran on the second instance",
+        Duration::from_secs(30),
+        async || statuses(&app, "audit").await == BTreeMap::from([("succeeded".to_owned(), 1)]),
+    )
+    .await;
+    let row = sql
+        .query_one(
+            "SELECT (SELECT attempts FROM jobs WHERE kind = 'audit'), (SELECT count(*) FROM audit_log)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i32>(0), row.get::<_, i64>(1)),
+        (1, 1),
+        "the frozen run left neither its attempt nor its entry"
+    );
+    first.thaw();
+}
+
 #[actix_rt::test]
 async fn each_change_leaves_an_audit_entry_newest_first() {
     let app = jobs_app().spawn().await;

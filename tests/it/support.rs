@@ -586,6 +586,21 @@ impl OtherProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the instance stops dead, its connections open, as a stalled machine would.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+    }
+
     pub async fn status(&self, path: &str) -> Option<u16> {
         let reply = self.client.get(format!("{}{path}", self.base)).send().await;
         reply.ok().map(|r| r.status().as_u16())

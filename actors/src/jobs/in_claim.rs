@@ -1,0 +1,284 @@
+//! Jobs run in their claim: for a kind whose whole work is writes to the queue's own database
+//! (analytics, audit), one transaction claims a batch of its jobs with `FOR UPDATE SKIP LOCKED`,
+//! marks them succeeded, does their work and commits, all or nothing.
+//!
+//! Why: a job run apart is three transactions (claim, work, outcome) and two new versions of its
+//! row, each with entries in the job table's indexes. Those writes land on the same hot pages as
+//! the checkouts' own outbox inserts, and with the dispatcher running they cost a checkout as
+//! much as its own statements did (`make bench SCENARIO=jobs`, BENCHMARKS.md "Durable jobs").
+//! In its claim a job is one transaction and one new version, and its work is done exactly once:
+//! a run that fails or whose instance dies leaves nothing behind, neither its writes nor its
+//! outcome.
+//!
+//! The lease of such a run is its transaction: its row locks keep other claims off the jobs,
+//! the connection's end (a killed instance) rolls it back, and a frozen instance's transaction
+//! is ended by PostgreSQL once idle for the lease (`idle_in_transaction_session_timeout`, or the
+//! session's own if shorter); a statement may run no longer either. Such a job is never seen `running`: it is `queued` until
+//! the commit that makes it `succeeded`. One run at a time per queue and instance: the batch is
+//! the unit of work, and more runs at once would only contend for the same rows.
+
+use super::{
+    claim, claim_settings, claimed, outcome, record_in, ClaimedJob, JobFailure, JobRunner, Jobs,
+    JobsSettings, Outcome, Runners, Written, DB_WAIT,
+};
+use crate::admission::Handle;
+use crate::db::{commit, Conn, Db, DbCommand, DbError};
+use actix::fut::WrapFuture;
+use actix::{ActorFutureExt, AsyncContext, Context};
+use deadpool_postgres::Transaction;
+use futures_util::future::LocalBoxFuture;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A kind that runs in its claim: its work is done in the claiming transaction.
+pub trait ClaimRunner: Send + Sync + 'static {
+    /// The most jobs one run takes.
+    fn batch(&self) -> usize;
+
+    /// Does the jobs' work in `tx`: one result per job, in order. An error undoes the whole
+    /// transaction (the run's writes and its claim); each job is then retried after backoff.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a Transaction<'_>,
+        jobs: &'a [ClaimedJob],
+    ) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>>;
+}
+
+/// A [`ClaimRunner`] as a [`JobRunner`]. Run apart (in a queue shared with kinds that are
+/// not), its work is a transaction of its own.
+pub struct InClaim<R> {
+    db: Handle<Db>,
+    runner: Arc<R>,
+}
+
+impl<R: ClaimRunner> InClaim<R> {
+    pub fn new(db: Handle<Db>, runner: R) -> Self {
+        Self {
+            db,
+            runner: Arc::new(runner),
+        }
+    }
+}
+
+impl<R: ClaimRunner> JobRunner for InClaim<R> {
+    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
+        let run = self.run_batch(vec![job]);
+        Box::pin(async move {
+            run.await
+                .pop()
+                .unwrap_or_else(|| Err(JobFailure::Retry("the batch gave no result".into())))
+        })
+    }
+
+    fn batch(&self) -> usize {
+        self.runner.batch()
+    }
+
+    fn in_claim(&self) -> Option<&dyn ClaimRunner> {
+        Some(self.runner.as_ref())
+    }
+
+    fn run_batch(
+        &self,
+        jobs: Vec<ClaimedJob>,
+    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
+        let (db, runner, n) = (self.db.clone(), Arc::clone(&self.runner), jobs.len());
+        Box::pin(async move {
+            db.run(Apart { runner, jobs })
+                .await
+                .unwrap_or_else(|e| vec![Err(JobFailure::Retry(format!("database: {e}"))); n])
+        })
+    }
+}
+
+/// A [`ClaimRunner`]'s work in a transaction of its own.
+struct Apart<R> {
+    runner: Arc<R>,
+    jobs: Vec<ClaimedJob>,
+}
+
+impl<R: ClaimRunner> DbCommand for Apart<R> {
+    type Output = Vec<Result<(), JobFailure>>;
+
+    async fn run(self, conn: &mut Conn) -> Result<Self::Output, DbError> {
+        let caller = conn.caller().clone();
+        let tx = conn.begin().await?;
+        tx.batch_execute(super::ASYNC_COMMIT).await?;
+        let results = self.runner.apply(&tx, &self.jobs).await?;
+        commit(tx, &caller).await?;
+        Ok(results)
+    }
+}
+
+/// Claims, runs and records up to `limit` jobs of `queue` in one transaction; the outcome of
+/// each job the run took.
+struct RunInClaim {
+    queue: String,
+    limit: i64,
+    runners: Arc<Runners>,
+    settings: Arc<JobsSettings>,
+}
+
+/// Marks the claimed jobs succeeded at once: a run that does not commit leaves them as they
+/// were, and the few that fail are written again before the commit.
+const CLAIM_DONE: &str = claim!(
+    "UPDATE jobs SET status = 'succeeded', attempts = jobs.attempts + 1, locked_by = NULL,
+    locked_until = NULL, updated_at = now(), started_at = clock_timestamp(), finished_at = now()"
+);
+
+impl DbCommand for RunInClaim {
+    type Output = Vec<Outcome>;
+
+    async fn run(self, conn: &mut Conn) -> Result<Vec<Outcome>, DbError> {
+        let caller = conn.caller().clone();
+        let lease = self.settings.lease.as_millis().max(1);
+        let tx = conn.transaction().await?;
+        // The lease, unless the session's own limits are shorter.
+        tx.batch_execute(&format!(
+            "{}; SELECT set_config(name, least(nullif(setting::bigint, 0), {lease})::text, true)
+             FROM pg_settings
+             WHERE name IN ('idle_in_transaction_session_timeout', 'statement_timeout')",
+            claim_settings()
+        ))
+        .await?;
+        let stmt = tx.prepare_cached(CLAIM_DONE).await?;
+        let jobs: Vec<ClaimedJob> = tx
+            .query(&stmt, &[&self.queue, &self.limit])
+            .await?
+            .iter()
+            .map(claimed)
+            .collect();
+        if jobs.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut by_kind: BTreeMap<&str, Vec<ClaimedJob>> = BTreeMap::new();
+        for job in &jobs {
+            by_kind.entry(&job.kind).or_default().push(job.clone());
+        }
+        let mut results: Vec<(&ClaimedJob, Result<(), JobFailure>)> = Vec::new();
+        let mut undone = None;
+        for (kind, group) in &by_kind {
+            let Some(runner) = self.runners.get(*kind).and_then(|(r, _)| r.in_claim()) else {
+                let failure = JobFailure::Permanent(format!("no runner for kind {kind}"));
+                results.extend(group.iter().map(|j| (j, Err(failure.clone()))));
+                continue;
+            };
+            match runner.apply(&tx, group).await {
+                Ok(done) => results.extend(group.iter().zip(done.into_iter().chain(
+                    std::iter::repeat_with(|| {
+                        Err(JobFailure::Retry(
+                            "the runner gave no result for this job".into(),
+                        ))
+                    }),
+                ))),
+                Err(e) => {
+                    undone = Some(e);
+                    break;
+                }
+            }
+        }
+        let outcome_of = |job: &ClaimedJob, result| {
+            outcome(
+                &self.settings,
+                job.id,
+                job.attempt,
+                job.max_attempts,
+                result,
+            )
+        };
+        if let Some(e) = undone {
+            // Nothing of the run stays, its claim included: each job spends the attempt it was
+            // given, in a transaction of its own, unless another run took it meanwhile.
+            tx.rollback().await?;
+            let error = JobFailure::Retry(format!("database: {e}"));
+            let outcomes: Vec<Outcome> = jobs
+                .iter()
+                .map(|j| outcome_of(j, Err(error.clone())))
+                .collect();
+            let written = jobs
+                .iter()
+                .zip(&outcomes)
+                .map(|(j, o)| Written {
+                    id: j.id,
+                    attempts: j.attempt - 1,
+                    add: i32::from(o.spends()),
+                    outcome: o.clone(),
+                })
+                .collect();
+            let tx = conn.transaction().await?;
+            tx.batch_execute(&claim_settings()).await?;
+            record_in(&tx, None, written).await?;
+            tx.commit().await?;
+            return Ok(outcomes);
+        }
+        let outcomes: Vec<(Uuid, i32, Outcome)> = results
+            .into_iter()
+            .map(|(job, result)| (job.id, job.attempt, outcome_of(job, result)))
+            .collect();
+        let failed: Vec<Written> = outcomes
+            .iter()
+            .filter(|(_, _, o)| !matches!(o, Outcome::Succeeded))
+            .map(|(id, attempt, o)| Written::claimed(*id, *attempt, o.clone()))
+            .collect();
+        if !failed.is_empty() {
+            record_in(&tx, None, failed).await?;
+        }
+        commit(tx, &caller).await?;
+        Ok(outcomes.into_iter().map(|(_, _, o)| o).collect())
+    }
+}
+
+impl Jobs {
+    /// Runs a batch of `queue`'s jobs in its claim (the queue's claim is marked under way).
+    pub(super) fn run_in_claim(&mut self, queue: String, ctx: &mut Context<Self>) {
+        *self.running.entry(queue.clone()).or_default() += 1;
+        if let Some(c) = self.board.counters(&queue) {
+            c.running.fetch_add(1, Relaxed);
+        }
+        let limit = self.batch_of(&queue) as i64;
+        let command = RunInClaim {
+            queue: queue.clone(),
+            limit,
+            runners: Arc::clone(&self.runners),
+            settings: Arc::clone(&self.settings),
+        };
+        let db = self.db.clone();
+        let span = tracing::info_span!("jobs", queue = %queue, in_claim = true);
+        ctx.spawn(
+            tracing::Instrument::instrument(
+                async move { db.run_within(command, DB_WAIT).await },
+                span,
+            )
+            .into_actor(self)
+            .map(move |ran, act, ctx| {
+                if let Some(n) = act.running.get_mut(&queue) {
+                    *n = n.saturating_sub(1);
+                }
+                let mut again = act.claiming.remove(&queue).unwrap_or(false);
+                let counters = act.board.counters(&queue);
+                if let Some(c) = counters {
+                    c.running.fetch_sub(1, Relaxed);
+                }
+                match ran {
+                    Ok(outcomes) => {
+                        if let Some(c) = counters {
+                            c.started.fetch_add(outcomes.len() as u64, Relaxed);
+                            outcomes.iter().for_each(|o| c.count(o));
+                        }
+                        // A full batch: more may be due.
+                        again |= outcomes.len() as i64 == limit;
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %queue, error = %e, "running jobs in their claim failed")
+                    }
+                }
+                if again {
+                    act.claim(&queue, ctx);
+                }
+            }),
+        );
+    }
+}
