@@ -66,7 +66,8 @@ impl BatchRunner for OrderEmail {
         super::BATCH
     }
 
-    /// The batch's orders in one read, then each mail composed and sent (or written) on its own.
+    /// The batch's orders in one read and each mail composed, then sent one by one through SMTP
+    /// or written to the outbox together.
     fn run_batch(
         &self,
         jobs: Vec<ClaimedJob>,
@@ -97,9 +98,9 @@ impl BatchRunner for OrderEmail {
                         .collect()
                 })
                 .map_err(retry);
-            let mut results = Vec::with_capacity(parsed.len());
-            for job in parsed {
-                let mail = async {
+            let composed: Vec<Result<(String, Message), JobFailure>> = parsed
+                .into_iter()
+                .map(|job| {
                     let (event, order_id, merchant) = job?;
                     let orders = loaded.as_ref().map_err(Clone::clone)?;
                     let Some((_, store, order)) = orders.get(&order_id).filter(|o| o.0 == merchant)
@@ -108,27 +109,30 @@ impl BatchRunner for OrderEmail {
                     };
                     let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
                     let message = compose(&settings.email.from, store, order, &event, &id)?;
-                    deliver(smtp.as_ref(), &settings.email.outbox_dir, &id, message).await
-                };
-                results.push(mail.await);
+                    Ok((id, message))
+                })
+                .collect();
+            let Some((transport, circuit)) = smtp.as_ref() else {
+                return write_emls(settings.email.outbox_dir.clone(), composed).await;
+            };
+            let mut results = Vec::with_capacity(composed.len());
+            for mail in composed {
+                results.push(match mail {
+                    Ok((_, message)) => send(transport, circuit, message).await,
+                    Err(e) => Err(e),
+                });
             }
             results
         })
     }
 }
 
-/// Sends `message` through SMTP behind its circuit, or writes it to the outbox.
-async fn deliver(
-    smtp: Option<&(AsyncSmtpTransport<Tokio1Executor>, Circuit)>,
-    outbox: &std::path::Path,
-    id: &str,
+/// Sends `message` through SMTP behind its circuit.
+async fn send(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    circuit: &Circuit,
     message: Message,
 ) -> Result<(), JobFailure> {
-    let Some((transport, circuit)) = smtp else {
-        return write_eml(outbox.to_path_buf(), id, message.formatted())
-            .await
-            .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}")));
-    };
     let call = circuit.try_call().map_err(|open| {
         JobFailure::Deferred(open.retry_after, "the SMTP circuit is open".into())
     })?;
@@ -204,10 +208,41 @@ fn cents(v: i64) -> String {
     format!("{}.{:02}", v / 100, (v % 100).abs())
 }
 
-/// Written to a temporary name and renamed, so a reader never sees half a message.
-async fn write_eml(dir: PathBuf, id: &str, bytes: Vec<u8>) -> std::io::Result<()> {
-    let name: String = id
-        .chars()
+/// Writes the batch's composed mails to the outbox, all in one trip to the blocking pool (a trip
+/// each cost a thread wake-up per mail); one result per mail. Each is written to a temporary
+/// name and renamed, so a reader never sees half a message.
+async fn write_emls(
+    dir: PathBuf,
+    mails: Vec<Result<(String, Message), JobFailure>>,
+) -> Vec<Result<(), JobFailure>> {
+    let n = mails.len();
+    let mails: Vec<Result<(String, Vec<u8>), JobFailure>> = mails
+        .into_iter()
+        .map(|mail| mail.map(|(id, message)| (file_name(&id), message.formatted())))
+        .collect();
+    let written = actix_web::rt::task::spawn_blocking(move || {
+        let made = std::fs::create_dir_all(&dir).map_err(|e| e.to_string());
+        mails
+            .into_iter()
+            .map(|mail| {
+                let (name, bytes) = mail?;
+                let tmp = dir.join(format!(".{name}.tmp"));
+                made.clone()
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| std::fs::write(&tmp, bytes))
+                    .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{name}.eml"))))
+                    .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}")))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    written
+        .unwrap_or_else(|e| vec![Err(JobFailure::Retry(format!("writing the .eml files: {e}"))); n])
+}
+
+/// The file name of a Message-ID: letters, digits, `-` and `.` kept, anything else `_`.
+fn file_name(id: &str) -> String {
+    id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
                 c
@@ -215,13 +250,5 @@ async fn write_eml(dir: PathBuf, id: &str, bytes: Vec<u8>) -> std::io::Result<()
                 '_'
             }
         })
-        .collect();
-    actix_web::rt::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, dir.join(format!("{name}.eml")))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+        .collect()
 }
