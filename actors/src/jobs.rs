@@ -18,9 +18,10 @@
 //!   write was under way, at most [`RECORD_AT_MOST`] a write; no claims while more wait), and
 //!   claims and outcomes commit without waiting for the WAL flush ([`ASYNC_COMMIT`] says why
 //!   that is safe).
-//! - **In the claim.** A kind whose whole work is writes to this database ([`ClaimRunner`])
-//!   runs inside the transaction that claims its jobs: claim, work and outcome commit together
-//!   or not at all, and that transaction is the lease ([`in_claim`] says how it is bounded).
+//! - **In the claim.** A kind whose work is writes to this database, or short and harmless to
+//!   repeat ([`ClaimRunner`]), runs inside the transaction that claims its jobs: claim, work and
+//!   outcome commit together or not at all, and that transaction is the lease ([`in_claim`]
+//!   says how it is bounded and renewed).
 //! - **Retries.** A failure is retried after exponential backoff with full jitter; after
 //!   `max_attempts` the job is `dead`. A [`JobFailure::Deferred`] (the destination's circuit is
 //!   open) moves the job later without spending an attempt.
@@ -105,8 +106,7 @@ pub trait JobRunner: Send + Sync + 'static {
         1
     }
 
-    /// Set for a kind whose whole work is writes to the queue's own database: its jobs run
-    /// inside the transaction that claims them ([`in_claim`]).
+    /// Set for a kind that runs inside the transaction that claims its jobs ([`in_claim`]).
     fn in_claim(&self) -> Option<&dyn ClaimRunner> {
         None
     }
@@ -124,43 +124,6 @@ pub trait JobRunner: Send + Sync + 'static {
             }
             results
         })
-    }
-}
-
-/// A runner whose jobs are cheapest together (a statement each made one statement for all).
-pub trait BatchRunner: Send + Sync + 'static {
-    /// The most jobs one run takes.
-    fn batch(&self) -> usize;
-
-    /// One result per job, in order.
-    fn run_batch(
-        &self,
-        jobs: Vec<ClaimedJob>,
-    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>>;
-}
-
-/// A [`BatchRunner`] as a [`JobRunner`]: a single job is a batch of one.
-pub struct Batched<R>(pub R);
-
-impl<R: BatchRunner> JobRunner for Batched<R> {
-    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
-        let run = self.0.run_batch(vec![job]);
-        Box::pin(async move {
-            run.await
-                .pop()
-                .unwrap_or_else(|| Err(JobFailure::Retry("the batch gave no result".into())))
-        })
-    }
-
-    fn batch(&self) -> usize {
-        self.0.batch()
-    }
-
-    fn run_batch(
-        &self,
-        jobs: Vec<ClaimedJob>,
-    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
-        self.0.run_batch(jobs)
     }
 }
 

@@ -56,8 +56,8 @@ pub use concurrency::{ConcurrencyLimit, Criticality, LimitSettings, LimitSnapsho
 pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping};
 pub use gcra::{Decision, Gcra};
 pub use jobs::{
-    BatchRunner, Batched, Busy, ClaimRunner, ClaimedJob, InClaim, JobFailure, JobRunner, Jobs,
-    JobsBoard, JobsSettings, QueueCounts, QueueHealth, Runners, Wake,
+    Busy, ClaimRunner, ClaimedJob, InClaim, JobFailure, JobRunner, Jobs, JobsBoard, JobsSettings,
+    QueueCounts, QueueHealth, Runners, Wake,
 };
 pub use limiter::{ClassSnapshot, LimitClass, Limiter, LimiterSnapshot, RateLimits, Verdict};
 pub use memory::{

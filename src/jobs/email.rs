@@ -3,13 +3,14 @@
 //! unset. The Message-ID is one per event and order, so a repeated run repeats the same message
 //! (and overwrites the same file).
 
-use super::{field, retry, JobContext};
+use super::{field, JobContext};
 use crate::store::orders::{self, Order};
+use deadpool_postgres::Transaction;
 use futures_util::future::LocalBoxFuture;
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use rampart_actors::{BatchRunner, BreakerSettings, Circuit, ClaimedJob, JobFailure};
+use rampart_actors::{BreakerSettings, Circuit, ClaimRunner, ClaimedJob, DbError, JobFailure};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,19 +62,18 @@ fn transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     Ok(builder.build())
 }
 
-impl BatchRunner for OrderEmail {
+impl ClaimRunner for OrderEmail {
     fn batch(&self) -> usize {
         super::BATCH
     }
 
     /// The batch's orders in one read and each mail composed, then sent one by one through SMTP
     /// or written to the outbox together.
-    fn run_batch(
-        &self,
-        jobs: Vec<ClaimedJob>,
-    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
-        let (db, settings) = (self.ctx.db.clone(), self.ctx.settings.clone());
-        let smtp = self.smtp.clone();
+    fn apply<'a>(
+        &'a self,
+        tx: &'a Transaction<'_>,
+        jobs: &'a [ClaimedJob],
+    ) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>> {
         Box::pin(async move {
             let parsed: Vec<Result<(String, Uuid, Uuid), JobFailure>> = jobs
                 .iter()
@@ -89,31 +89,28 @@ impl BatchRunner for OrderEmail {
                 .filter_map(|p| p.as_ref().ok())
                 .map(|p| p.1)
                 .collect();
-            let loaded: Result<HashMap<Uuid, (Uuid, String, Order)>, JobFailure> = db
-                .run(orders::GetMany(ids))
-                .await
-                .map(|rows| {
-                    rows.into_iter()
-                        .map(|(m, store, o)| (o.id, (m, store, o)))
-                        .collect()
-                })
-                .map_err(retry);
+            let orders: HashMap<Uuid, (Uuid, String, Order)> = orders::get_many(tx, &ids)
+                .await?
+                .into_iter()
+                .map(|(m, store, o)| (o.id, (m, store, o)))
+                .collect();
+            let from = &self.ctx.settings.email.from;
             let composed: Vec<Result<(String, Message), JobFailure>> = parsed
                 .into_iter()
                 .map(|job| {
                     let (event, order_id, merchant) = job?;
-                    let orders = loaded.as_ref().map_err(Clone::clone)?;
                     let Some((_, store, order)) = orders.get(&order_id).filter(|o| o.0 == merchant)
                     else {
                         return Err(JobFailure::Permanent(format!("order {order_id} not found")));
                     };
                     let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
-                    let message = compose(&settings.email.from, store, order, &event, &id)?;
+                    let message = compose(from, store, order, &event, &id)?;
                     Ok((id, message))
                 })
                 .collect();
-            let Some((transport, circuit)) = smtp.as_ref() else {
-                return write_emls(settings.email.outbox_dir.clone(), composed).await;
+            let Some((transport, circuit)) = self.smtp.as_ref() else {
+                let outbox = self.ctx.settings.email.outbox_dir.clone();
+                return Ok(write_emls(outbox, composed).await);
             };
             let mut results = Vec::with_capacity(composed.len());
             for mail in composed {
@@ -122,7 +119,7 @@ impl BatchRunner for OrderEmail {
                     Err(e) => Err(e),
                 });
             }
-            results
+            Ok(results)
         })
     }
 }

@@ -14,9 +14,10 @@
 //!
 //! An order's email, webhook and analytics jobs share its id as ordering key: they follow the
 //! order's events in order. Analytics and audit run in batches (up to [`BATCH`] jobs in one
-//! statement): a job each was as much database work as the checkout that wrote it. And they run
-//! in their claim ([`InClaim`]): their writes are all they do, so claim, work and outcome are one
-//! transaction, and their work is done exactly once.
+//! statement): a job each was as much database work as the checkout that wrote it. Mail,
+//! analytics and audit run in their claim ([`InClaim`]): claim, work and outcome are one
+//! transaction, and their database work is done exactly once. Webhooks (slow receivers behind
+//! their hosts' circuits) and reports (long, their progress shown) run apart.
 
 /// The most analytics or audit jobs one run takes.
 pub const BATCH: usize = 64;
@@ -30,8 +31,8 @@ pub mod webhook;
 use crate::settings::Settings;
 use futures_util::future::LocalBoxFuture;
 use rampart_actors::{
-    Batched, BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, InClaim, JobFailure,
-    JobRunner, Runners,
+    BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, InClaim, JobFailure, JobRunner,
+    Runners,
 };
 use std::sync::Arc;
 
@@ -114,7 +115,10 @@ pub fn runners(ctx: JobContext) -> Runners {
     };
     add(
         &ORDER_EMAIL,
-        Arc::new(Batched(email::OrderEmail::new(ctx.clone()))),
+        Arc::new(InClaim::new(
+            ctx.db.clone(),
+            email::OrderEmail::new(ctx.clone()),
+        )),
     );
     add(&WEBHOOK, Arc::new(webhook::Webhook::new(ctx.clone())));
     add(&SALES_REPORT, Arc::new(reports::SalesReport(ctx.clone())));

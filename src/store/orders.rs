@@ -357,24 +357,22 @@ pub struct Get {
 }
 
 /// Orders by id, each with its merchant's id and name (the jobs' read of their orders).
-pub struct GetMany(pub Vec<Uuid>);
-
-impl DbCommand for GetMany {
-    type Output = Vec<(Uuid, String, Order)>;
-
-    async fn run(self, conn: &mut Conn) -> Result<Self::Output, DbError> {
-        let stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ORDER_COLUMNS}, o.merchant_id, m.name FROM orders o
-                 JOIN merchants m ON m.id = o.merchant_id WHERE o.id = ANY($1)"
-            ))
-            .await?;
-        conn.query(&stmt, &[&self.0])
-            .await?
-            .iter()
-            .map(|r| Ok((r.get(10), r.get(11), Order::from_row(r)?)))
-            .collect()
-    }
+pub async fn get_many(
+    client: &impl deadpool_postgres::GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, String, Order)>, DbError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS}, o.merchant_id, m.name FROM orders o
+             JOIN merchants m ON m.id = o.merchant_id WHERE o.id = ANY($1)"
+        ))
+        .await?;
+    client
+        .query(&stmt, &[&ids])
+        .await?
+        .iter()
+        .map(|r| Ok((r.get(10), r.get(11), Order::from_row(r)?)))
+        .collect()
 }
 
 async fn get_order(

@@ -307,6 +307,40 @@ async fn the_confirmation_and_status_mails_reach_a_real_smtp_server() {
     assert!(mails[1].data.contains("is now paid"), "{}", mails[1].data);
 }
 
+/// A mail runs in its claim, and a mail server slower than the lease does not end the run: the
+/// run renews its lease while it waits (the transaction's idle limit is the lease, 2 s here), so
+/// the mail goes out once and the job succeeds at its first attempt.
+#[actix_rt::test]
+async fn a_mail_server_slower_than_the_lease_gets_the_mail_once() {
+    let sink = SmtpSink::answering_after(Duration::from_secs(3)).await;
+    let url = sink.url.clone();
+    let app = jobs_app()
+        .configure(move |s| s.email.smtp_url = Some(Secret::new(url)))
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("Slow Mail").await;
+    let product = app.create_product(&merchant, "SLOW-1", 500, 5).await;
+    buy(&app, &merchant, &product, 1).await;
+    wait_until(
+        "the mail's job succeeded",
+        Duration::from_secs(30),
+        async || {
+            statuses(&app, "order_email")
+                .await
+                .contains_key("succeeded")
+        },
+    )
+    .await;
+    let attempts: i32 = app
+        .sql()
+        .await
+        .query_one("SELECT attempts FROM jobs WHERE kind = 'order_email'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((sink.mails().len(), attempts), (1, 1));
+}
+
 #[actix_rt::test]
 async fn without_smtp_the_mails_are_eml_files_in_the_outbox() {
     let dir = std::env::temp_dir().join(format!("rampart-eml-{}", uuid::Uuid::new_v4()));

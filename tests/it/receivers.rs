@@ -121,6 +121,11 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> SmtpSink {
+        Self::answering_after(Duration::ZERO).await
+    }
+
+    /// One that takes `delay` to accept each message (after its data, before its `250`).
+    pub async fn answering_after(delay: Duration) -> SmtpSink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -131,7 +136,7 @@ impl SmtpSink {
             while let Ok((socket, _)) = listener.accept().await {
                 let store = Arc::clone(&store);
                 actix_rt::spawn(async move {
-                    let _ = session(socket, store).await;
+                    let _ = session(socket, store, delay).await;
                 });
             }
         });
@@ -149,6 +154,7 @@ impl SmtpSink {
 async fn session(
     socket: tokio::net::TcpStream,
     store: Arc<Mutex<Vec<Mail>>>,
+    delay: Duration,
 ) -> std::io::Result<()> {
     let (read, mut write) = socket.into_split();
     let mut lines = BufReader::new(read);
@@ -194,6 +200,7 @@ async fn session(
                 to: to.clone(),
                 data,
             });
+            tokio::time::sleep(delay).await;
             b"250 queued\r\n"
         } else if upper.starts_with("QUIT") {
             write.write_all(b"221 bye\r\n").await?;

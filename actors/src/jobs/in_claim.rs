@@ -1,21 +1,24 @@
-//! Jobs run in their claim: for a kind whose whole work is writes to the queue's own database
-//! (analytics, audit), one transaction claims a batch of its jobs with `FOR UPDATE SKIP LOCKED`,
-//! marks them succeeded, does their work and commits, all or nothing.
+//! Jobs run in their claim: one transaction claims a batch of a kind's jobs with
+//! `FOR UPDATE SKIP LOCKED`, marks them succeeded, does their work and commits. For kinds whose
+//! work is writes to this database (analytics, audit) or short and harmless to repeat outside it
+//! (a mail: one Message-ID per event, so a repeat is the same message).
 //!
 //! Why: a job run apart is three transactions (claim, work, outcome) and two new versions of its
 //! row, each with entries in the job table's indexes. Those writes land on the same hot pages as
 //! the checkouts' own outbox inserts, and with the dispatcher running they cost a checkout as
 //! much as its own statements did (`make bench SCENARIO=jobs`, BENCHMARKS.md "Durable jobs").
-//! In its claim a job is one transaction and one new version, and its work is done exactly once:
-//! a run that fails or whose instance dies leaves nothing behind, neither its writes nor its
-//! outcome.
+//! In its claim a job is one transaction and one new version, and its database work is done
+//! exactly once: a run that fails or whose instance dies leaves nothing behind, neither its
+//! writes nor its outcome (work outside the database, a mail sent, may be done again).
 //!
 //! The lease of such a run is its transaction: its row locks keep other claims off the jobs,
 //! the connection's end (a killed instance) rolls it back, and a frozen instance's transaction
 //! is ended by PostgreSQL once idle for the lease (`idle_in_transaction_session_timeout`, or the
-//! session's own if shorter); a statement may run no longer either. Such a job is never seen `running`: it is `queued` until
-//! the commit that makes it `succeeded`. One run at a time per queue and instance: the batch is
-//! the unit of work, and more runs at once would only contend for the same rows.
+//! session's own if shorter); a statement may run no longer either. A run waiting on something
+//! else (a mail server) renews it with a statement every third of the lease. Such a job is never
+//! seen `running`: it is `queued` until the commit that makes it `succeeded`. One run at a time
+//! per queue and instance, each holding a pooled connection while it runs: the batch is the
+//! unit of work, and more runs at once would only contend for the same rows.
 
 use super::{
     claim, claim_settings, claimed, outcome, record_in, ClaimedJob, JobFailure, JobRunner, Jobs,
@@ -32,7 +35,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// A kind that runs in its claim: its work is done in the claiming transaction.
+/// A kind that runs in its claim: its work is done in the claiming transaction, which stays open
+/// (and leased) while the work waits on anything else.
 pub trait ClaimRunner: Send + Sync + 'static {
     /// The most jobs one run takes.
     fn batch(&self) -> usize;
@@ -166,7 +170,11 @@ impl DbCommand for RunInClaim {
                 results.extend(group.iter().map(|j| (j, Err(failure.clone()))));
                 continue;
             };
-            match runner.apply(&tx, group).await {
+            let applied = tokio::select! {
+                applied = runner.apply(&tx, group) => applied,
+                () = keep_alive(&tx, self.settings.lease) => unreachable!("keeping alive never ends"),
+            };
+            match applied {
                 Ok(done) => results.extend(group.iter().zip(done.into_iter().chain(
                     std::iter::repeat_with(|| {
                         Err(JobFailure::Retry(
@@ -228,6 +236,18 @@ impl DbCommand for RunInClaim {
         }
         commit(tx, &caller).await?;
         Ok(outcomes.into_iter().map(|(_, _, o)| o).collect())
+    }
+}
+
+/// Renews the lease of a run whose work waits on something else (a mail server, a file): the
+/// transaction is idle meanwhile, and PostgreSQL would end it after a lease of that. A frozen
+/// instance renews nothing.
+async fn keep_alive(tx: &Transaction<'_>, lease: std::time::Duration) {
+    let mut every = tokio::time::interval(lease / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let _ = tx.batch_execute("SELECT 1").await;
     }
 }
 
