@@ -281,6 +281,11 @@ impl Backend {
                 poll_interval: Settings::ms(j.poll_interval_ms),
                 backoff_base: Settings::ms(j.backoff_base_ms),
                 backoff_max: Settings::ms(j.backoff_max_ms),
+                // What `pg_config` gives every session (0: no limit).
+                session_idle_limit: (settings.database.idle_in_transaction_timeout_ms > 0)
+                    .then(|| Settings::ms(settings.database.idle_in_transaction_timeout_ms)),
+                session_statement_limit: (settings.database.statement_timeout_ms > 0)
+                    .then(|| Settings::ms(settings.database.statement_timeout_ms)),
                 // Under the tree's five seconds per child at shutdown.
                 drain: Duration::from_secs(4),
                 listen: Some(listen),

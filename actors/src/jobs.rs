@@ -136,6 +136,10 @@ pub struct JobsSettings {
     pub poll_interval: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The sessions' own limits on idling inside a transaction and on one statement (`None`:
+    /// none): a run in its claim keeps within these as well as the lease.
+    pub session_idle_limit: Option<Duration>,
+    pub session_statement_limit: Option<Duration>,
     /// How long [`Stop`] lets running jobs finish before giving them back.
     pub drain: Duration,
     /// The connection that `LISTEN`s (`None`: polling only).
@@ -1235,6 +1239,8 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            session_idle_limit: None,
+            session_statement_limit: None,
             drain: Duration::from_secs(1),
             listen: None,
             busy: None,

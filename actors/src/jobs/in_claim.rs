@@ -15,14 +15,14 @@
 //! the connection's end (a killed instance) rolls it back, and a frozen instance's transaction
 //! is ended by PostgreSQL once idle for the lease (`idle_in_transaction_session_timeout`, or the
 //! session's own if shorter); a statement may run no longer either. A run waiting on something
-//! else (a mail server) renews it with a statement every third of the lease. Such a job is never
+//! else (a mail server) renews it with a statement every third of that limit. Such a job is never
 //! seen `running`: it is `queued` until the commit that makes it `succeeded`. One run at a time
 //! per queue and instance, each holding a pooled connection while it runs: the batch is the
 //! unit of work, and more runs at once would only contend for the same rows.
 
 use super::{
     claim, claim_settings, claimed, outcome, record_in, ClaimedJob, JobFailure, JobRunner, Jobs,
-    JobsSettings, Outcome, Runners, Written, DB_WAIT,
+    JobsSettings, Outcome, Runners, Written,
 };
 use crate::admission::Handle;
 use crate::db::{commit, Conn, Db, DbCommand, DbError};
@@ -137,14 +137,18 @@ impl DbCommand for RunInClaim {
 
     async fn run(self, conn: &mut Conn) -> Result<Vec<Outcome>, DbError> {
         let caller = conn.caller().clone();
-        let lease = self.settings.lease.as_millis().max(1);
-        let tx = conn.transaction().await?;
         // The lease, unless the session's own limits are shorter.
+        let within = |limit: Option<std::time::Duration>| {
+            limit.map_or(self.settings.lease, |l| l.min(self.settings.lease))
+        };
+        let idle = within(self.settings.session_idle_limit);
+        let statement = within(self.settings.session_statement_limit);
+        let tx = conn.transaction().await?;
         tx.batch_execute(&format!(
-            "{}; SELECT set_config(name, least(nullif(setting::bigint, 0), {lease})::text, true)
-             FROM pg_settings
-             WHERE name IN ('idle_in_transaction_session_timeout', 'statement_timeout')",
-            claim_settings()
+            "{}; SET LOCAL idle_in_transaction_session_timeout = {}; SET LOCAL statement_timeout = {}",
+            claim_settings(),
+            idle.as_millis().max(1),
+            statement.as_millis().max(1)
         ))
         .await?;
         let stmt = tx.prepare_cached(CLAIM_DONE).await?;
@@ -172,7 +176,7 @@ impl DbCommand for RunInClaim {
             };
             let applied = tokio::select! {
                 applied = runner.apply(&tx, group) => applied,
-                () = keep_alive(&tx, self.settings.lease) => unreachable!("keeping alive never ends"),
+                () = keep_alive(&tx, idle) => unreachable!("keeping alive never ends"),
             };
             match applied {
                 Ok(done) => results.extend(group.iter().zip(done.into_iter().chain(
@@ -239,11 +243,17 @@ impl DbCommand for RunInClaim {
     }
 }
 
+/// How long the dispatcher waits for a run in its claim. The run lasts as long as its work (a
+/// batch of mails through a slow server, each send bounded by its own timeout); past this its
+/// caller is gone and the run rolls back rather than commit. `DB_WAIT` was too short for that:
+/// a batch of mails that outlasted it would be sent, rolled back and sent again.
+const IN_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Renews the lease of a run whose work waits on something else (a mail server, a file): the
-/// transaction is idle meanwhile, and PostgreSQL would end it after a lease of that. A frozen
+/// transaction is idle meanwhile, and PostgreSQL would end it after `idle` of that. A frozen
 /// instance renews nothing.
-async fn keep_alive(tx: &Transaction<'_>, lease: std::time::Duration) {
-    let mut every = tokio::time::interval(lease / 3);
+async fn keep_alive(tx: &Transaction<'_>, idle: std::time::Duration) {
+    let mut every = tokio::time::interval(idle / 3);
     every.tick().await;
     loop {
         every.tick().await;
@@ -269,7 +279,7 @@ impl Jobs {
         let span = tracing::info_span!("jobs", queue = %queue, in_claim = true);
         ctx.spawn(
             tracing::Instrument::instrument(
-                async move { db.run_within(command, DB_WAIT).await },
+                async move { db.run_within(command, IN_CLAIM_WAIT).await },
                 span,
             )
             .into_actor(self)
