@@ -335,11 +335,17 @@ impl Jobs {
                 apart.insert(queue.clone());
             }
         }
-        let in_claim = batches
+        let in_claim: std::collections::HashSet<String> = batches
             .keys()
             .filter(|q| !apart.contains(*q))
             .cloned()
             .collect();
+        for (kind, (runner, queue)) in &runners {
+            assert!(
+                runner.in_claim().is_none() || in_claim.contains(queue),
+                "{kind} runs in its claim, and queue {queue} has kinds that run apart"
+            );
+        }
         Self {
             db,
             settings: Arc::new(settings),

@@ -115,18 +115,15 @@ pub fn runners(ctx: JobContext) -> Runners {
     };
     add(
         &ORDER_EMAIL,
-        Arc::new(InClaim::new(
-            ctx.db.clone(),
-            email::OrderEmail::new(ctx.clone()),
-        )),
+        Arc::new(InClaim(email::OrderEmail::new(ctx.clone()))),
     );
     add(&WEBHOOK, Arc::new(webhook::Webhook::new(ctx.clone())));
     add(&SALES_REPORT, Arc::new(reports::SalesReport(ctx.clone())));
     add(
         &ORDER_ANALYTICS,
-        Arc::new(InClaim::new(ctx.db.clone(), analytics::OrderAnalytics)),
+        Arc::new(InClaim(analytics::OrderAnalytics)),
     );
-    add(&AUDIT, Arc::new(InClaim::new(ctx.db, audit::Audit)));
+    add(&AUDIT, Arc::new(InClaim(audit::Audit)));
     add(&NOOP, Arc::new(Noop));
     runners
 }

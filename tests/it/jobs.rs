@@ -104,6 +104,16 @@ async fn statuses(app: &TestApp, kind: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// Waits until a job of `kind` is `status`.
+async fn a_job_is(app: &TestApp, kind: &str, status: &str) {
+    wait_until(
+        &format!("a {kind} job is {status}"),
+        Duration::from_secs(30),
+        async || statuses(app, kind).await.contains_key(status),
+    )
+    .await;
+}
+
 /// Waits until every job is finished (succeeded or dead).
 async fn all_jobs_finished(app: &TestApp) {
     let sql = app.sql().await;
@@ -326,16 +336,7 @@ async fn a_mail_server_slower_than_the_idle_limit_gets_the_mail_once() {
     let merchant = app.create_merchant("Slow Mail").await;
     let product = app.create_product(&merchant, "SLOW-1", 500, 5).await;
     buy(&app, &merchant, &product, 1).await;
-    wait_until(
-        "the mail's job succeeded",
-        Duration::from_secs(30),
-        async || {
-            statuses(&app, "order_email")
-                .await
-                .contains_key("succeeded")
-        },
-    )
-    .await;
+    a_job_is(&app, "order_email", "succeeded").await;
     let attempts: i32 = app
         .sql()
         .await
@@ -585,16 +586,7 @@ async fn an_analytics_run_that_fails_leaves_nothing_and_its_retry_applies_the_or
     .await
     .unwrap();
     buy(&app, &merchant, &product, 2).await;
-    wait_until(
-        "the analytics job failed once",
-        Duration::from_secs(30),
-        async || {
-            statuses(&app, "order_analytics")
-                .await
-                .contains_key("failed")
-        },
-    )
-    .await;
+    a_job_is(&app, "order_analytics", "failed").await;
     let row = sql
         .query_one(
             "SELECT attempts, last_error, finished_at IS NULL, run_at > created_at,

@@ -24,8 +24,7 @@ use super::{
     claim, claim_settings, claimed, outcome, record_in, ClaimedJob, JobFailure, JobRunner, Jobs,
     JobsSettings, Outcome, Runners, Written,
 };
-use crate::admission::Handle;
-use crate::db::{commit, Conn, Db, DbCommand, DbError};
+use crate::db::{commit, Conn, DbCommand, DbError};
 use actix::fut::WrapFuture;
 use actix::{ActorFutureExt, AsyncContext, Context};
 use deadpool_postgres::Transaction;
@@ -50,69 +49,24 @@ pub trait ClaimRunner: Send + Sync + 'static {
     ) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>>;
 }
 
-/// A [`ClaimRunner`] as a [`JobRunner`]. Run apart (in a queue shared with kinds that are
-/// not), its work is a transaction of its own.
-pub struct InClaim<R> {
-    db: Handle<Db>,
-    runner: Arc<R>,
-}
-
-impl<R: ClaimRunner> InClaim<R> {
-    pub fn new(db: Handle<Db>, runner: R) -> Self {
-        Self {
-            db,
-            runner: Arc::new(runner),
-        }
-    }
-}
+/// A [`ClaimRunner`] as a [`JobRunner`], for the one list of runners. Its queue holds no kind
+/// that runs apart ([`Jobs::new`] refuses the mix), so the dispatcher never runs it apart.
+pub struct InClaim<R>(pub R);
 
 impl<R: ClaimRunner> JobRunner for InClaim<R> {
     fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
-        let run = self.run_batch(vec![job]);
-        Box::pin(async move {
-            run.await
-                .pop()
-                .unwrap_or_else(|| Err(JobFailure::Retry("the batch gave no result".into())))
-        })
+        let kind = job.kind;
+        Box::pin(std::future::ready(Err(JobFailure::Permanent(format!(
+            "{kind} runs only in its claim"
+        )))))
     }
 
     fn batch(&self) -> usize {
-        self.runner.batch()
+        self.0.batch()
     }
 
     fn in_claim(&self) -> Option<&dyn ClaimRunner> {
-        Some(self.runner.as_ref())
-    }
-
-    fn run_batch(
-        &self,
-        jobs: Vec<ClaimedJob>,
-    ) -> LocalBoxFuture<'static, Vec<Result<(), JobFailure>>> {
-        let (db, runner, n) = (self.db.clone(), Arc::clone(&self.runner), jobs.len());
-        Box::pin(async move {
-            db.run(Apart { runner, jobs })
-                .await
-                .unwrap_or_else(|e| vec![Err(JobFailure::Retry(format!("database: {e}"))); n])
-        })
-    }
-}
-
-/// A [`ClaimRunner`]'s work in a transaction of its own.
-struct Apart<R> {
-    runner: Arc<R>,
-    jobs: Vec<ClaimedJob>,
-}
-
-impl<R: ClaimRunner> DbCommand for Apart<R> {
-    type Output = Vec<Result<(), JobFailure>>;
-
-    async fn run(self, conn: &mut Conn) -> Result<Self::Output, DbError> {
-        let caller = conn.caller().clone();
-        let tx = conn.begin().await?;
-        tx.batch_execute(super::ASYNC_COMMIT).await?;
-        let results = self.runner.apply(&tx, &self.jobs).await?;
-        commit(tx, &caller).await?;
-        Ok(results)
+        Some(&self.0)
     }
 }
 
