@@ -197,6 +197,11 @@ def cpu_seconds(pids):
     return total
 
 
+def metrics_text(base):
+    """The /metrics page of the service at `base`."""
+    return urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+
+
 def run_queue(pid):
     """(ns waited on a run queue, times scheduled) so far, over the process's threads: how long
     its threads were ready to run while others had the cores."""
@@ -519,7 +524,7 @@ class Suite:
 
     def cache_counts(self):
         """The in-process tier's hits and misses, from /metrics."""
-        text = urllib.request.urlopen(self.base() + "/metrics", timeout=5).read().decode()
+        text = metrics_text(self.base())
         counts = {}
         for line in text.splitlines():
             for name in ("cache_hits_total", "cache_misses_total"):
@@ -762,7 +767,7 @@ class Suite:
         calls_after = self.redis.commands()
         redis_calls = {k: v - calls_before.get(k, 0) for k, v in calls_after.items() if v != calls_before.get(k, 0)}
         log(f"Redis commands during the product runs: {redis_calls}")
-        text = urllib.request.urlopen(f"http://127.0.0.1:{guarded.port}/metrics", timeout=5).read().decode()
+        text = metrics_text(f"http://127.0.0.1:{guarded.port}")
         decisions = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("rate_limit_decisions_total{"))
         mean = lambda rs: sum(r["rps"] for r in rs) / len(rs)
         ratio = round(mean(runs["guarded"]) / mean(runs["unguarded"]), 3)
@@ -834,12 +839,12 @@ class Suite:
 
     def metric(self, series):
         """The value of one series of the service's /metrics, or None."""
-        text = urllib.request.urlopen(self.base() + "/metrics", timeout=5).read().decode()
+        text = metrics_text(self.base())
         return next((float(l.split()[-1]) for l in text.splitlines() if l.startswith(series + " ")), None)
 
     def latency_buckets(self, status):
         """The service's latency histogram of `status` answers so far: {upper bound s: count}."""
-        text = urllib.request.urlopen(self.base() + "/metrics", timeout=5).read().decode()
+        text = metrics_text(self.base())
         buckets = {}
         for line in text.splitlines():
             if line.startswith("http_request_duration_seconds_bucket") and f'status="{status}"' in line:
@@ -949,8 +954,7 @@ class Suite:
                             "FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"),
                         # The dispatcher's side: jobs started and running, its Db actor's queue.
                         "dispatcher": " ".join(
-                            l for l in urllib.request.urlopen(f"http://127.0.0.1:{dispatcher.port}/metrics", timeout=5)
-                            .read().decode().splitlines()
+                            l for l in metrics_text(f"http://127.0.0.1:{dispatcher.port}").splitlines()
                             if not l.startswith("#") and ('queue="noop"' in l or l.startswith(("db_commands", "db_pool_waiting"))))})
 
             sampler = threading.Thread(target=sample, daemon=True)
@@ -1061,7 +1065,7 @@ class Suite:
         """Responses by status so far, summed over the instances' /metrics."""
         counts = {}
         for p in instances:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{p.port}/metrics", timeout=5).read().decode()
+            text = metrics_text(f"http://127.0.0.1:{p.port}")
             for line in text.splitlines():
                 if line.startswith("http_requests_total{"):
                     status = line.split('status="', 1)[1].split('"', 1)[0]

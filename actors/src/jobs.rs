@@ -327,23 +327,19 @@ impl Jobs {
         supervision: Supervision,
     ) -> Self {
         let mut batches: HashMap<String, usize> = HashMap::new();
-        let mut apart = std::collections::HashSet::new();
         for (runner, queue) in runners.values() {
             let n = batches.entry(queue.clone()).or_insert(1);
             *n = (*n).max(runner.batch());
-            if runner.in_claim().is_none() {
-                apart.insert(queue.clone());
-            }
         }
-        let in_claim: std::collections::HashSet<String> = batches
-            .keys()
-            .filter(|q| !apart.contains(*q))
-            .cloned()
+        let in_claim: std::collections::HashSet<String> = runners
+            .values()
+            .filter(|(runner, _)| runner.in_claim().is_some())
+            .map(|(_, queue)| queue.clone())
             .collect();
         for (kind, (runner, queue)) in &runners {
             assert!(
-                runner.in_claim().is_none() || in_claim.contains(queue),
-                "{kind} runs in its claim, and queue {queue} has kinds that run apart"
+                runner.in_claim().is_some() || !in_claim.contains(queue),
+                "{kind} runs apart, and queue {queue} has kinds that run in their claim"
             );
         }
         Self {
@@ -447,6 +443,24 @@ impl Jobs {
         );
     }
 
+    /// A run of `queue` started here: it holds one of the queue's places until it ends.
+    fn place_taken(&mut self, queue: &str) {
+        *self.running.entry(queue.to_owned()).or_default() += 1;
+        if let Some(c) = self.board.counters(queue) {
+            c.running.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A run of `queue` ended.
+    fn place_freed(&mut self, queue: &str) {
+        if let Some(n) = self.running.get_mut(queue) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(c) = self.board.counters(queue) {
+            c.running.fetch_sub(1, Relaxed);
+        }
+    }
+
     /// The most jobs one run of this queue's kinds may take.
     fn batch_of(&self, queue: &str) -> usize {
         self.batches.get(queue).copied().unwrap_or(1)
@@ -475,9 +489,8 @@ impl Jobs {
         ctx: &mut Context<Self>,
     ) {
         let queue = jobs[0].queue.clone();
-        *self.running.entry(queue.clone()).or_default() += 1;
+        self.place_taken(&queue);
         if let Some(counters) = self.board.counters(&queue) {
-            counters.running.fetch_add(1, Relaxed);
             counters.started.fetch_add(jobs.len() as u64, Relaxed);
         }
         let (db, settings, addr) = (self.db.clone(), Arc::clone(&self.settings), ctx.address());
@@ -633,15 +646,20 @@ async fn execute(
         }
     };
     held.iter()
-        .zip(results.into_iter().chain(std::iter::repeat_with(|| {
-            Err(JobFailure::Retry(
-                "the runner gave no result for this job".into(),
-            ))
-        })))
+        .zip(one_each(results))
         .map(|(&(id, attempt, max_attempts), result)| {
             outcome(settings, id, attempt, max_attempts, result)
         })
         .collect()
+}
+
+/// A runner's results, one for each job however many it gave: a job it left out is retried.
+fn one_each(results: Vec<Result<(), JobFailure>>) -> impl Iterator<Item = Result<(), JobFailure>> {
+    results.into_iter().chain(std::iter::repeat_with(|| {
+        Err(JobFailure::Retry(
+            "the runner gave no result for this job".into(),
+        ))
+    }))
 }
 
 /// What becomes of a job after its run's `result`.
@@ -838,12 +856,7 @@ impl Handler<Finished> for Jobs {
     type Result = ();
 
     fn handle(&mut self, done: Finished, ctx: &mut Context<Self>) {
-        if let Some(n) = self.running.get_mut(&done.queue) {
-            *n = n.saturating_sub(1);
-        }
-        if let Some(c) = self.board.counters(&done.queue) {
-            c.running.fetch_sub(1, Relaxed);
-        }
+        self.place_freed(&done.queue);
         self.board
             .unrecorded
             .fetch_add(done.outcomes.len() as u64, Relaxed);

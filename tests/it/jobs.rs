@@ -114,6 +114,20 @@ async fn a_job_is(app: &TestApp, kind: &str, status: &str) {
     .await;
 }
 
+/// Runs `body` (PL/pgSQL) before each row inserted into `table`, in the inserting transaction:
+/// a real failure or a slow write inside a job's run. Dropped with
+/// `DROP TRIGGER before_insert ON <table>`.
+async fn before_insert_into(sql: &tokio_postgres::Client, table: &str, body: &str) {
+    sql.batch_execute(&format!(
+        "CREATE FUNCTION before_insert_into_{table}() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN {body} END $$;
+         CREATE TRIGGER before_insert BEFORE INSERT ON {table}
+           FOR EACH ROW EXECUTE FUNCTION before_insert_into_{table}();"
+    ))
+    .await
+    .unwrap();
+}
+
 /// Waits until every job is finished (succeeded or dead).
 async fn all_jobs_finished(app: &TestApp) {
     let sql = app.sql().await;
@@ -578,13 +592,12 @@ async fn an_analytics_run_that_fails_leaves_nothing_and_its_retry_applies_the_or
     let product = app.create_product(&merchant, "IC-1", 700, 10).await;
     let sql = app.sql().await;
     // A real database error inside the run, after its claim and its first write.
-    sql.batch_execute(
-        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'aggregates refused by the test'; END $$;
-         CREATE TRIGGER refuse BEFORE INSERT ON analytics_daily FOR EACH ROW EXECUTE FUNCTION refuse();",
+    before_insert_into(
+        &sql,
+        "analytics_daily",
+        "RAISE EXCEPTION 'aggregates refused by the test';",
     )
-    .await
-    .unwrap();
+    .await;
     buy(&app, &merchant, &product, 2).await;
     a_job_is(&app, "order_analytics", "failed").await;
     let row = sql
@@ -607,7 +620,7 @@ async fn an_analytics_run_that_fails_leaves_nothing_and_its_retry_applies_the_or
         "the run's writes were undone with it"
     );
 
-    sql.batch_execute("DROP TRIGGER refuse ON analytics_daily")
+    sql.batch_execute("DROP TRIGGER before_insert ON analytics_daily")
         .await
         .unwrap();
     all_jobs_finished(&app).await;
@@ -655,13 +668,7 @@ async fn a_frozen_instance_gives_back_the_jobs_it_runs_in_their_claim_within_its
     let product = app.create_product(&merchant, "FR-1", 100, 5).await;
     let sql = app.sql().await;
     // Audit entries are written slowly, so that the run can be caught inside its transaction.
-    sql.batch_execute(
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
-         CREATE TRIGGER slow BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION slow();",
-    )
-    .await
-    .unwrap();
+    before_insert_into(&sql, "audit_log", "PERFORM pg_sleep(1); RETURN NEW;").await;
     let outbox = std::env::temp_dir().join(format!("rampart-frozen-{}", uuid::Uuid::new_v4()));
     let outbox_text = outbox.display().to_string();
     let env = [

@@ -21,8 +21,8 @@
 //! unit of work, and more runs at once would only contend for the same rows.
 
 use super::{
-    claim, claim_settings, claimed, outcome, record_in, ClaimedJob, JobFailure, JobRunner, Jobs,
-    JobsSettings, Outcome, Runners, Written,
+    claim, claim_settings, claimed, one_each, outcome, record_in, ClaimedJob, JobFailure,
+    JobRunner, Jobs, JobsSettings, Outcome, Runners, Written,
 };
 use crate::db::{commit, Conn, DbCommand, DbError};
 use actix::fut::WrapFuture;
@@ -133,13 +133,7 @@ impl DbCommand for RunInClaim {
                 () = keep_alive(&tx, idle) => unreachable!("keeping alive never ends"),
             };
             match applied {
-                Ok(done) => results.extend(group.iter().zip(done.into_iter().chain(
-                    std::iter::repeat_with(|| {
-                        Err(JobFailure::Retry(
-                            "the runner gave no result for this job".into(),
-                        ))
-                    }),
-                ))),
+                Ok(done) => results.extend(group.iter().zip(one_each(done))),
                 Err(e) => {
                     undone = Some(e);
                     break;
@@ -218,10 +212,7 @@ async fn keep_alive(tx: &Transaction<'_>, idle: std::time::Duration) {
 impl Jobs {
     /// Runs a batch of `queue`'s jobs in its claim (the queue's claim is marked under way).
     pub(super) fn run_in_claim(&mut self, queue: String, ctx: &mut Context<Self>) {
-        *self.running.entry(queue.clone()).or_default() += 1;
-        if let Some(c) = self.board.counters(&queue) {
-            c.running.fetch_add(1, Relaxed);
-        }
+        self.place_taken(&queue);
         let limit = self.batch_of(&queue) as i64;
         let command = RunInClaim {
             queue: queue.clone(),
@@ -238,14 +229,9 @@ impl Jobs {
             )
             .into_actor(self)
             .map(move |ran, act, ctx| {
-                if let Some(n) = act.running.get_mut(&queue) {
-                    *n = n.saturating_sub(1);
-                }
+                act.place_freed(&queue);
                 let mut again = act.claiming.remove(&queue).unwrap_or(false);
                 let counters = act.board.counters(&queue);
-                if let Some(c) = counters {
-                    c.running.fetch_sub(1, Relaxed);
-                }
                 match ran {
                     Ok(outcomes) => {
                         if let Some(c) = counters {
