@@ -257,6 +257,38 @@ def nginx(workdir, name, ports):
 
 # ---------------------------------------------------------------- /proc sampling
 
+class WaitSampler:
+    """What PostgreSQL's busy sessions wait on, sampled every 50 ms by one psql session while a
+    load runs: a share per wait (`CPU` when running, `in-tx:ClientRead` when a transaction
+    waits for its client's next statement)."""
+
+    def __init__(self, pg):
+        query = ("SELECT string_agg(k || '=' || n, ' ') FROM (SELECT CASE WHEN state = 'idle in transaction' "
+                 "THEN 'in-tx:ClientRead' ELSE coalesce(wait_event_type || ':' || wait_event, 'CPU') END k, count(*) n "
+                 "FROM pg_stat_activity WHERE state IN ('active', 'idle in transaction') AND backend_type = 'client backend' "
+                 "AND pid <> pg_backend_pid() GROUP BY 1) s")
+        self.proc = subprocess.Popen(pg.psql_cmd("rampart", "-At"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.proc.stdin.write(query + "\n\\watch 0.05\n")
+        self.proc.stdin.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        out, _ = self.proc.communicate()
+        counts, samples = {}, 0
+        for line in out.splitlines():
+            samples += 1
+            for part in line.split():
+                k, _, n = part.rpartition("=")
+                if k:
+                    counts[k] = counts.get(k, 0) + int(n)
+        self.summary = {"samples": samples, "sessions_per_sample": {k: round(v / max(1, samples), 2) for k, v in
+                                                                     sorted(counts.items(), key=lambda kv: -kv[1])}}
+
+
 class Sampler:
     """Samples a process's RSS and CPU share every `every` seconds while a load runs."""
 
@@ -977,9 +1009,10 @@ class Suite:
 
         # JOBS_LATENCY_ROUNDS repeats the bulk drain, the vacuum and the latency phase on the same
         # dispatcher: a run that falls behind came about one in ten.
+        # (0 skips them, for a profile of the checkout turns alone.)
         for round_no in range(int(os.environ.get("JOBS_LATENCY_ROUNDS", "1"))):
             rounds.append(bulk_then_latency(round_no))
-        r.update(rounds[0])
+        r.update(rounds[0] if rounds else {})
         if len(rounds) > 1:
             # Judged by the worst round.
             r["rounds"] = [{k: v for k, v in x.items() if k != "latency_phase_samples"} for x in rounds]
@@ -1003,9 +1036,16 @@ class Suite:
                     self.wait_jobs_drained()
                 wal_before = self.wal()
                 self.statements()
-                runs[name].append(self.measure(f"checkout {name} dispatch (turn {turn + 1})",
-                                               lambda: wrk(f"http://127.0.0.1:{proc.port}", "bench/lua/checkout.lua", [path, ids], d, connections=16),
-                                               proc.pid))
+                # With PROFILE=1 the first turn of each is profiled.
+                profiler = self.start_profile(d, f"checkout-{name}-dispatch") if os.environ.get("PROFILE") and turn == 0 else None
+                with WaitSampler(self.pg) as waits:
+                    runs[name].append(self.measure(f"checkout {name} dispatch (turn {turn + 1})",
+                                                   lambda: wrk(f"http://127.0.0.1:{proc.port}", "bench/lua/checkout.lua", [path, ids], d, connections=16),
+                                                   proc.pid))
+                runs[name][-1]["postgres_waits"] = waits.summary
+                log(f"    PostgreSQL's sessions, on average: {waits.summary['sessions_per_sample']}")
+                if profiler:
+                    runs[name][-1]["profile"] = self.finish_profile(profiler, proc.pid)
                 # What each checkout cost in WAL (the jobs' writes are flushed with its commit).
                 done = runs[name][-1]["requests"] or 1
                 runs[name][-1]["wal_per_checkout"] = {k: round((v - wal_before[k]) / done, 1) for k, v in self.wal().items()}

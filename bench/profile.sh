@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make profile [SCENARIO=product|mixed|checkout|connections|guardians] [DURATION=20]
+# make profile [SCENARIO=product|mixed|checkout|connections|guardians|jobs] [DURATION=20]
 # Runs one benchmark scenario with perf sampling the whole machine (cpu-clock: no hardware
 # counters needed) and writes the service's flame graph (inferno, built once from crates.io) into
 # the run's folder under bench/results/, beside the text reports.
@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 scenario=${1:-product}
 duration=${2:-20}
 case "$scenario" in
-  product|mixed|checkout|connections|guardians) ;;
-  *) echo "profile: $scenario is not profiled; choose product, mixed, checkout, connections or guardians" >&2; exit 2 ;;
+  product|mixed|checkout|connections|guardians|jobs) ;;
+  *) echo "profile: $scenario is not profiled; choose product, mixed, checkout, connections, guardians or jobs" >&2; exit 2 ;;
 esac
 if ! command -v perf >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

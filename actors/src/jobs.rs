@@ -910,12 +910,13 @@ impl Handler<Stop> for Jobs {
 // ---- the commands
 
 /// The due jobs of queue `$1` (at most `$2`), oldest first, none behind an unfinished job of its
-/// ordering key, locked; then the claim's `UPDATE ... FROM due`, and what a runner sees of them.
-macro_rules! claim {
-    ($update:literal) => {
+/// ordering key, locked: `SELECT <columns> FROM jobs j ...`.
+macro_rules! due {
+    ($columns:literal) => {
         concat!(
-            "WITH due AS (
-    SELECT j.id FROM jobs j
+            "SELECT ",
+            $columns,
+            " FROM jobs j
     WHERE j.queue = $1 AND j.status IN ('queued', 'failed') AND j.run_at <= now()
       AND (j.ordering_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM jobs e
@@ -924,9 +925,20 @@ macro_rules! claim {
             AND (e.created_at, e.id) < (j.created_at, j.id)))
     ORDER BY j.run_at, j.id
     LIMIT $2
-    FOR UPDATE OF j SKIP LOCKED
-)
-",
+    FOR UPDATE OF j SKIP LOCKED"
+        )
+    };
+}
+pub(crate) use due;
+
+/// The due jobs ([`due`]), then the claim's `UPDATE ... FROM due`, and what a runner sees of
+/// them.
+macro_rules! claim {
+    ($update:literal) => {
+        concat!(
+            "WITH due AS (",
+            due!("j.id"),
+            ")\n",
             $update,
             "
 FROM due WHERE jobs.id = due.id
@@ -935,7 +947,6 @@ RETURNING jobs.id, jobs.merchant_id, jobs.queue, jobs.kind, jobs.payload, jobs.a
         )
     };
 }
-pub(crate) use claim;
 
 const CLAIM: &str = claim!(
     "UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1,

@@ -114,6 +114,17 @@ async fn a_job_is(app: &TestApp, kind: &str, status: &str) {
     .await;
 }
 
+/// Waits until no job of `kind` is left: a kind done in its claim leaves the queue with its
+/// work.
+async fn all_done_in_their_claim(app: &TestApp, kind: &str) {
+    wait_until(
+        &format!("every {kind} job done and gone"),
+        Duration::from_secs(30),
+        async || statuses(app, kind).await.is_empty(),
+    )
+    .await;
+}
+
 /// Runs `body` (PL/pgSQL) before each row inserted into `table`, in the inserting transaction:
 /// a real failure or a slow write inside a job's run. Dropped with
 /// `DROP TRIGGER before_insert ON <table>`.
@@ -126,6 +137,35 @@ async fn before_insert_into(sql: &tokio_postgres::Client, table: &str, body: &st
     ))
     .await
     .unwrap();
+}
+
+/// Keeps a copy of every job written from now on, so that a test can run jobs again after they
+/// left the queue (a job done in its claim is deleted with its work).
+async fn keep_copies_of_jobs(sql: &tokio_postgres::Client) {
+    sql.batch_execute("CREATE TABLE jobs_written (LIKE jobs)")
+        .await
+        .unwrap();
+    before_insert_into(
+        sql,
+        "jobs",
+        "INSERT INTO jobs_written SELECT NEW.*; RETURN NEW;",
+    )
+    .await;
+}
+
+/// Puts every job of `kind` written since [`keep_copies_of_jobs`] back in the queue, as a run
+/// whose outcome was lost would leave it: each runs again. How many were put back.
+async fn run_again(sql: &tokio_postgres::Client, kind: &str) -> u64 {
+    sql.batch_execute("DROP TRIGGER IF EXISTS before_insert ON jobs")
+        .await
+        .unwrap();
+    sql.execute(
+        "INSERT INTO jobs SELECT * FROM jobs_written WHERE kind = $1
+         ON CONFLICT (id) DO UPDATE SET status = 'queued', run_at = now()",
+        &[&kind],
+    )
+    .await
+    .unwrap()
 }
 
 /// Waits until every job is finished (succeeded or dead).
@@ -350,15 +390,8 @@ async fn a_mail_server_slower_than_the_idle_limit_gets_the_mail_once() {
     let merchant = app.create_merchant("Slow Mail").await;
     let product = app.create_product(&merchant, "SLOW-1", 500, 5).await;
     buy(&app, &merchant, &product, 1).await;
-    a_job_is(&app, "order_email", "succeeded").await;
-    let attempts: i32 = app
-        .sql()
-        .await
-        .query_one("SELECT attempts FROM jobs WHERE kind = 'order_email'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!((sink.mails().len(), attempts), (1, 1));
+    all_done_in_their_claim(&app, "order_email").await;
+    assert_eq!(sink.mails().len(), 1, "sent once, its run committed");
 }
 
 #[actix_rt::test]
@@ -371,6 +404,8 @@ async fn without_smtp_the_mails_are_eml_files_in_the_outbox() {
         .await;
     let merchant = app.create_merchant("File Shop").await;
     let product = app.create_product(&merchant, "EML-1", 700, 5).await;
+    let sql = app.sql().await;
+    keep_copies_of_jobs(&sql).await;
     let order = buy(&app, &merchant, &product, 1).await;
     let file = dir.join(format!(
         "order-created.{}_rampart.eml",
@@ -387,14 +422,7 @@ async fn without_smtp_the_mails_are_eml_files_in_the_outbox() {
     assert!(text.contains("is confirmed"), "{text}");
     // Running the job again writes the same file, not a second one.
     all_jobs_finished(&app).await;
-    app.sql()
-        .await
-        .execute(
-            "UPDATE jobs SET status = 'queued', run_at = now() WHERE kind = 'order_email'",
-            &[],
-        )
-        .await
-        .unwrap();
+    assert_eq!(run_again(&sql, "order_email").await, 1);
     all_jobs_finished(&app).await;
     let files = std::fs::read_dir(&dir)
         .unwrap()
@@ -518,6 +546,8 @@ async fn analytics_equal_the_orders_totals_per_inclusive_day_even_after_the_jobs
     let app = jobs_app().spawn().await;
     let merchant = app.create_merchant("Numbers").await;
     let product = app.create_product(&merchant, "AN-1", 1500, 100).await;
+    let sql = app.sql().await;
+    keep_copies_of_jobs(&sql).await;
     let mut orders = Vec::new();
     for q in [1, 2, 3, 4] {
         orders.push(buy(&app, &merchant, &product, q).await);
@@ -535,14 +565,7 @@ async fn analytics_equal_the_orders_totals_per_inclusive_day_even_after_the_jobs
     assert_eq!(app.get_as(&merchant.api_key, &path).await.json(), expect);
 
     // Every analytics job runs again: nothing changes.
-    let sql = app.sql().await;
-    let again = sql
-        .execute(
-            "UPDATE jobs SET status = 'queued', run_at = now() WHERE kind = 'order_analytics'",
-            &[],
-        )
-        .await
-        .unwrap();
+    let again = run_again(&sql, "order_analytics").await;
     assert_eq!(again, 5, "four creations and one cancellation");
     all_jobs_finished(&app).await;
     assert_eq!(app.get_as(&merchant.api_key, &path).await.json(), expect);
@@ -603,7 +626,8 @@ async fn an_analytics_run_that_fails_leaves_nothing_and_its_retry_applies_the_or
     let row = sql
         .query_one(
             "SELECT attempts, last_error, finished_at IS NULL, run_at > created_at,
-                    (SELECT count(*) FROM analytics_applied), (SELECT count(*) FROM analytics_daily)
+                    (SELECT count(*) FROM analytics_applied), (SELECT count(*) FROM analytics_daily),
+                    id::text
              FROM jobs WHERE kind = 'order_analytics'",
             &[],
         )
@@ -619,39 +643,28 @@ async fn an_analytics_run_that_fails_leaves_nothing_and_its_retry_applies_the_or
         (0, 0),
         "the run's writes were undone with it"
     );
+    let job = format!("/api/v1/jobs/{}", row.get::<_, String>(6));
+    let view = app.get_as(&merchant.api_key, &job).await.json();
+    assert_eq!(view["status"], "failed", "{view}");
 
     sql.batch_execute("DROP TRIGGER before_insert ON analytics_daily")
         .await
         .unwrap();
-    all_jobs_finished(&app).await;
-    assert_eq!(
-        statuses(&app, "order_analytics").await,
-        BTreeMap::from([("succeeded".to_owned(), 1)])
-    );
+    all_done_in_their_claim(&app, "order_analytics").await;
     let today = chrono::Utc::now().date_naive();
     let path = format!("/api/v1/analytics/sales?from={today}&to={today}");
     assert_eq!(
         app.get_as(&merchant.api_key, &path).await.json(),
         json!({"data": [{"day": today.to_string(), "orders": 1, "units": 2, "revenue_cents": 1400}]})
     );
-    let view = app
-        .get_as(
-            &merchant.api_key,
-            &format!(
-                "/api/v1/jobs/{}",
-                sql.query_one(
-                    "SELECT id::text FROM jobs WHERE kind = 'order_analytics'",
-                    &[]
-                )
-                .await
-                .unwrap()
-                .get::<_, String>(0)
-            ),
-        )
+    let applied: i64 = sql
+        .query_one("SELECT count(*) FROM analytics_applied", &[])
         .await
-        .json();
-    assert_eq!(view["status"], "succeeded");
-    assert!(view["attempts"].as_i64().unwrap() >= 2, "{view}");
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1, "applied once");
+    // Done in its claim, the job left the queue with its work.
+    assert_eq!(app.get_as(&merchant.api_key, &job).await.status, 404);
 }
 
 /// A run in its claim holds its jobs by its transaction. An instance frozen in the middle of
@@ -704,7 +717,7 @@ async fn a_frozen_instance_gives_back_the_jobs_it_runs_in_their_claim_within_its
     first.freeze();
 
     // Another instance can take the job only once PostgreSQL has ended the frozen run.
-    let _second = TestApp::builder()
+    let second = TestApp::builder()
         .beside(&app)
         .configure(|s| {
             quick(s);
@@ -712,23 +725,16 @@ async fn a_frozen_instance_gives_back_the_jobs_it_runs_in_their_claim_within_its
         })
         .spawn()
         .await;
-    wait_until(
-        "the audit job ran on the second instance",
-        Duration::from_secs(30),
-        async || statuses(&app, "audit").await == BTreeMap::from([("succeeded".to_owned(), 1)]),
-    )
-    .await;
-    let row = sql
-        .query_one(
-            "SELECT (SELECT attempts FROM jobs WHERE kind = 'audit'), (SELECT count(*) FROM audit_log)",
-            &[],
-        )
+    all_done_in_their_claim(&app, "audit").await;
+    let entries: i64 = sql
+        .query_one("SELECT count(*) FROM audit_log", &[])
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
     assert_eq!(
-        (row.get::<_, i32>(0), row.get::<_, i64>(1)),
+        (entries, started(&second.metrics().await)),
         (1, 1),
-        "the frozen run left neither its attempt nor its entry"
+        "the frozen run left no entry: the second instance's run wrote the only one"
     );
     first.thaw();
 }
@@ -913,23 +919,36 @@ async fn two_instances_dispatching_from_one_database_run_every_job_once() {
     }
     futures_util::future::join_all(checkouts).await;
     all_jobs_finished(&first).await;
-    let jobs: i64 = first
+    // The webhooks stay `succeeded`; mail, analytics and audit leave the queue with their work.
+    let row = first
         .sql()
         .await
-        .query_one("SELECT count(*) FROM jobs WHERE status = 'succeeded'", &[])
+        .query_one(
+            "SELECT (SELECT string_agg(kind || ':' || status || '=' || n, ' ' ORDER BY kind)
+                     FROM (SELECT kind, status, count(*) n FROM jobs GROUP BY 1, 2) k),
+                    (SELECT count(*) FROM audit_log), (SELECT count(*) FROM analytics_applied)",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
     assert_eq!(
-        jobs,
-        40 * 4,
-        "email, webhook, analytics and audit per order"
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        ("webhook:succeeded=40".to_owned(), 40, 40),
+        "every order's webhook, audit entry and analytics"
     );
     let (a, b) = (
         started(&first.metrics().await),
         started(&second.metrics().await),
     );
-    assert_eq!(a + b, jobs as u64, "no job run twice ({a} + {b} runs)");
+    assert_eq!(
+        a + b,
+        40 * 4,
+        "email, webhook, analytics and audit per order, none run twice ({a} + {b} runs)"
+    );
     assert!(a > 0 && b > 0, "both instances dispatched ({a}, {b})");
     let events: std::collections::BTreeSet<String> = receiver
         .received()
@@ -1082,22 +1101,30 @@ async fn after_a_killed_service_and_a_crashed_postgres_every_acknowledged_orders
             "acknowledged order {id} committed"
         );
     }
-    // Every job of every committed order succeeded: none lost, none dead.
+    // Every job of every committed order done, none lost, none dead: its webhook `succeeded`,
+    // and its mail (counted below), analytics and audit entry done and gone from the queue.
     let rows = sql
         .query(
-            "SELECT o.id::text, count(j.id) FILTER (WHERE j.status = 'succeeded'), count(j.id)
-             FROM orders o LEFT JOIN jobs j ON j.payload->>'order_id' = o.id::text OR j.payload->>'entity_id' = o.id::text
-             GROUP BY o.id",
+            "SELECT o.id::text,
+                (SELECT string_agg(j.kind || ':' || j.status, ' ' ORDER BY j.kind) FROM jobs j
+                 WHERE j.payload->>'order_id' = o.id::text OR j.payload->>'entity_id' = o.id::text),
+                (SELECT count(*) FROM analytics_applied a WHERE a.order_id = o.id),
+                (SELECT count(*) FROM audit_log l WHERE l.entity_id = o.id::text)
+             FROM orders o",
             &[],
         )
         .await
         .unwrap();
     for r in &rows {
-        let (id, done, all): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        let id: String = r.get(0);
         assert_eq!(
-            (done, all),
-            (4, 4),
-            "order {id}: email, webhook, analytics, audit"
+            (
+                r.get::<_, Option<String>>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, i64>(3)
+            ),
+            (Some("webhook:succeeded".to_owned()), 1, 1),
+            "order {id}: its webhook, analytics and audit entry"
         );
     }
     // Nothing ran for an order that does not exist (a rolled-back checkout writes no job).

@@ -606,6 +606,16 @@ impl OtherProcess {
         reply.ok().map(|r| r.status().as_u16())
     }
 
+    pub async fn text(&self, path: &str) -> String {
+        let mut reply = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        String::from_utf8(reply.body().await.expect("body").to_vec()).expect("utf8")
+    }
+
     pub async fn json(&self, path: &str) -> serde_json::Value {
         let mut reply = self
             .client

@@ -1,28 +1,31 @@
-//! Jobs run in their claim: one transaction claims a batch of a kind's jobs with
-//! `FOR UPDATE SKIP LOCKED`, marks them succeeded, does their work and commits. For kinds whose
-//! work is writes to this database (analytics, audit) or short and harmless to repeat outside it
-//! (a mail: one Message-ID per event, so a repeat is the same message).
+//! Jobs run in their claim: one transaction locks a batch of a kind's due jobs with
+//! `FOR UPDATE SKIP LOCKED`, does their work, deletes the jobs that succeeded (a failure is
+//! written back as any other) and commits. For kinds whose work is writes to this database
+//! (analytics, audit) or short and harmless to repeat outside it (a mail: one Message-ID per
+//! event, so a repeat is the same message).
 //!
 //! Why: a job run apart is three transactions (claim, work, outcome) and two new versions of its
 //! row, each with entries in the job table's indexes. Those writes land on the same hot pages as
 //! the checkouts' own outbox inserts, and with the dispatcher running they cost a checkout as
 //! much as its own statements did (`make bench SCENARIO=jobs`, BENCHMARKS.md "Durable jobs").
-//! In its claim a job is one transaction and one new version, and its database work is done
-//! exactly once: a run that fails or whose instance dies leaves nothing behind, neither its
-//! writes nor its outcome (work outside the database, a mail sent, may be done again).
+//! In its claim a job is one transaction, its row is locked and deleted rather than rewritten
+//! (no new version, no index entry), and its database work is done exactly once: a run that
+//! fails or whose instance dies leaves nothing behind, neither its writes nor its outcome (work
+//! outside the database, a mail sent, may be done again). What such a job did is its record
+//! (the audit entry, the `analytics_applied` row, the mail); its id is never given to a client.
 //!
 //! The lease of such a run is its transaction: its row locks keep other claims off the jobs,
 //! the connection's end (a killed instance) rolls it back, and a frozen instance's transaction
 //! is ended by PostgreSQL once idle for the lease (`idle_in_transaction_session_timeout`, or the
 //! session's own if shorter); a statement may run no longer either. A run waiting on something
 //! else (a mail server) renews it with a statement every third of that limit. Such a job is never
-//! seen `running`: it is `queued` until the commit that makes it `succeeded`. One run at a time
-//! per queue and instance, each holding a pooled connection while it runs: the batch is the
-//! unit of work, and more runs at once would only contend for the same rows.
+//! seen `running`: it is `queued` until the commit that removes it. One run at a time per queue
+//! and instance, each holding a pooled connection while it runs: the batch is the unit of work,
+//! and more runs at once would only contend for the same rows.
 
 use super::{
-    claim, claim_settings, claimed, one_each, outcome, record_in, ClaimedJob, JobFailure,
-    JobRunner, Jobs, JobsSettings, Outcome, Runners, Written,
+    claim_settings, claimed, due, one_each, outcome, record_in, ClaimedJob, JobFailure, JobRunner,
+    Jobs, JobsSettings, Outcome, Runners, Written,
 };
 use crate::db::{commit, Conn, DbCommand, DbError};
 use actix::fut::WrapFuture;
@@ -32,7 +35,6 @@ use futures_util::future::LocalBoxFuture;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// A kind that runs in its claim: its work is done in the claiming transaction, which stays open
 /// (and leased) while the work waits on anything else.
@@ -79,12 +81,27 @@ struct RunInClaim {
     settings: Arc<JobsSettings>,
 }
 
-/// Marks the claimed jobs succeeded at once: a run that does not commit leaves them as they
-/// were, and the few that fail are written again before the commit.
-const CLAIM_DONE: &str = claim!(
-    "UPDATE jobs SET status = 'succeeded', attempts = jobs.attempts + 1, locked_by = NULL,
-    locked_until = NULL, updated_at = now(), started_at = clock_timestamp(), finished_at = now()"
+/// Takes the due jobs by locking them (no new row version); the run's attempt is the row's
+/// attempts plus one, written only if the job fails.
+const TAKE: &str = due!(
+    "j.id, j.merchant_id, j.queue, j.kind, j.payload, j.attempts + 1, j.max_attempts, j.created_at"
 );
+
+/// A job done in its claim leaves the queue in the transaction that did its work: that
+/// transaction's writes (an audit row, an `analytics_applied` row) are its record, and its id
+/// is never handed to a client. Deleting writes no new row version and no index entry; marking
+/// it `succeeded` wrote both, on the pages where the checkouts insert their jobs.
+const DONE: &str = "DELETE FROM jobs WHERE id = ANY($1)";
+
+/// The outcome of a job whose row the run left as it was: its attempt spent unless deferred.
+fn unchanged(job: &ClaimedJob, outcome: Outcome) -> Written {
+    Written {
+        id: job.id,
+        attempts: job.attempt - 1,
+        add: i32::from(outcome.spends()),
+        outcome,
+    }
+}
 
 impl DbCommand for RunInClaim {
     type Output = Vec<Outcome>;
@@ -105,7 +122,7 @@ impl DbCommand for RunInClaim {
             statement.as_millis().max(1)
         ))
         .await?;
-        let stmt = tx.prepare_cached(CLAIM_DONE).await?;
+        let stmt = tx.prepare_cached(TAKE).await?;
         let jobs: Vec<ClaimedJob> = tx
             .query(&stmt, &[&self.queue, &self.limit])
             .await?
@@ -161,12 +178,7 @@ impl DbCommand for RunInClaim {
             let written = jobs
                 .iter()
                 .zip(&outcomes)
-                .map(|(j, o)| Written {
-                    id: j.id,
-                    attempts: j.attempt - 1,
-                    add: i32::from(o.spends()),
-                    outcome: o.clone(),
-                })
+                .map(|(j, o)| unchanged(j, o.clone()))
                 .collect();
             let tx = conn.transaction().await?;
             tx.batch_execute(&claim_settings()).await?;
@@ -174,20 +186,24 @@ impl DbCommand for RunInClaim {
             tx.commit().await?;
             return Ok(outcomes);
         }
-        let outcomes: Vec<(Uuid, i32, Outcome)> = results
-            .into_iter()
-            .map(|(job, result)| (job.id, job.attempt, outcome_of(job, result)))
-            .collect();
-        let failed: Vec<Written> = outcomes
-            .iter()
-            .filter(|(_, _, o)| !matches!(o, Outcome::Succeeded))
-            .map(|(id, attempt, o)| Written::claimed(*id, *attempt, o.clone()))
-            .collect();
+        let (mut outcomes, mut done, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        for (job, result) in results {
+            let o = outcome_of(job, result);
+            match o {
+                Outcome::Succeeded => done.push(job.id),
+                _ => failed.push(unchanged(job, o.clone())),
+            }
+            outcomes.push(o);
+        }
+        if !done.is_empty() {
+            let stmt = tx.prepare_cached(DONE).await?;
+            tx.execute(&stmt, &[&done]).await?;
+        }
         if !failed.is_empty() {
             record_in(&tx, None, failed).await?;
         }
         commit(tx, &caller).await?;
-        Ok(outcomes.into_iter().map(|(_, _, o)| o).collect())
+        Ok(outcomes)
     }
 }
 
