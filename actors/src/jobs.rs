@@ -415,7 +415,7 @@ impl Jobs {
         self.last_claim.insert(queue.to_owned(), now);
         self.claiming.insert(queue.to_owned(), false);
         if self.in_claim.contains(queue) {
-            return self.run_in_claim(queue.to_owned(), ctx);
+            return self.run_in_claim(queue.to_owned(), busy, ctx);
         }
         let command = Claim {
             queue: queue.to_owned(),
@@ -909,15 +909,17 @@ impl Handler<Stop> for Jobs {
 
 // ---- the commands
 
-/// The due jobs of queue `$1` (at most `$2`), oldest first, none behind an unfinished job of its
-/// ordering key, locked: `SELECT <columns> FROM jobs j ...`.
+/// The jobs of queue `$1` due by `$by` (at most `$2`), oldest first, none behind an unfinished
+/// job of its ordering key, locked: `SELECT <columns> FROM jobs j ...`.
 macro_rules! due {
-    ($columns:literal) => {
+    ($columns:literal, $by:literal) => {
         concat!(
             "SELECT ",
             $columns,
             " FROM jobs j
-    WHERE j.queue = $1 AND j.status IN ('queued', 'failed') AND j.run_at <= now()
+    WHERE j.queue = $1 AND j.status IN ('queued', 'failed') AND j.run_at <= ",
+            $by,
+            "
       AND (j.ordering_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM jobs e
           WHERE e.queue = j.queue AND e.ordering_key = j.ordering_key
@@ -937,7 +939,7 @@ macro_rules! claim {
     ($update:literal) => {
         concat!(
             "WITH due AS (",
-            due!("j.id"),
+            due!("j.id", "now()"),
             ")\n",
             $update,
             "

@@ -732,7 +732,7 @@ async fn a_frozen_instance_gives_back_the_jobs_it_runs_in_their_claim_within_its
         .unwrap()
         .get(0);
     assert_eq!(
-        (entries, started(&second.metrics().await)),
+        (entries, started_in(&second.metrics().await, Some("audit"))),
         (1, 1),
         "the frozen run left no entry: the second instance's run wrote the only one"
     );
@@ -898,9 +898,16 @@ async fn webhook_urls_reaching_internal_addresses_are_refused_at_creation_update
 
 /// `jobs_started_total` summed over the queues of one instance.
 fn started(metrics: &str) -> u64 {
+    started_in(metrics, None)
+}
+
+/// Job runs started on an instance, from its metrics: in `queue`, or in all.
+fn started_in(metrics: &str, queue: Option<&str>) -> u64 {
+    let labels = queue.map(|q| format!("{{queue=\"{q}\"}}"));
     metrics
         .lines()
-        .filter(|l| l.starts_with("jobs_started_total{"))
+        .filter_map(|l| l.strip_prefix("jobs_started_total"))
+        .filter(|l| labels.as_ref().is_none_or(|q| l.starts_with(q.as_str())))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
 }
