@@ -16,8 +16,9 @@
 //! order's events in order. Analytics and audit run in batches (up to [`BATCH`] jobs in one
 //! statement): a job each was as much database work as the checkout that wrote it. Mail,
 //! analytics and audit run in their claim ([`InClaim`]): claim, work and outcome are one
-//! transaction, their database work is done exactly once, and a job done leaves the table. Webhooks (slow receivers behind
-//! their hosts' circuits) and reports (long, their progress shown) run apart.
+//! transaction, their database work is done exactly once, and a job done leaves the table.
+//! Webhooks (slow receivers behind their hosts' circuits) and reports (long, their progress
+//! shown) run apart.
 
 /// The most analytics or audit jobs one run takes.
 pub const BATCH: usize = 64;

@@ -606,24 +606,23 @@ impl OtherProcess {
         reply.ok().map(|r| r.status().as_u16())
     }
 
-    pub async fn text(&self, path: &str) -> String {
+    /// The body of `GET path`.
+    async fn body(&self, path: &str) -> actix_web::web::Bytes {
         let mut reply = self
             .client
             .get(format!("{}{path}", self.base))
             .send()
             .await
             .expect("request");
-        String::from_utf8(reply.body().await.expect("body").to_vec()).expect("utf8")
+        reply.body().await.expect("body")
+    }
+
+    pub async fn text(&self, path: &str) -> String {
+        String::from_utf8(self.body(path).await.to_vec()).expect("utf8")
     }
 
     pub async fn json(&self, path: &str) -> serde_json::Value {
-        let mut reply = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request");
-        serde_json::from_slice(&reply.body().await.expect("body")).expect("json")
+        serde_json::from_slice(&self.body(path).await).expect("json")
     }
 }
 
