@@ -23,6 +23,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -1064,8 +1065,7 @@ class Suite:
             # median of the pairs' ratios is what a burst from a neighbour on this shared machine,
             # slowing one run of one pair, cannot move (the mean of the means is kept beside it).
             pairs = sorted(w["rps"] / o["rps"] for o, w in zip(runs["without"], runs["with"]))
-            mid = len(pairs) // 2
-            median = pairs[mid] if len(pairs) % 2 else (pairs[mid - 1] + pairs[mid]) / 2
+            median = statistics.median(pairs)
             r["checkout"] = {"runs": runs, "ratio_with_to_without": round(mean(runs["with"]) / mean(runs["without"]), 3),
                              "turn_ratios": [round(x, 3) for x in pairs], "ratio_median_of_turns": round(median, 3)}
             log(f"  checkout with dispatch / without: {r['checkout']['ratio_with_to_without']} (mean of the runs), "

@@ -4,7 +4,7 @@
 
 use crate::receivers::{Behaviour, SmtpSink, WebhookReceiver};
 use crate::support::{
-    wait_until, Merchant, OtherProcess, TestApp, TestAppBuilder, TestPg, ADMIN_TOKEN,
+    jobs_started, wait_until, Merchant, OtherProcess, TestApp, TestAppBuilder, TestPg, ADMIN_TOKEN,
 };
 use hmac::{Hmac, Mac};
 use rampart::settings::{Secret, Settings};
@@ -732,7 +732,10 @@ async fn a_frozen_instance_gives_back_the_jobs_it_runs_in_their_claim_within_its
         .unwrap()
         .get(0);
     assert_eq!(
-        (entries, started_in(&second.metrics().await, Some("audit"))),
+        (
+            entries,
+            jobs_started(&second.metrics().await, Some("audit"))
+        ),
         (1, 1),
         "the frozen run left no entry: the second instance's run wrote the only one"
     );
@@ -896,22 +899,6 @@ async fn webhook_urls_reaching_internal_addresses_are_refused_at_creation_update
     receiver.stop().await;
 }
 
-/// `jobs_started_total` summed over the queues of one instance.
-fn started(metrics: &str) -> u64 {
-    started_in(metrics, None)
-}
-
-/// Job runs started on an instance, from its metrics: in `queue`, or in all.
-fn started_in(metrics: &str, queue: Option<&str>) -> u64 {
-    let labels = queue.map(|q| format!("{{queue=\"{q}\"}}"));
-    metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("jobs_started_total"))
-        .filter(|l| labels.as_ref().is_none_or(|q| l.starts_with(q.as_str())))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
 #[actix_rt::test]
 async fn two_instances_dispatching_from_one_database_run_every_job_once() {
     let receiver = WebhookReceiver::start(Behaviour::Accept);
@@ -948,8 +935,8 @@ async fn two_instances_dispatching_from_one_database_run_every_job_once() {
         "every order's webhook, audit entry and analytics"
     );
     let (a, b) = (
-        started(&first.metrics().await),
-        started(&second.metrics().await),
+        jobs_started(&first.metrics().await, None),
+        jobs_started(&second.metrics().await, None),
     );
     assert_eq!(
         a + b,

@@ -5,7 +5,7 @@
 //! checkout clients no duplicate order.
 
 use crate::receivers::{Behaviour, WebhookReceiver};
-use crate::support::{wait_until, OtherProcess, TestApp, TestRedis};
+use crate::support::{jobs_started, wait_until, OtherProcess, TestApp, TestRedis};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -252,20 +252,14 @@ async fn three_instances_behind_nginx_act_as_one_service() {
     // Analytics jobs leave the queue with their work: their runs are counted by the instances.
     let mut analytics_runs = 0;
     for instance in &instances {
-        analytics_runs += instance
-            .text("/metrics")
-            .await
-            .lines()
-            .filter(|l| l.starts_with("jobs_started_total{queue=\"analytics\"}"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-            .sum::<i64>();
+        analytics_runs += jobs_started(&instance.text("/metrics").await, Some("analytics"));
     }
     let orders: i64 = sql
         .query_one("SELECT count(*) FROM orders", &[])
         .await
         .expect("orders")
         .get(0);
-    assert_eq!(analytics_runs, orders, "one analytics run per order");
+    assert_eq!(analytics_runs, orders as u64, "one analytics run per order");
     let events: Vec<Value> = receiver.received().iter().map(|d| d.json()).collect();
     let ids: HashSet<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
     assert_eq!(

@@ -97,6 +97,18 @@ impl rampart_actors::DbCommand for Select1 {
     }
 }
 
+/// Job runs started on an instance, from its metrics (`jobs_started_total`): in `queue`, or in
+/// all queues.
+pub fn jobs_started(metrics: &str, queue: Option<&str>) -> u64 {
+    let labels = queue.map(|q| format!("{{queue=\"{q}\"}}"));
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("jobs_started_total"))
+        .filter(|l| labels.as_ref().is_none_or(|q| l.starts_with(q.as_str())))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// Waits until `condition` holds, checking every 10 ms, and fails the test after `within`.
 pub async fn wait_until(what: &str, within: Duration, mut condition: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
