@@ -302,8 +302,9 @@ impl actix::Message for Finished {
 }
 
 const DB_WAIT: Duration = Duration::from_secs(10);
-/// How often a queue claims while the foreground is busy.
-const BUSY_CLAIM_EVERY: Duration = Duration::from_millis(100);
+/// How often a queue claims while the foreground is busy: each claim is a planned statement
+/// and a transaction, whatever it takes.
+const BUSY_CLAIM_EVERY: Duration = Duration::from_millis(250);
 /// The most outcomes one write records; the rest go in the writes that follow. A write of
 /// whatever finished meanwhile grew with a burst: in bench run 20261202-060757 writes of 10,000
 /// outcomes and more ran into the statement timeout and were lost, the next ones were as large,

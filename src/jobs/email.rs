@@ -94,7 +94,11 @@ impl ClaimRunner for OrderEmail {
                 .into_iter()
                 .map(|(m, store, o)| (o.id, (m, store, o)))
                 .collect();
-            let from = &self.ctx.settings.email.from;
+            // Once a batch: a malformed sender fails each of its mails alike.
+            let from: Result<Mailbox, JobFailure> =
+                self.ctx.settings.email.from.parse().map_err(|e| {
+                    JobFailure::Permanent(format!("email.from: {e}"))
+                });
             let composed: Vec<Result<(String, Message), JobFailure>> = parsed
                 .into_iter()
                 .map(|job| {
@@ -104,7 +108,7 @@ impl ClaimRunner for OrderEmail {
                         return Err(JobFailure::Permanent(format!("order {order_id} not found")));
                     };
                     let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
-                    let message = compose(from, store, order, &event, &id)?;
+                    let message = compose(from.clone()?, store, order, &event, &id)?;
                     Ok((id, message))
                 })
                 .collect();
@@ -150,15 +154,12 @@ async fn send(
 }
 
 fn compose(
-    from: &str,
+    from: Mailbox,
     store: &str,
     order: &Order,
     event: &str,
     message_id: &str,
 ) -> Result<Message, JobFailure> {
-    let from: Mailbox = from
-        .parse()
-        .map_err(|e| JobFailure::Permanent(format!("email.from: {e}")))?;
     let to: Mailbox = order
         .customer_email
         .parse()
