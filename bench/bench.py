@@ -927,13 +927,18 @@ class Suite:
         where = f"AND kind = '{kind}'" if kind else ""
         return int(self.pg.sql(f"SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'dead') {where}").strip())
 
-    def wait_jobs_drained(self, within=600, kind=None):
+    def wait_jobs_drained(self, within=600, kind=None, every=0.05):
         started = time.time()
         while self.jobs_open(kind) > 0:
             if time.time() - started > within:
                 raise RuntimeError(f"jobs not drained within {within} s")
-            time.sleep(0.05)
+            time.sleep(every)
         return time.time() - started
+
+    def cpu_now(self, pid):
+        """CPU seconds so far of the service `pid` and of PostgreSQL (every process of it)."""
+        pg_root = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
+        return cpu_seconds([pid]), cpu_seconds(process_tree(pg_root))
 
     def jobs(self, d):
         """The dispatcher: no-op jobs drained as fast as it can, commit-to-start latency at a fixed
@@ -1034,7 +1039,22 @@ class Suite:
             for name, env in (("without", {"RAMPART__JOBS__ENABLED": "false"}), ("with", dispatch)):
                 proc = self.extra_service(f"checkout-{name}-dispatch", env)
                 if name == "with":
-                    self.wait_jobs_drained()
+                    # What dispatch costs at rest: the CPU the dispatching instance and PostgreSQL
+                    # spent draining the jobs of the turn without it, per checkout of that turn,
+                    # beside what such a checkout cost (polled every half second: a count of the
+                    # queue is itself work).
+                    before, jobs = self.cpu_now(proc.pid), self.jobs_open()
+                    took = self.wait_jobs_drained(every=0.5)
+                    spent = [b - a for a, b in zip(before, self.cpu_now(proc.pid))]
+                    last = runs["without"][-1]
+                    checkouts = last["requests"] or 1
+                    cost = (last["cpu_cores"]["service"] + last["cpu_cores"]["postgres"]) / last["rps"] * 1000
+                    drain = {"jobs": jobs, "seconds": round(took, 2), "checkouts": checkouts,
+                             "service_ms_per_checkout": round(spent[0] / checkouts * 1000, 3),
+                             "postgres_ms_per_checkout": round(spent[1] / checkouts * 1000, 3),
+                             "checkout_ms_without": round(cost, 3)}
+                    drain["share_of_checkout"] = round((spent[0] + spent[1]) / checkouts * 1000 / cost, 3)
+                    log(f"    drained {jobs} jobs of {checkouts} checkouts in {took:.1f} s: {drain}")
                 wal_before = self.wal()
                 self.statements()
                 # With PROFILE=1 the first turn of each is profiled.
@@ -1058,6 +1078,7 @@ class Suite:
                     log(f"      {s['ms_per_checkout']:7.3f} ms/checkout  {s['calls']:7d} calls  {s['query'][:110]}")
                 if name == "with":
                     runs[name][-1]["backlog_after"] = self.jobs_open()
+                    runs[name][-1]["drain_before"] = drain
                 proc.stop()
         if runs["with"]:
             mean = lambda rs: sum(x["rps"] for x in rs) / len(rs)
@@ -1067,9 +1088,13 @@ class Suite:
             pairs = sorted(w["rps"] / o["rps"] for o, w in zip(runs["without"], runs["with"]))
             median = statistics.median(pairs)
             r["checkout"] = {"runs": runs, "ratio_with_to_without": round(mean(runs["with"]) / mean(runs["without"]), 3),
-                             "turn_ratios": [round(x, 3) for x in pairs], "ratio_median_of_turns": round(median, 3)}
+                             "turn_ratios": [round(x, 3) for x in pairs], "ratio_median_of_turns": round(median, 3),
+                             # The CPU of dispatch against a checkout's, measured at rest (each
+                             # drain before a turn with dispatch): the ratio it allows is 1 / (1 + share).
+                             "dispatch_share_at_rest": statistics.median(w["drain_before"]["share_of_checkout"] for w in runs["with"])}
             log(f"  checkout with dispatch / without: {r['checkout']['ratio_with_to_without']} (mean of the runs), "
-                f"{r['checkout']['ratio_median_of_turns']} (median of the turns' ratios {r['checkout']['turn_ratios']})")
+                f"{r['checkout']['ratio_median_of_turns']} (median of the turns' ratios {r['checkout']['turn_ratios']}); "
+                f"dispatch at rest costs {r['checkout']['dispatch_share_at_rest']} of a checkout's CPU")
         return r
 
     def soak(self, d):

@@ -94,28 +94,35 @@ impl ClaimRunner for OrderEmail {
                 .into_iter()
                 .map(|(m, store, o)| (o.id, (m, store, o)))
                 .collect();
-            // Once a batch: a malformed sender fails each of its mails alike.
-            let from: Result<Mailbox, JobFailure> =
-                self.ctx.settings.email.from.parse().map_err(|e| {
-                    JobFailure::Permanent(format!("email.from: {e}"))
-                });
-            let composed: Vec<Result<(String, Message), JobFailure>> = parsed
-                .into_iter()
-                .map(|job| {
-                    let (event, order_id, merchant) = job?;
-                    let Some((_, store, order)) = orders.get(&order_id).filter(|o| o.0 == merchant)
-                    else {
-                        return Err(JobFailure::Permanent(format!("order {order_id} not found")));
-                    };
-                    let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
-                    let message = compose(from.clone()?, store, order, &event, &id)?;
-                    Ok((id, message))
-                })
-                .collect();
+            let from = self.ctx.settings.email.from.clone();
+            let n = parsed.len();
+            let compose_all = move || -> Vec<Result<(String, Message), JobFailure>> {
+                // Once a batch: a malformed sender fails each of its mails alike.
+                let from: Result<Mailbox, JobFailure> = from
+                    .parse()
+                    .map_err(|e| JobFailure::Permanent(format!("email.from: {e}")));
+                parsed
+                    .into_iter()
+                    .map(|job| {
+                        let (event, order_id, merchant) = job?;
+                        let Some((_, store, order)) =
+                            orders.get(&order_id).filter(|o| o.0 == merchant)
+                        else {
+                            return Err(JobFailure::Permanent(format!(
+                                "order {order_id} not found"
+                            )));
+                        };
+                        let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
+                        let message = compose(from.clone()?, store, order, &event, &id)?;
+                        Ok((id, message))
+                    })
+                    .collect()
+            };
             let Some((transport, circuit)) = self.smtp.as_ref() else {
                 let outbox = self.ctx.settings.email.outbox_dir.clone();
-                return Ok(write_emls(outbox, composed).await);
+                return Ok(write_emls(outbox, n, compose_all).await);
             };
+            let composed = compose_all();
             let mut results = Vec::with_capacity(composed.len());
             for mail in composed {
                 results.push(match mail {
@@ -206,28 +213,27 @@ fn cents(v: i64) -> String {
     format!("{}.{:02}", v / 100, (v % 100).abs())
 }
 
-/// Writes the batch's composed mails to the outbox, all in one trip to the blocking pool (a trip
-/// each cost a thread wake-up per mail); one result per mail. Each is written to a temporary
+/// Composes the batch's mails and writes them to the outbox, all in one trip to the blocking
+/// pool: one result per mail. Composing there keeps it off the database actor's thread, which
+/// drives every request's statements (a batch of mails held it for milliseconds), and one trip
+/// rather than one per mail spares a thread wake-up each. Each mail is written to a temporary
 /// name and renamed, so a reader never sees half a message.
 async fn write_emls(
     dir: PathBuf,
-    mails: Vec<Result<(String, Message), JobFailure>>,
+    n: usize,
+    compose: impl FnOnce() -> Vec<Result<(String, Message), JobFailure>> + Send + 'static,
 ) -> Vec<Result<(), JobFailure>> {
-    let n = mails.len();
-    let mails: Vec<Result<(String, Vec<u8>), JobFailure>> = mails
-        .into_iter()
-        .map(|mail| mail.map(|(id, message)| (file_name(&id), message.formatted())))
-        .collect();
     let written = actix_web::rt::task::spawn_blocking(move || {
         let made = std::fs::create_dir_all(&dir).map_err(|e| e.to_string());
-        mails
+        compose()
             .into_iter()
             .map(|mail| {
-                let (name, bytes) = mail?;
+                let (id, message) = mail?;
+                let name = file_name(&id);
                 let tmp = dir.join(format!(".{name}.tmp"));
                 made.clone()
                     .map_err(std::io::Error::other)
-                    .and_then(|()| std::fs::write(&tmp, bytes))
+                    .and_then(|()| std::fs::write(&tmp, message.formatted()))
                     .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{name}.eml"))))
                     .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}")))
             })
