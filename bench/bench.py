@@ -1037,15 +1037,16 @@ class Suite:
         runs = {"without": [], "with": []}
         for turn in range(int(os.environ.get("JOBS_CHECKOUT_TURNS", "2"))):
             for name, env in (("without", {"RAMPART__JOBS__ENABLED": "false"}), ("with", dispatch)):
+                if name == "with":
+                    # What dispatch costs at rest: the CPU the dispatching instance (its start
+                    # included) and PostgreSQL spent draining the jobs of the turn without it, per
+                    # checkout of that turn, beside what such a checkout cost (polled every half
+                    # second: a count of the queue is itself work).
+                    pg_before, jobs = self.cpu_now(os.getpid())[1], self.jobs_open()
                 proc = self.extra_service(f"checkout-{name}-dispatch", env)
                 if name == "with":
-                    # What dispatch costs at rest: the CPU the dispatching instance and PostgreSQL
-                    # spent draining the jobs of the turn without it, per checkout of that turn,
-                    # beside what such a checkout cost (polled every half second: a count of the
-                    # queue is itself work).
-                    before, jobs = self.cpu_now(proc.pid), self.jobs_open()
                     took = self.wait_jobs_drained(every=0.5)
-                    spent = [b - a for a, b in zip(before, self.cpu_now(proc.pid))]
+                    spent = [a - b for a, b in zip(self.cpu_now(proc.pid), (0.0, pg_before))]
                     last = runs["without"][-1]
                     checkouts = last["requests"] or 1
                     cost = (last["cpu_cores"]["service"] + last["cpu_cores"]["postgres"]) / last["rps"] * 1000

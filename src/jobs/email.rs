@@ -89,11 +89,7 @@ impl ClaimRunner for OrderEmail {
                 .filter_map(|p| p.as_ref().ok())
                 .map(|p| p.1)
                 .collect();
-            let orders: HashMap<Uuid, (Uuid, String, Order)> = orders::get_many(tx, &ids)
-                .await?
-                .into_iter()
-                .map(|(m, store, o)| (o.id, (m, store, o)))
-                .collect();
+            let rows = orders::get_many(tx, &ids).await?;
             let from = self.ctx.settings.email.from.clone();
             let n = parsed.len();
             let compose_all = move || -> Vec<Result<(String, Message), JobFailure>> {
@@ -101,6 +97,10 @@ impl ClaimRunner for OrderEmail {
                 let from: Result<Mailbox, JobFailure> = from
                     .parse()
                     .map_err(|e| JobFailure::Permanent(format!("email.from: {e}")));
+                let orders: HashMap<Uuid, (Uuid, String, Order)> = match rows.decode() {
+                    Ok(orders) => orders.into_iter().map(|o| (o.2.id, o)).collect(),
+                    Err(e) => return vec![Err(super::retry(e)); parsed.len()],
+                };
                 parsed
                     .into_iter()
                     .map(|job| {

@@ -371,23 +371,32 @@ pub struct Get {
     pub id: Uuid,
 }
 
-/// Orders by id, each with its merchant's id and name (the jobs' read of their orders).
+/// Orders by id, each with its merchant's id and name (the jobs' read of their orders), as rows:
+/// [`OrderRows::decode`] may run on another thread than the read.
 pub async fn get_many(
     client: &impl deadpool_postgres::GenericClient,
     ids: &[Uuid],
-) -> Result<Vec<(Uuid, String, Order)>, DbError> {
+) -> Result<OrderRows, DbError> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {ORDER_COLUMNS}, o.merchant_id, m.name FROM orders o
              JOIN merchants m ON m.id = o.merchant_id WHERE o.id = ANY($1)"
         ))
         .await?;
-    client
-        .query(&stmt, &[&ids])
-        .await?
-        .iter()
-        .map(|r| Ok((r.get(10), r.get(11), Order::from_row(r)?)))
-        .collect()
+    Ok(OrderRows(client.query(&stmt, &[&ids]).await?))
+}
+
+/// What [`get_many`] read.
+pub struct OrderRows(Vec<Row>);
+
+impl OrderRows {
+    /// Each order with its merchant's id and name.
+    pub fn decode(&self) -> Result<Vec<(Uuid, String, Order)>, DbError> {
+        self.0
+            .iter()
+            .map(|r| Ok((r.get(10), r.get(11), Order::from_row(r)?)))
+            .collect()
+    }
 }
 
 async fn get_order(

@@ -32,7 +32,6 @@ use actix::fut::WrapFuture;
 use actix::{ActorFutureExt, AsyncContext, Context};
 use deadpool_postgres::Transaction;
 use futures_util::future::LocalBoxFuture;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -134,7 +133,7 @@ impl DbCommand for RunInClaim {
         ))
         .await?;
         let stmt = tx.prepare_cached(TAKE).await?;
-        let jobs: Vec<ClaimedJob> = tx
+        let mut jobs: Vec<ClaimedJob> = tx
             .query(
                 &stmt,
                 &[&self.queue, &self.limit, &super::millis(self.settled)],
@@ -147,14 +146,13 @@ impl DbCommand for RunInClaim {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let mut by_kind: BTreeMap<&str, Vec<ClaimedJob>> = BTreeMap::new();
-        for job in &jobs {
-            by_kind.entry(&job.kind).or_default().push(job.clone());
-        }
+        // Each kind's jobs side by side, taken in place: the batch is large (`limit`).
+        jobs.sort_by(|a, b| a.kind.cmp(&b.kind));
         let mut results: Vec<(&ClaimedJob, Result<(), JobFailure>)> = Vec::new();
         let mut undone = None;
-        for (kind, group) in &by_kind {
-            let Some(runner) = self.runners.get(*kind).and_then(|(r, _)| r.in_claim()) else {
+        for group in jobs.chunk_by(|a, b| a.kind == b.kind) {
+            let kind = &group[0].kind;
+            let Some(runner) = self.runners.get(kind).and_then(|(r, _)| r.in_claim()) else {
                 let failure = JobFailure::Permanent(format!("no runner for kind {kind}"));
                 results.extend(group.iter().map(|j| (j, Err(failure.clone()))));
                 continue;
