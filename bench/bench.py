@@ -935,10 +935,10 @@ class Suite:
             time.sleep(every)
         return time.time() - started
 
-    def cpu_now(self, pid):
-        """CPU seconds so far of the service `pid` and of PostgreSQL (every process of it)."""
+    def pg_cpu(self):
+        """CPU seconds so far of each of PostgreSQL's processes, by pid."""
         pg_root = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
-        return cpu_seconds([pid]), cpu_seconds(process_tree(pg_root))
+        return {p: cpu_seconds([p]) for p in process_tree(pg_root)}
 
     def jobs(self, d):
         """The dispatcher: no-op jobs drained as fast as it can, commit-to-start latency at a fixed
@@ -1042,11 +1042,12 @@ class Suite:
                     # included) and PostgreSQL spent draining the jobs of the turn without it, per
                     # checkout of that turn, beside what such a checkout cost (polled every half
                     # second: a count of the queue is itself work).
-                    pg_before, jobs = self.cpu_now(os.getpid())[1], self.jobs_open()
+                    pg_before, jobs = self.pg_cpu(), self.jobs_open()
                 proc = self.extra_service(f"checkout-{name}-dispatch", env)
                 if name == "with":
                     took = self.wait_jobs_drained(every=0.5)
-                    spent = [a - b for a, b in zip(self.cpu_now(proc.pid), (0.0, pg_before))]
+                    # A backend that ended meanwhile is left out (as `measure` does).
+                    spent = [cpu_seconds([proc.pid]), sum(v - pg_before.get(p, 0.0) for p, v in self.pg_cpu().items())]
                     last = runs["without"][-1]
                     checkouts = last["requests"] or 1
                     cost = (last["cpu_cores"]["service"] + last["cpu_cores"]["postgres"]) / last["rps"] * 1000
