@@ -33,11 +33,19 @@ pub struct AppState {
 
 impl AppState {
     /// Tells the dispatcher that a commit wrote jobs of these kinds (and, through it, the other
-    /// instances). Never waits: a full mailbox drops the wake-up, and polling finds the jobs.
+    /// instances), unless each queue's next claim is already scheduled. Never waits: a full
+    /// mailbox drops the wake-up, and polling finds the jobs.
     pub fn wake_jobs(&self, kinds: &[&crate::jobs::Kind]) {
         if let Some(jobs) = &self.jobs {
-            let mut queues: Vec<String> = kinds.iter().map(|k| k.queue.to_owned()).collect();
+            let mut queues: Vec<String> = kinds
+                .iter()
+                .filter(|k| self.jobs_board.wake_needed(k.queue))
+                .map(|k| k.queue.to_owned())
+                .collect();
             queues.dedup();
+            if queues.is_empty() {
+                return;
+            }
             let _ = jobs.addr().try_send(Wake {
                 queues,
                 broadcast: true,

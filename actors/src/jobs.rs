@@ -29,7 +29,8 @@
 //!   webhooks reach the merchant in the order its events happened.
 //! - **Wake-ups.** A local [`Wake`] claims at once and sends one coalesced `NOTIFY` (after the
 //!   commit, outside its transaction: a notifying commit takes a cluster-wide lock) so other
-//!   instances wake too; they `LISTEN` on a connection of their own. Polling every
+//!   instances wake too; they `LISTEN` on a connection of their own. While a queue's next claim
+//!   is already scheduled (busy), commits send no wake-up ([`JobsBoard::wake_needed`]). Polling every
 //!   `poll_interval` covers a lost notification or a broken listener.
 //! - **Shutdown.** [`Stop`] stops claiming, lets running jobs finish for up to `drain`, then
 //!   gives back what it still holds (not counted as an attempt).
@@ -163,6 +164,9 @@ pub struct QueueCounters {
     /// Runs that finished after their lease had run out and the job had been put back.
     pub lease_lost: AtomicU64,
     pub running: AtomicU64,
+    /// A claim of the queue is scheduled (while busy, at its cadence): a commit's wake-up would
+    /// change nothing, so the request path sends none ([`JobsBoard::wake_needed`]).
+    armed: std::sync::atomic::AtomicBool,
 }
 
 impl QueueCounters {
@@ -233,6 +237,15 @@ impl JobsBoard {
                 lease_lost: c.lease_lost.load(Relaxed),
             })
             .collect()
+    }
+
+    /// Whether a commit that wrote jobs of `queue` should wake the dispatcher: not when the
+    /// queue is not dispatched here, nor while a claim of it is scheduled (it is disarmed before
+    /// that claim reads the queue, so the claim sees every commit that found it armed). While
+    /// requests are busy this spares the dispatcher's thread a wake-up per checkout.
+    pub fn wake_needed(&self, queue: &str) -> bool {
+        self.counters(queue)
+            .is_some_and(|c| !c.armed.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Notifications received from other instances.
@@ -403,9 +416,14 @@ impl Jobs {
             if let Some(at) = self.last_claim.get(queue).map(|at| now.duration_since(*at)) {
                 if at < BUSY_CLAIM_EVERY {
                     if self.deferred.insert(queue.to_owned()) {
+                        self.arm(queue, true);
                         let queue = queue.to_owned();
                         ctx.run_later(BUSY_CLAIM_EVERY - at, move |act, ctx| {
                             act.deferred.remove(&queue);
+                            act.arm(&queue, false);
+                            // The commits that found it armed woke nobody, here or elsewhere.
+                            act.to_broadcast.insert(queue.clone());
+                            act.broadcast(ctx);
                             act.claim(&queue, ctx);
                         });
                     }
@@ -442,6 +460,13 @@ impl Jobs {
                     }
                 }),
         );
+    }
+
+    /// Marks a claim of `queue` scheduled, or no longer ([`JobsBoard::wake_needed`]).
+    fn arm(&self, queue: &str, armed: bool) {
+        if let Some(c) = self.board.counters(queue) {
+            c.armed.store(armed, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// A run of `queue` started here: it holds one of the queue's places until it ends.
@@ -826,6 +851,10 @@ impl Resilient for Jobs {
     /// counters the job tasks keep, and any claim in flight is allowed to be repeated.
     fn rebuild(&mut self, ctx: &mut Context<Self>) {
         self.claiming.clear();
+        // The scheduled claims went with the old context: none is armed now.
+        for queue in std::mem::take(&mut self.deferred) {
+            self.arm(&queue, false);
+        }
         self.running = self
             .board
             .queues
@@ -1278,6 +1307,21 @@ mod tests {
             listen: None,
             busy: None,
         }
+    }
+
+    #[test]
+    fn a_commit_wakes_a_dispatched_queue_unless_its_next_claim_is_already_scheduled() {
+        let board = JobsBoard::new(&BTreeMap::from([("email".to_owned(), 1)]));
+        assert!(board.wake_needed("email"));
+        assert!(!board.wake_needed("reports"), "not dispatched here");
+        let armed = |on: bool| {
+            let c = board.counters("email").expect("dispatched");
+            c.armed.store(on, std::sync::atomic::Ordering::SeqCst);
+        };
+        armed(true);
+        assert!(!board.wake_needed("email"));
+        armed(false);
+        assert!(board.wake_needed("email"));
     }
 
     #[test]
