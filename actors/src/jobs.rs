@@ -30,8 +30,8 @@
 //! - **Wake-ups.** A local [`Wake`] claims at once and sends one coalesced `NOTIFY` (after the
 //!   commit, outside its transaction: a notifying commit takes a cluster-wide lock) so other
 //!   instances wake too; they `LISTEN` on a connection of their own. While a queue's next claim
-//!   is already scheduled (busy), commits send no wake-up ([`JobsBoard::wake_needed`]). Polling every
-//!   `poll_interval` covers a lost notification or a broken listener.
+//!   is already scheduled (busy), commits send no wake-up ([`JobsBoard::wake_needed`]). Polling
+//!   every `poll_interval` covers a lost notification or a broken listener.
 //! - **Shutdown.** [`Stop`] stops claiming, lets running jobs finish for up to `drain`, then
 //!   gives back what it still holds (not counted as an attempt).
 //!
