@@ -532,8 +532,7 @@ class Suite:
     def measure(self, name, fn, pid=None):
         # Beside the service's own samples, what the run cost the rest of the machine, in cores:
         # the generator (the bench's children waited for meanwhile: wrk or oha) and PostgreSQL.
-        pg_root = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
-        pg_before = {p: cpu_seconds([p]) for p in process_tree(pg_root)}
+        pg_before = self.pg_cpu()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         queued = run_queue(pid or self.service.pid)
         started = time.time()
@@ -550,7 +549,7 @@ class Suite:
         result["cpu_cores"] = {
             "service": result["server"].get("cpu_cores_mean"),
             "generator": round((now.ru_utime + now.ru_stime - children.ru_utime - children.ru_stime) / took, 3),
-            "postgres": round(sum(cpu_seconds([p]) - pg_before.get(p, 0.0) for p in process_tree(pg_root)) / took, 3)}
+            "postgres": round(self.pg_cpu_since(pg_before) / took, 3)}
         log(f"{name}: {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, errors {result.get('errors')}, "
             f"cores {result['cpu_cores']}, the service's threads waited for a core {result['service_run_queue']}")
         return result
@@ -940,6 +939,28 @@ class Suite:
         pg_root = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
         return {p: cpu_seconds([p]) for p in process_tree(pg_root)}
 
+    def pg_cpu_since(self, before):
+        """PostgreSQL's CPU seconds since `before` (`pg_cpu`): a process that ended meanwhile is
+        left out, one started since counts whole."""
+        return sum(v - before.get(p, 0.0) for p, v in self.pg_cpu().items())
+
+    def drain_cost(self, proc, jobs, pg_before, last):
+        """What dispatch costs at rest: the CPU the dispatching instance `proc` (its start
+        included) and PostgreSQL (since `pg_before`) spend draining the `jobs` left by the turn
+        without it (`last`), per checkout of that turn, beside what such a checkout cost (polled
+        every half second: a count of the queue is itself work)."""
+        took = self.wait_jobs_drained(every=0.5)
+        service, postgres = cpu_seconds([proc.pid]), self.pg_cpu_since(pg_before)
+        checkouts = last["requests"] or 1
+        cost = (last["cpu_cores"]["service"] + last["cpu_cores"]["postgres"]) / last["rps"] * 1000
+        drain = {"jobs": jobs, "seconds": round(took, 2), "checkouts": checkouts,
+                 "service_ms_per_checkout": round(service / checkouts * 1000, 3),
+                 "postgres_ms_per_checkout": round(postgres / checkouts * 1000, 3),
+                 "checkout_ms_without": round(cost, 3),
+                 "share_of_checkout": round((service + postgres) / checkouts * 1000 / cost, 3)}
+        log(f"    drained {jobs} jobs of {checkouts} checkouts in {took:.1f} s: {drain}")
+        return drain
+
     def jobs(self, d):
         """The dispatcher: no-op jobs drained as fast as it can, commit-to-start latency at a fixed
         1,000 jobs/s (pgbench inserting, each commit followed by a NOTIFY), and checkout with
@@ -1038,25 +1059,10 @@ class Suite:
         for turn in range(int(os.environ.get("JOBS_CHECKOUT_TURNS", "2"))):
             for name, env in (("without", {"RAMPART__JOBS__ENABLED": "false"}), ("with", dispatch)):
                 if name == "with":
-                    # What dispatch costs at rest: the CPU the dispatching instance (its start
-                    # included) and PostgreSQL spent draining the jobs of the turn without it, per
-                    # checkout of that turn, beside what such a checkout cost (polled every half
-                    # second: a count of the queue is itself work).
                     pg_before, jobs = self.pg_cpu(), self.jobs_open()
                 proc = self.extra_service(f"checkout-{name}-dispatch", env)
                 if name == "with":
-                    took = self.wait_jobs_drained(every=0.5)
-                    # A backend that ended meanwhile is left out (as `measure` does).
-                    spent = [cpu_seconds([proc.pid]), sum(v - pg_before.get(p, 0.0) for p, v in self.pg_cpu().items())]
-                    last = runs["without"][-1]
-                    checkouts = last["requests"] or 1
-                    cost = (last["cpu_cores"]["service"] + last["cpu_cores"]["postgres"]) / last["rps"] * 1000
-                    drain = {"jobs": jobs, "seconds": round(took, 2), "checkouts": checkouts,
-                             "service_ms_per_checkout": round(spent[0] / checkouts * 1000, 3),
-                             "postgres_ms_per_checkout": round(spent[1] / checkouts * 1000, 3),
-                             "checkout_ms_without": round(cost, 3)}
-                    drain["share_of_checkout"] = round((spent[0] + spent[1]) / checkouts * 1000 / cost, 3)
-                    log(f"    drained {jobs} jobs of {checkouts} checkouts in {took:.1f} s: {drain}")
+                    drain = self.drain_cost(proc, jobs, pg_before, runs["without"][-1])
                 wal_before = self.wal()
                 self.statements()
                 # With PROFILE=1 the first turn of each is profiled.
@@ -1093,7 +1099,7 @@ class Suite:
                              "turn_ratios": [round(x, 3) for x in pairs], "ratio_median_of_turns": round(median, 3),
                              # The CPU of dispatch against a checkout's, measured at rest (each
                              # drain before a turn with dispatch): the ratio it allows is 1 / (1 + share).
-                             "dispatch_share_at_rest": statistics.median(w["drain_before"]["share_of_checkout"] for w in runs["with"])}
+                             "dispatch_share_at_rest": round(statistics.median(w["drain_before"]["share_of_checkout"] for w in runs["with"]), 3)}
             log(f"  checkout with dispatch / without: {r['checkout']['ratio_with_to_without']} (mean of the runs), "
                 f"{r['checkout']['ratio_median_of_turns']} (median of the turns' ratios {r['checkout']['turn_ratios']}); "
                 f"dispatch at rest costs {r['checkout']['dispatch_share_at_rest']} of a checkout's CPU")

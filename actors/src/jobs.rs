@@ -46,7 +46,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Ha
 use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -166,7 +166,7 @@ pub struct QueueCounters {
     pub running: AtomicU64,
     /// A claim of the queue is scheduled (while busy, at its cadence): a commit's wake-up would
     /// change nothing, so the request path sends none ([`JobsBoard::wake_needed`]).
-    armed: std::sync::atomic::AtomicBool,
+    armed: AtomicBool,
 }
 
 impl QueueCounters {
@@ -200,7 +200,7 @@ pub struct QueueCounts {
 pub struct JobsBoard {
     queues: Arc<BTreeMap<String, (usize, Arc<QueueCounters>)>>,
     notifications: Arc<AtomicU64>,
-    listening: Arc<std::sync::atomic::AtomicBool>,
+    listening: Arc<AtomicBool>,
     /// Outcomes finished here and not written yet.
     unrecorded: Arc<AtomicU64>,
 }
@@ -244,8 +244,7 @@ impl JobsBoard {
     /// that claim reads the queue, so the claim sees every commit that found it armed). While
     /// requests are busy this spares the dispatcher's thread a wake-up per checkout.
     pub fn wake_needed(&self, queue: &str) -> bool {
-        self.counters(queue)
-            .is_some_and(|c| !c.armed.load(std::sync::atomic::Ordering::SeqCst))
+        self.counters(queue).is_some_and(|c| !c.armed.load(SeqCst))
     }
 
     /// Notifications received from other instances.
@@ -465,7 +464,7 @@ impl Jobs {
     /// Marks a claim of `queue` scheduled, or no longer ([`JobsBoard::wake_needed`]).
     fn arm(&self, queue: &str, armed: bool) {
         if let Some(c) = self.board.counters(queue) {
-            c.armed.store(armed, std::sync::atomic::Ordering::SeqCst);
+            c.armed.store(armed, SeqCst);
         }
     }
 
@@ -1125,6 +1124,17 @@ impl Written {
             outcome,
         }
     }
+
+    /// The outcome of a run whose row was left as it was (a run in its claim, or one rolled
+    /// back): its attempt is spent unless deferred.
+    fn unchanged(job: &ClaimedJob, outcome: Outcome) -> Self {
+        Self {
+            id: job.id,
+            attempts: job.attempt - 1,
+            add: i32::from(outcome.spends()),
+            outcome,
+        }
+    }
 }
 
 impl Outcome {
@@ -1316,7 +1326,7 @@ mod tests {
         assert!(!board.wake_needed("reports"), "not dispatched here");
         let armed = |on: bool| {
             let c = board.counters("email").expect("dispatched");
-            c.armed.store(on, std::sync::atomic::Ordering::SeqCst);
+            c.armed.store(on, SeqCst);
         };
         armed(true);
         assert!(!board.wake_needed("email"));

@@ -103,16 +103,6 @@ const SETTLE_WHILE_BUSY: std::time::Duration = std::time::Duration::from_millis(
 /// it `succeeded` wrote both, on the pages where the checkouts insert their jobs.
 const DONE: &str = "DELETE FROM jobs WHERE id = ANY($1)";
 
-/// The outcome of a job whose row the run left as it was: its attempt spent unless deferred.
-fn unchanged(job: &ClaimedJob, outcome: Outcome) -> Written {
-    Written {
-        id: job.id,
-        attempts: job.attempt - 1,
-        add: i32::from(outcome.spends()),
-        outcome,
-    }
-}
-
 impl DbCommand for RunInClaim {
     type Output = Vec<Outcome>;
 
@@ -190,7 +180,7 @@ impl DbCommand for RunInClaim {
             let written = jobs
                 .iter()
                 .zip(&outcomes)
-                .map(|(j, o)| unchanged(j, o.clone()))
+                .map(|(j, o)| Written::unchanged(j, o.clone()))
                 .collect();
             let tx = conn.transaction().await?;
             tx.batch_execute(&claim_settings()).await?;
@@ -203,7 +193,7 @@ impl DbCommand for RunInClaim {
             let o = outcome_of(job, result);
             match o {
                 Outcome::Succeeded => done.push(job.id),
-                _ => failed.push(unchanged(job, o.clone())),
+                _ => failed.push(Written::unchanged(job, o.clone())),
             }
             outcomes.push(o);
         }
