@@ -12,7 +12,6 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use rampart_actors::{BreakerSettings, Circuit, ClaimRunner, ClaimedJob, DbError, JobFailure};
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uuid::Uuid;
@@ -279,6 +278,7 @@ fn write_whole(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(target_os = "linux")]
 fn write_unnamed(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::ffi::CString;
     use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
