@@ -12,7 +12,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use rampart_actors::{BreakerSettings, Circuit, ClaimRunner, ClaimedJob, DbError, JobFailure};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -120,9 +120,9 @@ impl ClaimRunner for OrderEmail {
             };
             let Some((transport, circuit)) = self.smtp.as_ref() else {
                 let outbox = self.ctx.settings.email.outbox_dir.clone();
-                return Ok(write_emls(outbox, n, compose_all).await);
+                return Ok(off_the_db_thread(n, move || write_emls(&outbox, compose_all())).await);
             };
-            let composed = compose_all();
+            let composed = off_the_db_thread(n, compose_all).await;
             let mut results = Vec::with_capacity(composed.len());
             for mail in composed {
                 results.push(match mail {
@@ -213,37 +213,45 @@ fn cents(v: i64) -> String {
     format!("{}.{:02}", v / 100, (v % 100).abs())
 }
 
-/// Composes the batch's mails and writes them to the outbox, all in one trip to the blocking
-/// pool: one result per mail. Composing there keeps it off the database actor's thread, which
-/// drives every request's statements (a batch of mails held it for milliseconds), and one trip
-/// rather than one per mail spares a thread wake-up each.
-async fn write_emls(
-    dir: PathBuf,
+/// Runs `work`, one result per mail of a batch of `n`, in one trip to the blocking pool (each
+/// a retry if the pool could not run it). Composing and writing mails there keeps them off the
+/// database actor's thread, which drives every request's statements (a batch of mails held it
+/// for milliseconds); one trip rather than one per mail spares a thread wake-up each.
+async fn off_the_db_thread<T: Send + 'static>(
     n: usize,
-    compose: impl FnOnce() -> Vec<Result<(String, Message), JobFailure>> + Send + 'static,
+    work: impl FnOnce() -> Vec<Result<T, JobFailure>> + Send + 'static,
+) -> Vec<Result<T, JobFailure>> {
+    actix_web::rt::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| {
+            (0..n)
+                .map(|_| Err(JobFailure::Retry(format!("the blocking pool: {e}"))))
+                .collect()
+        })
+}
+
+/// Writes the batch's composed mails to the outbox: one result per mail.
+fn write_emls(
+    dir: &Path,
+    mails: Vec<Result<(String, Message), JobFailure>>,
 ) -> Vec<Result<(), JobFailure>> {
-    let written = actix_web::rt::task::spawn_blocking(move || {
-        let made = std::fs::create_dir_all(&dir).map_err(|e| e.to_string());
-        compose()
-            .into_iter()
-            .map(|mail| {
-                let (id, message) = mail?;
-                made.clone()
-                    .map_err(std::io::Error::other)
-                    .and_then(|()| {
-                        write_whole(
-                            &dir,
-                            &format!("{}.eml", file_name(&id)),
-                            &message.formatted(),
-                        )
-                    })
-                    .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}")))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
-    written
-        .unwrap_or_else(|e| vec![Err(JobFailure::Retry(format!("writing the .eml files: {e}"))); n])
+    let made = std::fs::create_dir_all(dir).map_err(|e| e.to_string());
+    mails
+        .into_iter()
+        .map(|mail| {
+            let (id, message) = mail?;
+            made.clone()
+                .map_err(std::io::Error::other)
+                .and_then(|()| {
+                    write_whole(
+                        dir,
+                        &format!("{}.eml", file_name(&id)),
+                        &message.formatted(),
+                    )
+                })
+                .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}")))
+        })
+        .collect()
 }
 
 /// The file name of a Message-ID: letters, digits, `-` and `.` kept, anything else `_`.
