@@ -620,6 +620,35 @@ class Suite:
         return subprocess.Popen(["perf", "record", "-a", *graph, "-e", "cpu-clock", "-F", "299", "-o", str(data),
                                  "--", "sleep", str(max(5, d - 4))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def start_sched_trace(self, d):
+        """perf sched over the middle of a run, when perf is installed."""
+        if not shutil.which("perf"):
+            return None
+        data = self.out / "sched.data"
+        seconds = max(5, d - 4)
+        proc = subprocess.Popen(["perf", "sched", "record", "-a", "-o", str(data), "--", "sleep", str(seconds)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return data, proc, seconds
+
+    def finish_sched_trace(self, trace):
+        """Each time a thread of the service became ready, how long it waited for a core: the
+        count, those of 5 ms or more, and the longest (`perf sched timehist`, its "sch delay")."""
+        data, proc, seconds = trace
+        proc.wait()
+        out = run(["perf", "sched", "timehist", "-i", str(data), "--pid", str(self.service.pid)]).stdout
+        data.unlink(missing_ok=True)
+        delays = []
+        for line in out.splitlines():
+            fields = line.split()
+            # time, [cpu], task (its name may hold spaces), wait time, sch delay, run time (ms)
+            if len(fields) >= 6 and fields[1].startswith("["):
+                try:
+                    delays.append(float(fields[-2]))
+                except ValueError:
+                    pass
+        return {"traced_s": seconds, "ready": len(delays), "waited_5ms_or_more": sum(x >= 5 for x in delays),
+                "longest_ms": max(delays, default=0.0)}
+
     def finish_profile(self, profiler, pid=None):
         profiler.wait()
         name = getattr(self, "profile_name", "perf")
@@ -843,10 +872,16 @@ class Suite:
             rate = max(1, round(capacity * factor))
             refusals_before = self.latency_buckets(503)
             admitted_before = self.latency_buckets(201)
+            # SCHED_TRACE=1: beside the refusals over 5 ms, how often the kernel kept a thread of
+            # the service that was ready to run off the cores that long (perf sched, at 10x).
+            trace = self.start_sched_trace(d) if os.environ.get("SCHED_TRACE") and factor == 10 else None
             res = self.measure(f"checkout offered at {factor}x capacity ({rate}/s)",
                                lambda: oha_per_request(regex_escape(self.base() + orders), rate, d, 256, csv_path,
                                                        method="POST", body_lines=bodies,
                                                        headers=["Content-Type: application/json"]))
+            if trace:
+                res["service_ready_waits"] = self.finish_sched_trace(trace)
+                log(f"  the service's threads kept off the cores while ready: {res['service_ready_waits']}")
             refusals = {b: n - refusals_before.get(b, 0.0) for b, n in self.latency_buckets(503).items()}
             # Where the edge's adaptive limit on writes stood when the level ended.
             res["writes_limit_after"] = self.metric('overload_limit{lane="writes"}')
