@@ -76,14 +76,14 @@ pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let decided = match req.app_data::<web::Data<AppState>>() {
-        Some(state) => match (&state.limits, classify(&req, state)) {
-            (Some(limits), Some((class, key))) => match limits.class(class) {
-                Some(index) => Some(limits.check(index, &key).await),
-                None => None,
-            },
-            _ => None,
-        },
+    // The request is classified (its client address and key formatted) only when limits are on.
+    let target = req.app_data::<web::Data<AppState>>().and_then(|state| {
+        let limits = state.limits.as_ref()?;
+        let (class, key) = classify(&req, state)?;
+        Some((limits, limits.class(class)?, key))
+    });
+    let decided = match target {
+        Some((limits, index, key)) => Some(limits.check(index, &key).await),
         None => None,
     };
     let Some(verdict) = decided else {
