@@ -724,14 +724,54 @@ class Suite:
         pg_pid = int((self.pg.dir / "postmaster.pid").read_text().split()[0])
         r["pgbench_ceiling"] = self.measure("pgbench checkout SQL (database ceiling)", pgbench, pg_pid)
         r["ratio_to_pgbench"] = round(r["service"]["rps"] / r["pgbench_ceiling"]["rps"], 3)
+        r["closed_loops"] = self.closed_loops(d)
         return r
+
+    def shed_total(self, port, lane="writes"):
+        text = metrics_text(f"http://127.0.0.1:{port}")
+        return next((float(l.split()[-1]) for l in text.splitlines()
+                     if l.startswith(f'overload_shed_total{{lane="{lane}"}} ')), 0.0)
+
+    def closed_loops(self, d):
+        """Checkout by clients that each wait for their answer, at 16, 64 and 256 connections:
+        the shipped configuration (adaptive overload guard) against `overload.adaptive=false`
+        (a fixed limit) on the same PostgreSQL, in turns whose order alternates. Goodput is 2xx
+        answers per second; refusals are the edge's own count of 503s."""
+        fixed = self.extra_service("fixed-limit", {"RAMPART__OVERLOAD__ADAPTIVE": "false"})
+        orders = f"/api/v1/stores/{self.merchant}/orders"
+        ids = str(self.work / "checkout.txt")
+        sides = (("shipped", self.port, self.service.pid), ("fixed", fixed.port, fixed.pid))
+        levels = []
+        for i, connections in enumerate((16, 64, 256)):
+            level = {"connections": connections}
+            for name, port, pid in (sides if i % 2 == 0 else sides[::-1]):
+                shed_before = self.shed_total(port)
+                res = self.measure(f"checkout closed loop, {connections} connections, {name}",
+                                   lambda: wrk(f"http://127.0.0.1:{port}", "bench/lua/checkout.lua", [orders, ids], d,
+                                               connections=connections), pid)
+                res["refused_503"] = self.shed_total(port) - shed_before
+                res["goodput_rps"] = round((res["requests"] - res["errors"]) / res["duration_s"], 1)
+                level[name] = res
+            level["goodput_ratio"] = round(level["shipped"]["goodput_rps"] / level["fixed"]["goodput_rps"], 3) \
+                if level["fixed"]["goodput_rps"] else None
+            log(f"  closed loop at {connections}: goodput shipped {level['shipped']['goodput_rps']}/s "
+                f"(503: {level['shipped']['refused_503']:.0f}, p99 {level['shipped']['p99_ms']} ms) vs fixed "
+                f"{level['fixed']['goodput_rps']}/s (503: {level['fixed']['refused_503']:.0f}, p99 {level['fixed']['p99_ms']} ms): "
+                f"{level['goodput_ratio']}x")
+            levels.append(level)
+        fixed.stop()
+        return levels
 
     def mixed_args(self):
         return [f"/api/v1/stores/{self.merchant}", str(self.work / "hot.txt"), str(self.work / "list.txt"), str(self.work / "checkout.txt")]
 
     def mixed(self, d):
         profiler = self.start_profile(d, "mixed") if os.environ.get("PROFILE") else None
+        shed_before = self.shed_total(self.port)
         r = {"service": self.measure("mixed 80/15/5", lambda: wrk(self.base(), "bench/lua/mixed.lua", self.mixed_args(), d))}
+        # Checkouts are the only writes of the mix: the writes lane's refusals are refused checkouts.
+        r["checkouts_refused"] = self.shed_total(self.port) - shed_before
+        log(f"  mixed: {r['service']['rps']}/s, checkouts refused: {r['checkouts_refused']:.0f}")
         if profiler:
             r["profile"] = self.finish_profile(profiler)
         r["oversell_check"] = self.oversell_check()

@@ -1,11 +1,13 @@
-//! Overload shedding at the edge: every request asks its lane's
-//! [`rampart_actors::ConcurrencyLimit`] (reads or writes, see [`crate::startup::EdgeLimits`])
-//! for a place by its criticality. Ops endpoints (health, metrics, ops, the API description) are
-//! never shed; a checkout only at the full limit, after the other writes; under memory pressure
-//! everything but ops is. A shed request is answered 503 with `Retry-After` at once: after the
-//! rate limit's decision (so a limited route still tells its budget), before the deadline, the
-//! handler or any actor (two atomic operations and the problem body; a small body that came with
-//! the head is dropped first so the connection stays open, see [`crate::http::refusal`]).
+//! Overload at the edge: every request asks its lane's [`rampart_actors::ConcurrencyLimit`]
+//! (reads or writes, see [`crate::startup::EdgeLimits`]) for a place by its criticality, and
+//! waits its turn when the lane is full. Ops endpoints (health, metrics, ops, the API
+//! description) never wait; a checkout is served before other writes; under memory pressure
+//! everything but ops is refused. A request is refused (503 with `Retry-After`) only when its
+//! expected wait and its work would pass its deadline, so the deadline middleware runs outside
+//! this one and the wait counts against it. The refusal comes after the rate limit's decision
+//! (so a limited route still tells its budget) and before the handler or any actor (a few atomic
+//! operations and the problem body; a small body that came with the head is dropped first so the
+//! connection stays open, see [`crate::http::refusal`]).
 
 use crate::error::ApiError;
 use crate::http::refusal;
@@ -15,7 +17,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
-use rampart_actors::Criticality;
+use rampart_actors::{current_deadline, Criticality};
 use std::time::Instant;
 
 fn criticality(req: &ServiceRequest) -> Criticality {
@@ -51,7 +53,7 @@ pub async fn middleware(
     }) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let Some(permit) = limit.try_acquire(criticality(&req)) else {
+    let Some(permit) = limit.acquire(criticality(&req), current_deadline()).await else {
         let response = ApiError::Overloaded { retry_after: 1 }.error_response();
         return Ok(refusal::refuse(req, response).await);
     };
