@@ -7,6 +7,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod pg_cluster;
+pub mod probes;
 pub mod replicas;
 pub mod routes;
 pub mod settings;

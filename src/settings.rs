@@ -94,6 +94,10 @@ pub struct ServerSettings {
     /// in production. Unset elsewhere, a random key per process (cursors die with it).
     #[serde(default)]
     pub cursor_secret: Option<Secret>,
+    /// When set, `/metrics` and `/api/v1/ops/stats` are served only on this port (404 on
+    /// `port`); `/health` and `/health/ready` answer on both; everything else on `port` only.
+    #[serde(default)]
+    pub management_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -268,6 +272,9 @@ pub struct WebhookSettings {
 #[serde(deny_unknown_fields)]
 pub struct HealthSettings {
     pub ready_timeout_ms: u64,
+    /// How often readiness' dependency checks (PostgreSQL, Redis, the job queues) are sampled
+    /// in the background; probes and scrapes read the latest sample.
+    pub refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -566,6 +573,17 @@ impl Settings {
             i32::MAX as u64,
         )?;
         positive("health.ready_timeout_ms", self.health.ready_timeout_ms)?;
+        positive("health.refresh_ms", self.health.refresh_ms)?;
+        if self
+            .server
+            .management_port
+            .is_some_and(|m| m != 0 && m == self.server.port)
+        {
+            return Err(invalid(
+                "server.management_port",
+                "must differ from server.port",
+            ));
+        }
         positive("actors.call_deadline_ms", self.actors.call_deadline_ms)?;
         positive("actors.db.mailbox", self.actors.db.mailbox as u64)?;
         positive("actors.cache.mailbox", self.actors.cache.mailbox as u64)?;

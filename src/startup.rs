@@ -542,8 +542,25 @@ fn prune_idempotency_keys(db: Handle<Db>) {
     });
 }
 
+/// A listener on `host:port`, and the port it got (`0`: a free one).
+fn bind(host: &str, port: u16) -> Result<(TcpListener, u16), StartupError> {
+    let addr = format!("{host}:{port}");
+    let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind { addr, source })?
+        .port();
+    Ok((listener, port))
+}
+
 pub struct Application {
     port: u16,
+    management_port: Option<u16>,
+    /// Refreshes readiness' sample until the server stops.
+    sampler: crate::probes::Sampler,
     server: Server,
     backend: Backend,
     demo_api_key: Option<String>,
@@ -562,20 +579,27 @@ impl Application {
         } else {
             None
         };
-        let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr, source })?
-            .port();
+        // Readiness answers from the first sample as soon as the port opens.
+        let checks = crate::probes::Checks::new(
+            backend.probe.clone(),
+            backend.cache.shared.clone(),
+            &settings,
+        );
+        let sampled = crate::probes::Sampled::first(&checks).await;
+        let (listener, port) = bind(&settings.server.host, settings.server.port)?;
+        let management = match settings.server.management_port {
+            Some(m) => Some(bind(&settings.server.host, m)?),
+            None => None,
+        };
+        let ports = http::ports::Ports {
+            management: management.as_ref().map(|(_, port)| *port),
+        };
 
         let state = web::Data::new(AppState {
             db: backend.db.clone(),
             reads: backend.reads.clone(),
             probe: backend.probe.clone(),
+            sampled: sampled.clone(),
             gauge: backend.gauge.clone(),
             cache: backend.cache.clone(),
             breakers: backend.breakers.clone(),
@@ -601,6 +625,10 @@ impl Application {
                 }))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
+                // Innermost: a route this port does not serve is an unknown route's 404.
+                .wrap(from_fn(move |req, next: actix_web::middleware::Next<_>| {
+                    http::ports::middleware(ports, req, next)
+                }))
                 .wrap(http::problems::fallback())
                 .wrap(from_fn(http::compress::middleware))
                 .wrap(from_fn(http::deadline::middleware))
@@ -618,16 +646,27 @@ impl Application {
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
-        let server = server
+        server = server
             .listen(listener)
             .map_err(|source| StartupError::Bind {
                 addr: format!("port {port}"),
                 source,
-            })?
-            .run();
+            })?;
+        if let Some((listener, management)) = management {
+            server = server
+                .listen(listener)
+                .map_err(|source| StartupError::Bind {
+                    addr: format!("port {management}"),
+                    source,
+                })?;
+        }
+        let server = server.run();
         prune_idempotency_keys(backend.db.clone());
+        let sampler = sampled.refresh(checks, Settings::ms(settings.health.refresh_ms));
         Ok(Self {
             port,
+            management_port: ports.management,
+            sampler,
             server,
             backend,
             demo_api_key,
@@ -636,6 +675,12 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `/metrics` and `/api/v1/ops/stats` when `server.management_port` is set
+    /// (as bound: a configured 0 is a free port).
+    pub fn management_port(&self) -> Option<u16> {
+        self.management_port
     }
 
     pub fn demo_api_key(&self) -> Option<&str> {
@@ -669,6 +714,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         tracing::info!("HTTP server stopped; stopping actors");
+        self.sampler.stop();
         self.backend.shutdown().await;
         served
     }

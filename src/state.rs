@@ -15,6 +15,9 @@ pub struct AppState {
     /// Catalog reads that missed the cache: a fresh replica, else the primary.
     pub reads: crate::replicas::Reads,
     pub probe: Handle<DbProbe>,
+    /// PostgreSQL, Redis and the job queues as last sampled (`health.refresh_ms`): what
+    /// readiness, metrics and ops stats read, never asking the dependencies themselves.
+    pub sampled: crate::probes::Sampled,
     pub gauge: DbGauge,
     pub cache: StoreCache,
     pub breakers: BreakerBoard,

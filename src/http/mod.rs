@@ -7,6 +7,7 @@ pub mod compress;
 pub mod deadline;
 pub mod json;
 pub mod metrics;
+pub mod ports;
 pub mod problems;
 pub mod rate_limit;
 pub mod refusal;

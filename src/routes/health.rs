@@ -1,14 +1,15 @@
 //! Ops endpoints: liveness, readiness, metrics. Never rate limited or shed, and never waiting in
-//! the lanes requests use: readiness pings through `DbProbe`'s own connection, metrics read the
-//! pool's gauge. They are unauthenticated, so they show states and short reasons, never driver
-//! messages or panic text (those are logged).
+//! the lanes requests use: PostgreSQL, Redis and the job queues are read from the background
+//! sample ([`crate::probes`]), so a probe or a scrape sends no message and no command; the rest
+//! is what the actors publish (circuits, memory, mailboxes, the pool's gauge). They are
+//! unauthenticated, so they show states and short reasons, never driver messages, panic text or
+//! a merchant's webhook host (per-host circuits are in `/metrics` and `/api/v1/ops/stats`).
 
 use crate::http::metrics::{resident_memory, Guardians, JobFigures, Metrics};
-use crate::settings::Settings;
 use crate::state::AppState;
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use rampart_actors::{ActorState, CircuitState, DbError, MemoryLevel, MemorySnapshot, QueueHealth};
+use rampart_actors::{ActorState, CircuitState, MemoryLevel, MemorySnapshot, QueueHealth};
 use serde_json::{json, Map, Value};
 
 /// 200 while the process serves; touches no dependency.
@@ -16,24 +17,23 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// 200 `ready` or `degraded` while PostgreSQL answers within the deadline and every actor runs;
-/// else 503 `unready`.
+/// 200 `ready` or `degraded` while PostgreSQL answered the latest sample and every actor runs;
+/// else 503 `unready`. Sends nothing to any actor or dependency.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let deadline = Settings::ms(state.settings.health.ready_timeout_ms);
+    let sample = state.sampled.get();
     let mut checks = Map::new();
     let mut unready = false;
 
     checks.insert(
         "postgres".into(),
-        match state.probe.ping(deadline).await {
+        match sample.postgres {
             Ok(rtt) => {
                 let ms = rtt.as_secs_f64() * 1000.0;
-                json!({"status": "up", "latency_ms": (ms * 10.0).round() / 10.0})
+                json!({"status": "up", "latency_ms": (ms * 10.0).round() / 10.0, "checked_ms_ago": sample.age_ms()})
             }
-            Err(e) => {
+            Err(reason) => {
                 unready = true;
-                tracing::warn!(error = %e, "readiness: PostgreSQL check failed");
-                json!({"status": "down", "reason": short_reason(&e)})
+                json!({"status": "down", "reason": reason, "checked_ms_ago": sample.age_ms()})
             }
         },
     );
@@ -41,10 +41,10 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let mut degraded = false;
     checks.insert(
         "redis".into(),
-        match &state.cache.shared {
-            None => json!({"status": "disabled"}),
-            Some(shared) => {
-                if shared.ping().await {
+        match (&state.cache.shared, sample.redis) {
+            (None, _) | (_, None) => json!({"status": "disabled"}),
+            (Some(shared), Some(answered)) => {
+                if answered {
                     json!({"status": "up"})
                 } else {
                     degraded = true;
@@ -54,9 +54,17 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             }
         },
     );
-    // An open circuit other than PostgreSQL's (whose check above decides readiness) degrades.
+    // An open circuit other than PostgreSQL's (whose check above decides readiness) degrades,
+    // but a webhook host's: one merchant's receiver being down says nothing of this instance,
+    // and its name is that merchant's business. Those are counted here, named in the metrics.
+    let (mut webhooks, mut webhooks_open) = (0, 0);
     for circuit in state.breakers.snapshot() {
         let closed = circuit.state == CircuitState::Closed;
+        if circuit.name.starts_with("webhook:") {
+            webhooks += 1;
+            webhooks_open += usize::from(!closed);
+            continue;
+        }
         degraded |= !closed && circuit.name != "postgres";
         checks.insert(
             format!("circuit.{}", circuit.name),
@@ -68,6 +76,10 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         );
     }
     // Memory critical sheds all but ops: still serving them, so "degraded".
+    checks.insert(
+        "webhooks".into(),
+        json!({"status": "up", "circuits": webhooks, "circuits_open": webhooks_open}),
+    );
     if let Some(memory) = state.memory.snapshot() {
         let critical = memory.level == MemoryLevel::Critical;
         degraded |= critical;
@@ -102,7 +114,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         json!({
             "status": if state.jobs.is_some() { "up" } else { "disabled" },
             "listening": state.jobs_board.listening(),
-            "queues": queue_health(&state).await,
+            "queues": sample.queues,
         }),
     );
     for actor in state.tree.snapshot() {
@@ -134,16 +146,6 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// A reason fit for an unauthenticated reader: the kind of failure, not the driver's message.
-fn short_reason(e: &DbError) -> &'static str {
-    match e {
-        DbError::Timeout => "no answer within the readiness deadline",
-        DbError::Overloaded => "probe busy",
-        DbError::Unavailable(_) => "unreachable",
-        _ => "error",
-    }
-}
-
 pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) -> HttpResponse {
     let pool = state.gauge.snapshot();
     let cache = state.cache.reader.snapshot();
@@ -158,10 +160,10 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
         overload: &state.concurrency.snapshot(),
         rss_bytes: rss(memory.as_ref()),
     };
-    let queues = queue_health(&state).await;
+    let sample = state.sampled.get();
     let runs = state.jobs_board.snapshot();
     let jobs = JobFigures {
-        queues: queues.as_deref(),
+        queues: sample.queues.as_deref(),
         runs: &runs,
     };
     let text = metrics.render(
@@ -208,23 +210,10 @@ fn replica_metrics(reads: &crate::replicas::Reads) -> String {
     out
 }
 
-/// The queues' health across every instance, read within the readiness deadline (`None`:
-/// PostgreSQL did not answer in time; its own check says so).
-/// Every queue of the job kinds is listed, an idle one with zeros: a series that vanished while
-/// its queue was empty would leave gaps in the graphs and alerts with nothing to compare.
-pub async fn queue_health(state: &AppState) -> Option<Vec<QueueHealth>> {
-    let within = Settings::ms(state.settings.health.ready_timeout_ms);
-    let mut queues = state.probe.queues(within).await.ok()?;
-    for kind in crate::jobs::KINDS {
-        if !queues.iter().any(|q| q.queue == kind.queue) {
-            queues.push(QueueHealth {
-                queue: kind.queue.to_owned(),
-                ..QueueHealth::default()
-            });
-        }
-    }
-    queues.sort_by(|a, b| a.queue.cmp(&b.queue));
-    Some(queues)
+/// The queues' health across every instance, as last sampled (`None`: PostgreSQL did not
+/// answer in time; its own check says so).
+pub fn queue_health(state: &AppState) -> Option<Vec<QueueHealth>> {
+    state.sampled.get().queues.clone()
 }
 
 /// Resident memory as the memory monitor last sampled it (at most `memory.check_interval_ms`

@@ -164,17 +164,22 @@ pub struct ApiDoc;
 #[allow(dead_code)]
 fn health_doc() {}
 
-/// Readiness: PostgreSQL answers on the probe's own connection within its deadline and every
-/// actor runs.
+/// Readiness: PostgreSQL answered the latest background check and every actor runs. Answered
+/// from state sampled every `health.refresh_ms` (the first sample taken before the port opens),
+/// so any number of probes adds no database work; the body names no merchant's webhook host,
+/// and one merchant's failing webhook host never makes the instance `degraded`. Served on the
+/// main port and on `server.management_port` when set.
 #[utoipa::path(get, path = "/health/ready", tag = "ops", operation_id = "ready",
     responses((status = 200, body = Readiness, description = "ready or degraded"),
         (status = 503, body = Readiness, description = "unready", headers(("Retry-After" = u32)))))]
 #[allow(dead_code)]
 fn ready_doc() {}
 
-/// Prometheus text format.
+/// Prometheus text format. With `server.management_port` set, served only on that port (404 on
+/// the main port).
 #[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
-    responses((status = 200, body = String, content_type = "text/plain")))]
+    responses((status = 200, body = String, content_type = "text/plain"),
+        (status = 404, response = NotFound)))]
 #[allow(dead_code)]
 fn metrics_doc() {}
 

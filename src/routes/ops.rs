@@ -12,7 +12,7 @@ use rampart_actors::{
 use serde::Serialize;
 
 /// Every actor, tier, guardian, the pool and the job queues, read now without waiting in the
-/// mailboxes requests use (the queues are read on the readiness probe's connection).
+/// mailboxes requests use (the queues as last sampled, every `health.refresh_ms`).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct OpsStats {
     /// Per actor: state, mailbox depth and capacity, handled, refused, expired, restarts.
@@ -60,8 +60,11 @@ pub struct JobStats {
     pub listening: bool,
 }
 
+/// One JSON snapshot of what `/metrics` shows. With `server.management_port` set, served only on
+/// that port (404 on the main port).
 #[utoipa::path(get, path = "/api/v1/ops/stats", tag = "ops", operation_id = "opsStats",
-    responses((status = 200, body = OpsStats), (status = 401, response = crate::routes::openapi::Unauthorized)),
+    responses((status = 200, body = OpsStats), (status = 401, response = crate::routes::openapi::Unauthorized),
+        (status = 404, response = crate::routes::openapi::NotFound)),
     security(("admin_token" = [])))]
 pub async fn stats(
     _: AdminAuth,
@@ -83,7 +86,7 @@ pub async fn stats(
         replicas: state.reads.snapshot(),
         requests: metrics.counts(),
         jobs: JobStats {
-            queues: crate::routes::health::queue_health(&state).await,
+            queues: crate::routes::health::queue_health(&state),
             runs_here: state.jobs_board.snapshot(),
             listening: state.jobs_board.listening(),
         },

@@ -159,6 +159,14 @@ async fn postgres_stopped_and_started_again_turns_readiness_503_then_200_without
     assert_eq!(app.get("/health/ready").await.status, 200);
 
     pg.cluster.stop_with("immediate").expect("stop PostgreSQL");
+    // The next background sample (every `health.refresh_ms`, each check within
+    // `health.ready_timeout_ms`) finds it down.
+    wait_until(
+        "readiness sees PostgreSQL down",
+        Duration::from_secs(5),
+        async || app.get("/health/ready").await.status == 503,
+    )
+    .await;
     let started = std::time::Instant::now();
     let down = app.get("/health/ready").await;
     assert_eq!(down.status, 503);
@@ -175,8 +183,8 @@ async fn postgres_stopped_and_started_again_turns_readiness_503_then_200_without
         assert!(!text.contains(driver_words), "no driver message: {text}");
     }
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "readiness answers within its deadline"
+        started.elapsed() < Duration::from_secs(1),
+        "readiness answers from the sample, without waiting for PostgreSQL"
     );
     assert_eq!(
         app.get("/health").await.status,

@@ -104,3 +104,130 @@ async fn every_series_of_the_grafana_dashboard_is_exported_by_the_service() {
     }
     app.stop().await;
 }
+
+fn shipped(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).expect(path)
+}
+
+/// The value of `key: value` (YAML, quotes dropped) on the first line that has it.
+fn yaml_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.trim().trim_start_matches("- ").strip_prefix(key)?;
+        Some(rest.strip_prefix(':')?.trim().trim_matches('"').to_owned())
+    })
+}
+
+#[test]
+fn metrics_are_scraped_on_the_management_port_which_no_public_entry_reaches() {
+    // Compose: every instance sets a management port, and Prometheus scrapes that one.
+    let compose = shipped("docker/compose.yml");
+    let management = yaml_value(&compose, "RAMPART__SERVER__MANAGEMENT_PORT")
+        .expect("compose sets server.management_port");
+    let public = yaml_value(&compose, "RAMPART__SERVER__PORT").expect("compose sets server.port");
+    assert_ne!(management, public);
+    let prometheus = shipped("docker/prometheus.yml");
+    assert_eq!(
+        yaml_value(&prometheus, "port").as_deref(),
+        Some(management.as_str()),
+        "Prometheus scrapes the management port"
+    );
+    assert_eq!(
+        yaml_value(&prometheus, "metrics_path").as_deref(),
+        Some("/metrics")
+    );
+    // nginx publishes the public port only, and refuses the ops endpoints itself.
+    let nginx = shipped("docker/nginx.conf");
+    assert!(
+        nginx.contains(&format!("server rampart:{public} ")),
+        "{nginx}"
+    );
+    assert!(!nginx.contains(&format!(":{management}")), "{nginx}");
+    for refused in [
+        "location = /metrics {\n        return 404;",
+        "location ^~ /api/v1/ops/ {\n        return 404;",
+        "location = /health/ready {\n        return 404;",
+    ] {
+        assert!(nginx.contains(refused), "nginx.conf has `{refused}`");
+    }
+
+    // Kubernetes: the ConfigMap's management port is a named container port, the one the
+    // scrape annotation and the probes use; the Service exposes only the public one.
+    let configmap = shipped("docker/k8s/configmap.yaml");
+    let k8s_management = yaml_value(&configmap, "RAMPART__SERVER__MANAGEMENT_PORT")
+        .expect("the ConfigMap sets server.management_port");
+    let k8s_public = yaml_value(&configmap, "RAMPART__SERVER__PORT").expect("server.port");
+    let deployment = shipped("docker/k8s/deployment.yaml");
+    assert_eq!(
+        yaml_value(&deployment, "prometheus.io/port").as_deref(),
+        Some(k8s_management.as_str())
+    );
+    let ports: Vec<(String, String)> = deployment
+        .lines()
+        .zip(deployment.lines().skip(1))
+        .filter_map(|(name, port)| {
+            let name = name.trim().strip_prefix("- name: ")?;
+            let port = port.trim().strip_prefix("containerPort: ")?;
+            Some((name.to_owned(), port.to_owned()))
+        })
+        .collect();
+    assert!(
+        ports.contains(&("management".to_owned(), k8s_management.clone())),
+        "{ports:?}"
+    );
+    assert!(
+        ports.contains(&("http".to_owned(), k8s_public.clone())),
+        "{ports:?}"
+    );
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let after = deployment
+            .split(&format!("{probe}:"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("a {probe}"));
+        assert_eq!(
+            yaml_value(after, "port").as_deref(),
+            Some("management"),
+            "{probe} on the management port"
+        );
+    }
+    let service = shipped("docker/k8s/service.yaml");
+    assert_eq!(yaml_value(&service, "targetPort").as_deref(), Some("http"));
+    assert!(!service.contains("management"), "{service}");
+}
+
+#[actix_rt::test]
+async fn behind_the_shipped_nginx_the_public_gets_neither_metrics_nor_ops_stats() {
+    let app = TestApp::builder()
+        .configure(|s| s.server.management_port = Some(0))
+        .spawn()
+        .await;
+    let upstream = app.base.trim_start_matches("http://").to_owned();
+    let nginx = crate::scale_out::TestNginx::start(&[upstream.as_str()]);
+    let via = |path: &str| format!("{}{path}", nginx.base);
+    let get = |path: &str, admin: bool| {
+        let mut req = app.client.get(via(path));
+        if admin {
+            req = req.bearer_auth(crate::support::ADMIN_TOKEN);
+        }
+        app.send(req, None)
+    };
+    assert_eq!(get("/health", false).await.status, 200);
+    for path in [
+        "/metrics",
+        "/api/v1/ops/stats",
+        "/health/ready",
+        "/%6Detrics",
+    ] {
+        assert_eq!(get(path, true).await.status, 404, "{path} through nginx");
+    }
+    let m = app.create_merchant("Public").await;
+    let store = get(&format!("/api/v1/stores/{}/products", m.id), false).await;
+    assert_eq!(store.status, 200, "the API passes");
+    // Prometheus, on the instance's management port, still gets its metrics.
+    let management = app.management.clone().expect("management port");
+    let scrape = app
+        .send(app.client.get(format!("{management}/metrics")), None)
+        .await;
+    assert_eq!(scrape.status, 200);
+    drop(nginx);
+    app.stop().await;
+}

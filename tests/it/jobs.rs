@@ -303,16 +303,21 @@ async fn a_receiver_that_never_answers_leaves_the_job_dead_after_the_configured_
         "{job}"
     );
     assert_eq!(receiver.received().len(), 3, "one request per attempt");
-    // Ops see it: readiness and the metrics count the dead job of its queue.
-    let ready = app.get("/health/ready").await.json();
-    let webhooks = ready["checks"]["jobs"]["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["queue"] == "webhooks")
-        .cloned()
-        .unwrap();
-    assert_eq!(webhooks["dead"], 1, "{ready}");
+    // Ops see it: readiness and the metrics count the dead job of its queue (as sampled every
+    // `health.refresh_ms`).
+    let dead_in_readiness = async || {
+        let ready = app.get("/health/ready").await.json();
+        ready["checks"]["jobs"]["queues"]
+            .as_array()
+            .and_then(|queues| queues.iter().find(|q| q["queue"] == "webhooks").cloned())
+            .is_some_and(|webhooks| webhooks["dead"] == 1)
+    };
+    wait_until(
+        "readiness counts the dead job",
+        Duration::from_secs(5),
+        dead_in_readiness,
+    )
+    .await;
     let metrics = app.metrics().await;
     assert!(
         metrics.contains("jobs_dead{queue=\"webhooks\"} 1"),

@@ -19,6 +19,7 @@ mod explain;
 mod guardians;
 mod idempotency;
 mod jobs;
+mod ops;
 mod orders;
 mod pagination;
 mod receivers;

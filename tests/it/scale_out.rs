@@ -14,13 +14,13 @@ use std::time::Duration;
 
 /// nginx on a free loopback port, in front of `upstreams`, with `docker/nginx.conf` as the
 /// deployment ships it (only the addresses changed).
-struct TestNginx {
+pub struct TestNginx {
     child: std::process::Child,
-    base: String,
+    pub base: String,
 }
 
 impl TestNginx {
-    fn start(upstreams: &[&str]) -> TestNginx {
+    pub fn start(upstreams: &[&str]) -> TestNginx {
         let dir =
             std::env::temp_dir().join(format!("rampart-nginx-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("nginx dir");

@@ -168,6 +168,13 @@ async fn storefront_survives(
         .await;
     assert_eq!(stock.status, 200);
     assert_eq!(app.get(&products[1]).await.json()["stock"], 11);
+    // Readiness reads Redis's state as last sampled (every `health.refresh_ms`).
+    wait_until(
+        "readiness sees Redis down",
+        Duration::from_secs(10),
+        async || app.get("/health/ready").await.json()["checks"]["redis"]["status"] == "down",
+    )
+    .await;
     let degraded = app.get("/health/ready").await;
     assert_eq!(degraded.status, 200);
     let body = degraded.json();

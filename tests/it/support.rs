@@ -176,6 +176,9 @@ impl TestAppBuilder {
             .await
             .expect("build the application");
         let port = app.port();
+        let management = app
+            .management_port()
+            .map(|port| format!("http://127.0.0.1:{port}"));
         let db = app.db().clone();
         let gauge = app.gauge().clone();
         let cache = app.cache().clone();
@@ -188,6 +191,7 @@ impl TestAppBuilder {
         });
         TestApp {
             base: format!("http://127.0.0.1:{port}"),
+            management,
             database_url: url,
             db,
             gauge,
@@ -205,6 +209,8 @@ impl TestAppBuilder {
 
 pub struct TestApp {
     pub base: String,
+    /// The management port's base URL (with `server.management_port` set).
+    pub management: Option<String>,
     pub database_url: String,
     pub db: Handle<Db>,
     pub gauge: rampart_actors::DbGauge,
