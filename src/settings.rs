@@ -150,6 +150,9 @@ pub struct RateLimitSettings {
     pub enabled: bool,
     /// Keys each class holds in process at most (idle ones out first).
     pub max_keys: u64,
+    /// The client of a per-client-IP class is its IPv4 address, or its IPv6 address masked to
+    /// this many leading bits (1..=128; default 64: one subscriber's block is one client).
+    pub ipv6_prefix: u8,
     pub classes: RateLimitClasses,
 }
 
@@ -188,6 +191,8 @@ pub struct RateLimitClasses {
     pub storefront: RateLimitClass,
     pub checkout: RateLimitClass,
     pub merchant: RateLimitClass,
+    /// Failed credentials, per client IP: every 401 under `/api/v1/` counts.
+    pub unauthenticated: RateLimitClass,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -463,12 +468,22 @@ impl Settings {
                 "rate_limit.classes.merchant",
                 self.rate_limit.classes.merchant,
             ),
+            (
+                "rate_limit.classes.unauthenticated",
+                self.rate_limit.classes.unauthenticated,
+            ),
         ] {
             if class.limit == 0 || class.period_secs == 0 {
                 return Err(invalid(key, "limit and period_secs must be greater than 0"));
             }
         }
         positive("rate_limit.max_keys", self.rate_limit.max_keys)?;
+        if !(1..=128).contains(&self.rate_limit.ipv6_prefix) {
+            return Err(invalid(
+                "rate_limit.ipv6_prefix",
+                "must be between 1 and 128",
+            ));
+        }
         let o = &self.overload;
         positive("overload.min_limit", o.min_limit as u64)?;
         if !(o.min_limit <= o.initial_limit && o.initial_limit <= o.max_limit) {
@@ -629,5 +644,22 @@ mod tests {
     #[test]
     fn built_in_defaults_are_valid() {
         Settings::for_tests().unwrap();
+    }
+
+    #[test]
+    fn the_ipv6_prefix_is_1_to_128_bits_and_64_by_default() {
+        let mut s = Settings::for_tests().unwrap();
+        assert_eq!(s.rate_limit.ipv6_prefix, 64);
+        let c = s.rate_limit.classes.unauthenticated;
+        assert_eq!((c.limit, c.period_secs), (60, 60));
+        for ok in [1, 48, 128] {
+            s.rate_limit.ipv6_prefix = ok;
+            s.validate().unwrap();
+        }
+        for bad in [0, 129] {
+            s.rate_limit.ipv6_prefix = bad;
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains("rate_limit.ipv6_prefix"), "{e}");
+        }
     }
 }

@@ -499,6 +499,7 @@ fn limit_classes(settings: &Settings) -> Vec<LimitClass> {
         ("storefront", c.storefront),
         ("checkout", c.checkout),
         ("merchant", c.merchant),
+        ("unauthenticated", c.unauthenticated),
     ]
     .into_iter()
     .map(|(name, class)| LimitClass {
@@ -612,6 +613,7 @@ impl Application {
             tree: Arc::clone(&backend.tree),
             settings: Arc::clone(&settings),
             cursor_key: cursor_key(&settings),
+            known_keys: http::auth::KnownKeys::default(),
         });
         let metrics = web::Data::new(Metrics::new()?);
         let body_limit = settings.server.body_limit_bytes;

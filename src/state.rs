@@ -32,6 +32,9 @@ pub struct AppState {
     pub tree: Arc<Tree>,
     pub settings: Arc<Settings>,
     pub cursor_key: CursorKey,
+    /// API keys recently found good (and the merchant) or bad, so neither costs a lookup again
+    /// for a while.
+    pub known_keys: crate::http::auth::KnownKeys,
 }
 
 impl AppState {

@@ -34,7 +34,7 @@ use crate::supervision::{Resilient, Stop, Supervision};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// One class of limits: `limit` requests per `period` per key.
@@ -160,6 +160,37 @@ if remaining < 0 then remaining = 0 end
 return {granted, remaining, 0, new_tat - now}
 "#;
 
+/// How far a key's TAT runs ahead of Redis's clock, in microseconds (0: at most now); writes
+/// nothing. KEYS[1]: the key.
+static PEEK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then return 0 end
+return tat - now
+"#,
+    )
+});
+
+/// A key's budget when its TAT runs `ahead` nanoseconds ahead of now: what a request now would
+/// be told, without the request.
+fn standing(gcra: &Gcra, ahead: u64) -> Verdict {
+    let interval = (gcra.interval().as_nanos() as u64).max(1);
+    let tolerance = gcra.tolerance().as_nanos() as u64;
+    let limit = gcra.limit();
+    let used = ahead.div_ceil(interval).min(u64::from(limit)) as u32;
+    let allowed = ahead <= tolerance;
+    Verdict {
+        allowed,
+        limit,
+        remaining: if allowed { limit - used } else { 0 },
+        reset_after: Duration::from_nanos(ahead),
+        retry_after: Duration::from_nanos(ahead.saturating_sub(tolerance)),
+    }
+}
+
 impl RateLimits {
     /// `shared`: decide in Redis through this link (keys prefixed with `prefix`).
     pub fn new(classes: Vec<LimitClass>, max_keys: u64, shared: Option<RedisLink>) -> Self {
@@ -229,6 +260,52 @@ impl RateLimits {
         };
         counter.fetch_add(1, Relaxed);
         verdict
+    }
+
+    /// What a request of `key` in class `class` would be told now, without counting it: the
+    /// key's budget as it stands. In process that is exact; with Redis it is asked of Redis (one
+    /// script call, nothing written), in process when Redis does not answer. A refusal (not
+    /// `allowed`) is counted as a denied decision of the class: the caller refuses the request
+    /// on it. (The edge asks this before it spends work that the class would only count
+    /// afterwards, such as a failed credential check.)
+    pub async fn peek(&self, class: usize, key: &str) -> Option<Verdict> {
+        let c = self.inner.classes.get(class)?;
+        let ahead = match &self.inner.shared {
+            Some((link, _)) => match Box::pin(Self::ahead_in_redis(link, c, key)).await {
+                Some(ahead) => ahead,
+                None => self.ahead_local(c, key, Instant::now()),
+            },
+            None => self.ahead_local(c, key, Instant::now()),
+        };
+        let verdict = standing(&c.gcra, ahead);
+        if !verdict.allowed {
+            c.counts.denied.fetch_add(1, Relaxed);
+        }
+        Some(verdict)
+    }
+
+    /// [`RateLimits::peek`] in process at `now` (tests drive it on a virtual clock); counts
+    /// nothing.
+    pub fn peek_local(&self, class: usize, key: &str, now: Instant) -> Option<Verdict> {
+        let c = self.inner.classes.get(class)?;
+        Some(standing(&c.gcra, self.ahead_local(c, key, now)))
+    }
+
+    /// How far the key's theoretical arrival time runs ahead of `now`, in process.
+    fn ahead_local(&self, c: &Class, key: &str, now: Instant) -> u64 {
+        let now = self.nanos(now);
+        c.table
+            .get(key, |tat| tat.load(Relaxed))
+            .map_or(0, |tat| tat.saturating_sub(now))
+    }
+
+    /// How far the key's theoretical arrival time runs ahead of Redis's clock (nanoseconds).
+    async fn ahead_in_redis(link: &RedisLink, c: &Class, key: &str) -> Option<u64> {
+        let redis_key = format!("rl:{}:{}", c.spec.name, key);
+        let micros: i64 = link
+            .run(|mut conn| async move { PEEK_SCRIPT.key(redis_key).invoke_async(&mut conn).await })
+            .await?;
+        Some(u64::try_from(micros).unwrap_or(0).saturating_mul(1_000))
     }
 
     /// The in-process decision at `now` (tests drive it on a virtual clock).
@@ -539,6 +616,37 @@ mod tests {
                 .unwrap()
                 .allowed
         );
+    }
+
+    #[test]
+    fn a_peek_tells_the_budget_as_it_stands_and_spends_none_of_it() {
+        let l = limits(3, 3, 100);
+        let t0 = Instant::now();
+        let fresh = l.peek_local(0, "10.0.0.1", t0).unwrap();
+        assert!(fresh.allowed);
+        assert_eq!(fresh.remaining, 3);
+        assert_eq!(fresh.reset_after, Duration::ZERO);
+        for _ in 0..5 {
+            assert_eq!(l.peek_local(0, "10.0.0.1", t0).unwrap(), fresh);
+        }
+        let after_one = l.check_local(0, "10.0.0.1", t0).unwrap();
+        let peeked = l.peek_local(0, "10.0.0.1", t0).unwrap();
+        assert!(peeked.allowed);
+        assert_eq!(peeked.remaining, after_one.remaining);
+        assert_eq!(peeked.reset_after, after_one.reset_after);
+        l.check_local(0, "10.0.0.1", t0).unwrap();
+        l.check_local(0, "10.0.0.1", t0).unwrap();
+        let spent = l.peek_local(0, "10.0.0.1", t0).unwrap();
+        let denied = l.check_local(0, "10.0.0.1", t0).unwrap();
+        assert!(!spent.allowed && !denied.allowed);
+        assert_eq!(spent.remaining, 0);
+        assert_eq!(spent.retry_after, denied.retry_after);
+        assert_eq!(spent.retry_after, Duration::from_secs(1));
+        let later = l
+            .peek_local(0, "10.0.0.1", t0 + Duration::from_secs(1))
+            .unwrap();
+        assert!(later.allowed);
+        assert_eq!(later.remaining, 1);
     }
 
     #[test]

@@ -1,24 +1,41 @@
 //! The rate limit at the edge: every request of a limited route is decided by the `Limiter`'s
-//! [`RateLimits`] against its own class only: storefront reads and checkouts per client address,
-//! merchant endpoints per API key (its SHA-256, never the key itself, names the bucket; requests
-//! without a key count per client address). Ops, admin and the API description are never limited.
+//! [`RateLimits`] against its own class only: storefront reads and checkouts per client, merchant
+//! endpoints per API key that authenticated (its SHA-256, never the key itself, names the
+//! bucket). A client of a per-client class is its IPv4 address, or the network of its IPv6
+//! address (`rate_limit.ipv6_prefix` bits, /64 by default; [`client_ip::client_key`]). Ops,
+//! admin and the API description are never limited, but for failed credentials.
+//!
+//! Failed credentials (class `unauthenticated`, per client): every 401 answered under
+//! `/api/v1/` counts (no key, a wrong key, a wrong admin token). The edge runs before the gates
+//! that authenticate ([`crate::http::auth`]), so a request with credentials goes:
+//! - a key the service knows to be good ([`crate::http::auth::KnownKeys`]) is counted against
+//!   the merchant class here, and goes on authenticated: no lookup, and a spent budget of
+//!   failed credentials does not stop it (a neighbour behind the same address cannot lock a
+//!   merchant out); so does the configured admin token on admin and ops routes;
+//! - any other request first reads the client's budget of failed credentials without spending
+//!   it ([`RateLimits::peek`]): spent, it is 429 at once, without a database lookup;
+//! - otherwise it goes on: the merchant gate authenticates it (a bad key is remembered, so it
+//!   costs no lookup again for a while) and counts a key that authenticated against the merchant
+//!   class ([`charge_merchant`]); a 401 coming back is counted here against the client's budget.
 //!
 //! Every response of a limited route carries `RateLimit-Limit`, `RateLimit-Remaining` and
-//! `RateLimit-Reset` (seconds until the key's window is empty again). A refusal is 429 with
-//! `Retry-After`: the seconds until a request is allowed again, rounded up, which is also its
-//! `RateLimit-Reset`, so a client that waits as told is admitted.
+//! `RateLimit-Reset` (seconds until the key's window is empty again): of the merchant class once
+//! the key counted there, else of the client's budget of failed credentials (a 401 tells what is
+//! left of it). A refusal is 429 with `Retry-After`: the seconds until a request is allowed
+//! again, rounded up, which is also its `RateLimit-Reset`, so a client that waits as told is
+//! admitted.
 
 use crate::error::ApiError;
+use crate::http::auth::{self, KeyHash, MerchantAuth};
 use crate::http::{client_ip, refusal};
 use crate::state::AppState;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, ResponseError};
+use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use rampart_actors::Verdict;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -33,34 +50,56 @@ pub fn limited(path: &str) -> bool {
         && !path.starts_with("/api/v1/ops/")
 }
 
-/// The class a request counts against and the key it counts under; `None`: not limited.
-fn classify(req: &ServiceRequest, state: &AppState) -> Option<(&'static str, String)> {
+/// Where a request counts.
+enum Target {
+    /// Storefront reads and checkouts: this class, per client.
+    Client(&'static str),
+    /// The rest of the API: merchant endpoints (and unknown paths) or, `admin`, the admin and
+    /// ops endpoints, which only failed credentials count on.
+    Api { admin: bool },
+}
+
+fn classify(req: &ServiceRequest) -> Option<Target> {
     let path = req.path();
-    let client = || client_ip::of(req, &state.trusted_proxies).map(|ip| ip.to_string());
     if let Some(rest) = path.strip_prefix("/api/v1/stores/") {
         let checkout = req.method() == Method::POST && rest.ends_with("/orders");
-        let class = if checkout { "checkout" } else { "storefront" };
-        return Some((class, client()?));
+        return Some(Target::Client(if checkout {
+            "checkout"
+        } else {
+            "storefront"
+        }));
     }
-    if !limited(path) {
+    if !path.starts_with("/api/v1/") {
         return None;
     }
-    let key = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|key| {
-            format!(
-                "key:{}",
-                hex::encode(&Sha256::digest(key.trim().as_bytes())[..16])
-            )
-        });
-    Some((
-        "merchant",
-        key.or_else(|| Some(format!("ip:{}", client()?)))?,
-    ))
+    Some(Target::Api {
+        admin: !limited(path),
+    })
 }
+
+/// The client a per-client class counts the request under (`None` without a peer address).
+fn client(req: &ServiceRequest, state: &AppState) -> Option<String> {
+    client_ip::of(req, &state.trusted_proxies)
+        .map(|ip| client_ip::client_key(ip, state.settings.rate_limit.ipv6_prefix))
+}
+
+/// The merchant class's bucket of an API key: the first half of its SHA-256.
+fn merchant_bucket(hash: &KeyHash) -> String {
+    format!("key:{}", hex::encode(&hash[..16]))
+}
+
+/// A request whose key authenticated (`hash`) counted against the merchant class; `None`: limits
+/// are off.
+pub async fn charge_merchant(state: &AppState, hash: &KeyHash) -> Option<Verdict> {
+    let limits = state.limits.as_ref()?;
+    let class = limits.class("merchant")?;
+    Some(limits.check(class, &merchant_bucket(hash)).await)
+}
+
+/// The merchant class's verdict on a request, left by whoever counted it there for the headers
+/// of its response.
+#[derive(Debug, Clone, Copy)]
+pub struct Charged(pub Verdict);
 
 fn seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -72,34 +111,105 @@ fn describe(headers: &mut HeaderMap, verdict: &Verdict, reset: u64) {
     headers.insert(RESET, HeaderValue::from(reset));
 }
 
+/// The headers of an answer given under `verdict` (not a refusal of it).
+fn tell(headers: &mut HeaderMap, verdict: &Verdict) {
+    describe(headers, verdict, seconds(verdict.reset_after));
+}
+
+/// The 429 of a refused `verdict`, with `Retry-After` and the `RateLimit-*` headers.
+pub fn refusal(verdict: &Verdict) -> HttpResponse {
+    let wait = seconds(verdict.retry_after).max(1);
+    let mut response = ApiError::RateLimited { retry_after: wait }.error_response();
+    describe(response.headers_mut(), verdict, wait);
+    response
+}
+
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     // The request is classified (its client address and key formatted) only when limits are on.
-    let target = req.app_data::<web::Data<AppState>>().and_then(|state| {
-        let limits = state.limits.as_ref()?;
-        let (class, key) = classify(&req, state)?;
-        Some((limits, limits.class(class)?, key))
-    });
-    let decided = match target {
-        Some((limits, index, key)) => Some(limits.check(index, &key).await),
-        None => None,
-    };
-    let Some(verdict) = decided else {
+    let Some(state) = req
+        .app_data::<web::Data<AppState>>()
+        .filter(|state| state.limits.is_some())
+    else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    if !verdict.allowed {
-        let wait = seconds(verdict.retry_after).max(1);
-        let mut response = ApiError::RateLimited { retry_after: wait }.error_response();
-        describe(response.headers_mut(), &verdict, wait);
-        return Ok(refusal::refuse(req, response).await);
+    let target = match classify(&req) {
+        Some(Target::Client(class)) => {
+            let decided = match (state.limits.as_ref(), client(&req, state)) {
+                (Some(limits), Some(key)) => match limits.class(class) {
+                    Some(index) => Some(limits.check(index, &key).await),
+                    None => None,
+                },
+                _ => None,
+            };
+            let Some(verdict) = decided else {
+                return Ok(next.call(req).await?.map_into_left_body());
+            };
+            if !verdict.allowed {
+                return Ok(refusal::refuse(req, refusal(&verdict)).await);
+            }
+            let mut response = next.call(req).await?;
+            tell(response.headers_mut(), &verdict);
+            return Ok(response.map_into_left_body());
+        }
+        Some(Target::Api { admin }) => admin,
+        None => return Ok(next.call(req).await?.map_into_left_body()),
+    };
+    let state = state.clone();
+    credentials(req, next, &state, target).await
+}
+
+/// The API but the storefront: see the module's header.
+async fn credentials<B: MessageBody>(
+    req: ServiceRequest,
+    next: Next<B>,
+    state: &AppState,
+    admin: bool,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let Some(limits) = state.limits.as_ref() else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let token = auth::bearer_token(req.headers());
+    if admin {
+        if token.is_some_and(|t| auth::is_admin_token(state, t)) {
+            return Ok(next.call(req).await?.map_into_left_body());
+        }
+    } else if let Some(hash) = token.map(auth::key_hash) {
+        if let Some(merchant_id) = state.known_keys.good(&hash) {
+            if let Some(verdict) = charge_merchant(state, &hash).await {
+                if !verdict.allowed {
+                    return Ok(refusal::refuse(req, refusal(&verdict)).await);
+                }
+                req.extensions_mut().insert(MerchantAuth { merchant_id });
+                let mut response = next.call(req).await?;
+                tell(response.headers_mut(), &verdict);
+                return Ok(response.map_into_left_body());
+            }
+        }
+    }
+    let (Some(class), Some(client)) = (limits.class("unauthenticated"), client(&req, state)) else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let Some(standing) = limits.peek(class, &client).await else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    if !standing.allowed {
+        return Ok(refusal::refuse(req, refusal(&standing)).await);
     }
     let mut response = next.call(req).await?;
-    describe(
-        response.headers_mut(),
-        &verdict,
-        seconds(verdict.reset_after),
-    );
+    let verdict = if response.status() == StatusCode::UNAUTHORIZED {
+        Some(limits.check(class, &client).await)
+    } else if admin {
+        // Admin and ops answers that are not failures are not limited: no headers.
+        None
+    } else {
+        let charged = response.request().extensions().get::<Charged>().copied();
+        Some(charged.map_or(standing, |Charged(v)| v))
+    };
+    if let Some(verdict) = verdict {
+        tell(response.headers_mut(), &verdict);
+    }
     Ok(response.map_into_left_body())
 }

@@ -201,6 +201,8 @@ pub async fn document() -> HttpResponse {
 /// Every operation of a limited route (`/api/v1/`, but admin and ops) may answer 429, and every
 /// response it gives carries the `RateLimit-*` headers ([`crate::http::rate_limit`]). Shared
 /// response components (a `$ref`) are left as they are: they also serve unlimited routes.
+/// Admin and ops operations may answer 429 too, to a client whose budget of failed credentials
+/// is spent (`rate_limit.classes.unauthenticated`), but are otherwise not limited.
 fn rate_limited_routes(doc: &mut serde_json::Value) {
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return;
@@ -213,7 +215,9 @@ fn rate_limited_routes(doc: &mut serde_json::Value) {
     });
     for (path, item) in paths.iter_mut() {
         let limited = crate::http::rate_limit::limited(path);
-        let Some(item) = item.as_object_mut().filter(|_| limited) else {
+        // Every limited route is under `/api/v1/`.
+        let credentials = path.starts_with("/api/v1/");
+        let Some(item) = item.as_object_mut().filter(|_| credentials) else {
             continue;
         };
         for operation in item.values_mut() {
@@ -223,7 +227,7 @@ fn rate_limited_routes(doc: &mut serde_json::Value) {
             else {
                 continue;
             };
-            for response in responses.values_mut() {
+            for response in responses.values_mut().filter(|_| limited) {
                 if let Some(response) = response.as_object_mut().filter(|r| !r.contains_key("$ref"))
                 {
                     let own = response

@@ -10,6 +10,7 @@ mod catalog;
 mod checkout;
 mod cli;
 mod contract;
+mod credentials;
 mod db_actor;
 mod deadlines;
 mod deployment;
