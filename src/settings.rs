@@ -212,6 +212,9 @@ pub struct CacheSettings {
     pub max_bytes: u64,
     pub storefront_max_age_secs: u64,
     pub stale_if_error_secs: u64,
+    /// How long a storefront read of a product that does not exist (or is archived) is
+    /// remembered on this instance (0: not at all). Creating or restoring it invalidates that.
+    pub not_found_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

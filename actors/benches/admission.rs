@@ -122,6 +122,7 @@ fn cache_hits(c: &mut Criterion) {
                             body: body.into(),
                             tag: Arc::from("\"v1\""),
                             fresh_for: Duration::from_secs(3600),
+                            negative: false,
                         }))
                     })
                 }),

@@ -70,6 +70,11 @@ pub struct Loaded {
     pub body: Bytes,
     pub tag: Arc<str>,
     pub fresh_for: Duration,
+    /// A remembered absence ("nothing there", in the caller's own encoding): kept in this
+    /// instance's tier only, never written to Redis (one write per unknown key would cost more
+    /// than the read it saves), and gone once no longer fresh (no stale window: serving it
+    /// when a load fails would hide a thing created meanwhile).
+    pub negative: bool,
 }
 
 /// A load's failure, shared by every caller that waited for it.
@@ -385,6 +390,7 @@ impl Handler<Envelope<Load>> for Cache {
                                     body,
                                     tag,
                                     fresh_for,
+                                    negative: false,
                                 })),
                                 true,
                             );
@@ -396,9 +402,15 @@ impl Handler<Envelope<Load>> for Cache {
                 let fetch = tracing::Instrument::instrument(fetch, tracing::Span::current());
                 ctx.spawn(fetch.into_actor(cache).map(
                     move |(outcome, from_shared), cache: &mut Cache, _| {
+                        let negative = matches!(&outcome, Ok(Some(l)) if l.negative);
                         let outcome = outcome.map(|loaded| {
                             loaded.map(|l| {
                                 let now = Instant::now();
+                                let stale_for = if l.negative {
+                                    Duration::ZERO
+                                } else {
+                                    stale_for
+                                };
                                 Arc::new(Entry {
                                     body: l.body,
                                     tag: l.tag,
@@ -415,7 +427,9 @@ impl Handler<Envelope<Load>> for Cache {
                                     .reader
                                     .tier
                                     .insert(Arc::clone(&key), Arc::clone(entry));
-                                if let (Some(shared), false) = (cache.shared.clone(), from_shared) {
+                                if let (Some(shared), false) =
+                                    (cache.shared.clone(), from_shared || negative)
+                                {
                                     cache
                                         .recently_shared
                                         .insert(Arc::clone(&key), Instant::now());

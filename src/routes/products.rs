@@ -72,7 +72,8 @@ pub async fn create(
         })
         .await
         .map_err(duplicate_sku)?;
-    state.cache.invalidate(auth.merchant_id, []).await;
+    // Its key too: a storefront read of this id may have been remembered as absent.
+    state.cache.invalidate(auth.merchant_id, [created.id]).await;
     let response = HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/products/{}", created.id)))
         .json(&created);

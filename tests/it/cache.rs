@@ -264,3 +264,96 @@ async fn shrink_drops_the_in_process_tier_to_the_fraction_asked_for_and_metrics_
         assert!(text.contains(family), "{family} in {text}");
     }
 }
+
+#[actix_rt::test]
+async fn repeated_reads_of_a_missing_product_cost_one_database_query_not_one_each() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("Absent").await;
+    let missing = format!("/api/v1/stores/{}/products/{}", m.id, uuid::Uuid::now_v7());
+    let before = db_handled(&app);
+    for _ in 0..20 {
+        app.get(&missing).await.problem(404);
+    }
+    let replies = join_all((0..50).map(|_| app.get(&missing))).await;
+    assert!(replies.iter().all(|r| r.status == 404));
+    assert_eq!(db_handled(&app) - before, 1, "one query for 70 reads");
+    // Another missing id is its own query.
+    let other = format!("/api/v1/stores/{}/products/{}", m.id, uuid::Uuid::now_v7());
+    app.get(&other).await.problem(404);
+    assert_eq!(db_handled(&app) - before, 2);
+}
+
+#[actix_rt::test]
+async fn an_archived_product_is_remembered_absent_until_restored_and_then_visible_at_once() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("Restore").await;
+    let p = app.create_product(&m, "BACK-1", 100, 5).await;
+    let path = m.store_product(&p);
+    // A product created is visible at once, however its id was read before.
+    assert_eq!(app.get(&path).await.status, 200);
+    assert_eq!(
+        app.archive_product(&m, p["id"].as_str().unwrap())
+            .await
+            .status,
+        204
+    );
+    let before = db_handled(&app);
+    for _ in 0..20 {
+        app.get(&path).await.problem(404);
+    }
+    assert_eq!(db_handled(&app) - before, 1, "one query for 20 reads");
+
+    let restored = app
+        .json_request(
+            awc::http::Method::PATCH,
+            &format!("/api/v1/products/{}", p["id"].as_str().unwrap()),
+            Some(&m.api_key),
+            &json!({"status": "active"}),
+        )
+        .await;
+    assert_eq!(
+        restored.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&restored.body)
+    );
+    let visible = app.get(&path).await;
+    assert_eq!(visible.status, 200, "the next read sees the restore");
+    assert_eq!(visible.json()["status"], "active");
+}
+
+#[actix_rt::test]
+async fn an_absence_is_remembered_only_for_not_found_ttl_secs() {
+    let app = TestApp::builder()
+        .configure(|s| s.cache.not_found_ttl_secs = 1)
+        .spawn()
+        .await;
+    let m = app.create_merchant("Brief").await;
+    let missing = format!("/api/v1/stores/{}/products/{}", m.id, uuid::Uuid::now_v7());
+    let before = db_handled(&app);
+    app.get(&missing).await.problem(404);
+    app.get(&missing).await.problem(404);
+    assert_eq!(db_handled(&app) - before, 1);
+    wait_until(
+        "the absence is forgotten and asked again",
+        Duration::from_secs(5),
+        async || {
+            app.get(&missing).await.problem(404);
+            db_handled(&app) - before >= 2
+        },
+    )
+    .await;
+
+    // 0: never remembered.
+    let never = TestApp::builder()
+        .configure(|s| s.cache.not_found_ttl_secs = 0)
+        .spawn()
+        .await;
+    let m = never.create_merchant("Never").await;
+    let missing = format!("/api/v1/stores/{}/products/{}", m.id, uuid::Uuid::now_v7());
+    let before = db_handled(&never);
+    for _ in 0..3 {
+        never.get(&missing).await.problem(404);
+    }
+    assert_eq!(db_handled(&never) - before, 3);
+}

@@ -211,3 +211,39 @@ async fn redis_frozen_with_sigstop_costs_no_storefront_read_beyond_the_command_t
     let redis = TestRedis::start();
     storefront_survives(&redis, TestRedis::freeze, TestRedis::thaw).await;
 }
+
+#[actix_rt::test]
+async fn a_product_restored_on_one_instance_is_visible_on_another_that_remembered_it_absent() {
+    let redis = TestRedis::start();
+    let (a, b, m, id, product) = two_instances(&redis).await;
+    assert_eq!(a.archive_product(&m, &id).await.status, 204);
+    wait_until(
+        "the other instance sees the archive",
+        Duration::from_secs(1),
+        async || b.get(&product).await.status == 404,
+    )
+    .await;
+    // Remembered absent there now: no query.
+    let before = b.db.stats().snapshot().handled;
+    assert_eq!(b.get(&product).await.status, 404);
+    assert_eq!(b.db.stats().snapshot().handled, before);
+
+    let restored = a
+        .json_request(
+            awc::http::Method::PATCH,
+            &format!("/api/v1/products/{id}"),
+            Some(&m.api_key),
+            &json!({"status": "active"}),
+        )
+        .await;
+    assert_eq!(restored.status, 200);
+    let written = Instant::now();
+    assert_eq!(a.get(&product).await.status, 200, "at once on the writer");
+    wait_until(
+        "the other instance sees the restore",
+        Duration::from_secs(1),
+        async || b.get(&product).await.status == 200,
+    )
+    .await;
+    assert!(written.elapsed() < Duration::from_secs(1));
+}
