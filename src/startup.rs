@@ -633,10 +633,11 @@ impl Application {
                 }))
                 .wrap(http::problems::fallback())
                 .wrap(from_fn(http::compress::middleware))
-                .wrap(from_fn(http::deadline::middleware))
                 // Shed after the limit's decision, so a shed answer on a limited route still
-                // tells the client its budget (cheap: in process, or leased from Redis).
+                // tells the client its budget (cheap: in process, or leased from Redis); within
+                // the deadline, so a wait for a place counts against it.
                 .wrap(from_fn(http::shed::middleware))
+                .wrap(from_fn(http::deadline::middleware))
                 .wrap(from_fn(http::rate_limit::middleware))
                 .wrap(from_fn(http::metrics::middleware))
                 .wrap(from_fn(http::request_id::middleware))

@@ -200,7 +200,11 @@ impl ConcurrencyLimit {
     /// turn, unless the expected wait plus the work would pass `deadline` (then refused at
     /// once) or its turn does not come in time (refused then). Without a deadline it never
     /// waits. Dropping the future gives up the place in line.
-    pub async fn acquire(&self, criticality: Criticality, deadline: Option<Instant>) -> Option<Permit> {
+    pub async fn acquire(
+        &self,
+        criticality: Criticality,
+        deadline: Option<Instant>,
+    ) -> Option<Permit> {
         let s = &self.shared;
         if let Some(permit) = s.enter_now(criticality) {
             return Some(permit);
@@ -436,8 +440,7 @@ impl Shared {
         let short = e.sum / f64::from(e.samples);
         let busiest = e.busiest as f64;
         (e.sum, e.samples, e.busiest) = (0.0, 0, 0);
-        self.recent_rtt
-            .store((short * 1e9) as u64, Relaxed);
+        self.recent_rtt.store((short * 1e9) as u64, Relaxed);
         // The long-term average follows a steady queue (a closed loop of many clients) within
         // about LONG_SAMPLES samples, so only a sudden one shrinks the limit; once the queue has
         // drained (short far below long) it decays fast, so the limit recovers.
@@ -458,8 +461,10 @@ impl Shared {
         if proposal > limit && busiest * 2.0 < limit {
             proposal = limit;
         }
-        let next = (limit * (1.0 - SMOOTHING) + proposal * SMOOTHING)
-            .clamp(self.settings.min.max(1) as f64, self.settings.max.max(1) as f64);
+        let next = (limit * (1.0 - SMOOTHING) + proposal * SMOOTHING).clamp(
+            self.settings.min.max(1) as f64,
+            self.settings.max.max(1) as f64,
+        );
         e.limit = next;
         let grew = next as usize > self.limit.swap(next as usize, Relaxed);
         drop(e);
@@ -602,7 +607,10 @@ mod tests {
             .filter_map(|_| l.try_acquire(Criticality::Important))
             .collect();
         let deadline = Instant::now() + Duration::from_millis(150);
-        assert!(l.acquire(Criticality::Important, Some(deadline)).await.is_none());
+        assert!(l
+            .acquire(Criticality::Important, Some(deadline))
+            .await
+            .is_none());
         assert!(Instant::now() < deadline, "refused without waiting");
         // With time enough it waits and is served once a place frees up.
         let waiting = tokio::spawn({
@@ -682,7 +690,10 @@ mod tests {
         // Latency jumps fourfold: the limit shrinks at once...
         windows(&l, 3, Duration::from_millis(40));
         let shrunk = l.limit();
-        assert!(shrunk < grown * 9 / 10, "a sudden queue shrinks it: {grown} -> {shrunk}");
+        assert!(
+            shrunk < grown * 9 / 10,
+            "a sudden queue shrinks it: {grown} -> {shrunk}"
+        );
         // ...but the same latency held steadily (a closed loop's queue) stops shrinking it.
         windows(&l, 60, Duration::from_millis(40));
         let steady = l.limit();

@@ -419,6 +419,18 @@ impl Metrics {
             &mut by_lane(|o| o.inflight as u64),
         );
         family(
+            "overload_queued",
+            "gauge",
+            "Requests waiting for a place under the limit, by lane",
+            &mut by_lane(|o| o.queued as u64),
+        );
+        family(
+            "overload_waited_total",
+            "counter",
+            "Requests admitted after waiting for a place, by lane",
+            &mut by_lane(|o| o.waited),
+        );
+        family(
             "overload_shed_total",
             "counter",
             "Requests shed at the edge, by lane",

@@ -22,6 +22,7 @@ mod idempotency;
 mod jobs;
 mod ops;
 mod orders;
+mod overload;
 mod pagination;
 mod receivers;
 mod replicas;

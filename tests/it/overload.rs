@@ -45,7 +45,10 @@ async fn clients_that_wait_for_each_answer_take_turns_under_the_limit_and_none_i
         "every checkout served: {statuses:?}"
     );
     let metrics = app.metrics().await;
-    assert_eq!(series(&metrics, r#"overload_shed_total{lane="writes"}"#), 0.0);
+    assert_eq!(
+        series(&metrics, r#"overload_shed_total{lane="writes"}"#),
+        0.0
+    );
     assert!(
         series(&metrics, r#"overload_waited_total{lane="writes"}"#) > 0.0,
         "the limit was full and buyers waited their turn"
@@ -77,9 +80,7 @@ async fn a_checkout_behind_a_stuck_one_waits_in_line_and_is_served_once_the_plac
     let m = app.create_merchant("Line").await;
     let locked = app.create_product(&m, "L-1", 500, 100).await;
     let other = app.create_product(&m, "L-2", 500, 100).await;
-    let one = |p: &serde_json::Value| {
-        json!({"customer_email": "l@example.com", "items": [{"product_id": p["id"], "quantity": 1}]})
-    };
+    let one = |p: &serde_json::Value| json!({"customer_email": "l@example.com", "items": [{"product_id": p["id"], "quantity": 1}]});
     // The one place is held by a checkout stuck behind a row lock taken here.
     let mut pg = app.sql().await;
     let tx = pg.transaction().await.unwrap();
@@ -96,16 +97,20 @@ async fn a_checkout_behind_a_stuck_one_waits_in_line_and_is_served_once_the_plac
     let (first, second) = (one(&locked), one(&other));
     let stuck = app.checkout(&m.id, &first, None);
     let behind = async {
-        wait_until("the stuck checkout holds the place", Duration::from_secs(10), async || {
-            writes("overload_inflight").await >= 1.0
-        })
+        wait_until(
+            "the stuck checkout holds the place",
+            Duration::from_secs(10),
+            async || writes("overload_inflight").await >= 1.0,
+        )
         .await;
         app.checkout(&m.id, &second, None).await
     };
     let release = async {
-        wait_until("the second checkout waits in line", Duration::from_secs(10), async || {
-            writes("overload_queued").await >= 1.0
-        })
+        wait_until(
+            "the second checkout waits in line",
+            Duration::from_secs(10),
+            async || writes("overload_queued").await >= 1.0,
+        )
         .await;
         tx.rollback().await.unwrap();
     };
@@ -116,9 +121,15 @@ async fn a_checkout_behind_a_stuck_one_waits_in_line_and_is_served_once_the_plac
     let rows = pg
         .query(
             "SELECT stock FROM products WHERE id IN ($1::text::uuid, $2::text::uuid)",
-            &[&locked["id"].as_str().unwrap(), &other["id"].as_str().unwrap()],
+            &[
+                &locked["id"].as_str().unwrap(),
+                &other["id"].as_str().unwrap(),
+            ],
         )
         .await
         .unwrap();
-    assert!(rows.iter().all(|r| r.get::<_, i64>(0) == 99), "one unit each");
+    assert!(
+        rows.iter().all(|r| r.get::<_, i64>(0) == 99),
+        "one unit each"
+    );
 }
