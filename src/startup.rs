@@ -224,7 +224,7 @@ impl Backend {
                 adaptive: false,
                 ..overload(settings)
             }),
-            writes: ConcurrencyLimit::new(overload(settings)),
+            writes: ConcurrencyLimit::new(writes_lane(settings)),
         };
         let m = &settings.memory;
         let memory_settings = MemorySettings {
@@ -456,6 +456,26 @@ fn overload(settings: &Settings) -> LimitSettings {
         initial: o.initial_limit,
         min: o.min_limit,
         max: o.max_limit,
+    }
+}
+
+/// The writes' lane: adaptive between bounds the database sets. Never below the pool's
+/// connections (fewer writes in flight than connections leaves the database idle, whatever the
+/// latency says), never above what the `Db` actor holds (its running commands and its mailbox):
+/// beyond that the excess waits at the edge, in order and against its deadline, rather than
+/// being refused by a full mailbox.
+fn writes_lane(settings: &Settings) -> LimitSettings {
+    let lane = overload(settings);
+    if !lane.adaptive {
+        return lane;
+    }
+    let held = settings.database.max_inflight + settings.actors.db.mailbox;
+    let max = lane.max.min(held).max(1);
+    LimitSettings {
+        min: lane.min.max(settings.database.max_connections).min(max),
+        max,
+        initial: lane.initial.min(max),
+        ..lane
     }
 }
 

@@ -242,9 +242,19 @@ impl ConcurrencyLimit {
         }
     }
 
-    /// Sheds everything but critical work while `on` (the memory monitor's critical state).
+    /// Sheds everything but critical work while `on` (the memory monitor's critical state),
+    /// those waiting in line included: they are refused at once rather than at their deadline.
     pub fn set_pressure(&self, on: bool) {
-        self.shared.pressure.store(on, Relaxed);
+        let s = &self.shared;
+        s.pressure.store(on, Relaxed);
+        if on {
+            let mut line = lock(&s.line);
+            let refused = line.important.len() + line.sheddable.len();
+            // Dropping a waiter's sender ends its wait with a refusal.
+            line.important.clear();
+            line.sheddable.clear();
+            s.queued.fetch_sub(refused, SeqCst);
+        }
     }
 
     pub fn limit(&self) -> usize {
@@ -303,7 +313,7 @@ impl Shared {
         if important {
             limit
         } else {
-            (limit * 3 / 4).max(1)
+            (limit - limit / 4).max(1)
         }
     }
 
@@ -387,6 +397,9 @@ impl Shared {
 
     /// Hands free places to waiters, important ones first, each within its room.
     fn serve(self: &Arc<Self>, line: &mut Line) {
+        if self.pressure.load(Relaxed) {
+            return;
+        }
         loop {
             let (deque, room) = if !line.important.is_empty() {
                 (&mut line.important, self.room(true))
@@ -497,8 +510,9 @@ impl Permit {
     /// Frees the place and feeds the limit with how long the work took.
     pub fn finish(self, took: Duration) {
         if !self.critical {
-            let inflight = self.shared.inflight.load(Relaxed);
-            self.shared.sample(took, inflight);
+            // The others in flight: this one still holds its place until dropped.
+            let others = self.shared.inflight.load(Relaxed).saturating_sub(1);
+            self.shared.sample(took, others);
         }
     }
 }
@@ -563,8 +577,19 @@ mod tests {
 
     #[tokio::test]
     async fn pressure_refuses_all_but_critical_work_at_once_until_lifted() {
-        let l = limit(100);
+        let l = fixed(1);
+        let held = l.try_acquire(Criticality::Important);
+        let waiting = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(Criticality::Important, far()).await.is_some() }
+        });
+        while l.snapshot().queued == 0 {
+            tokio::task::yield_now().await;
+        }
         l.set_pressure(true);
+        assert!(!waiting.await.unwrap(), "those in line are refused too");
+        assert_eq!(l.snapshot().queued, 0);
+        drop(held);
         assert!(l.acquire(Criticality::Important, far()).await.is_none());
         assert!(l.acquire(Criticality::Sheddable, far()).await.is_none());
         assert!(l.acquire(Criticality::Critical, None).await.is_some());
@@ -598,7 +623,8 @@ mod tests {
         assert!(s.waited > 0, "the limit was full at times: {s:?}");
     }
 
-    #[tokio::test]
+    // Paused time: a wait would advance the clock, so an unmoved clock proves none happened.
+    #[tokio::test(start_paused = true)]
     async fn work_whose_expected_wait_passes_its_deadline_is_refused_at_once() {
         let l = fixed(2);
         // Work takes 100 ms here.
@@ -606,12 +632,12 @@ mod tests {
         let held: Vec<_> = (0..2)
             .filter_map(|_| l.try_acquire(Criticality::Important))
             .collect();
-        let deadline = Instant::now() + Duration::from_millis(150);
-        assert!(l
-            .acquire(Criticality::Important, Some(deadline))
-            .await
-            .is_none());
-        assert!(Instant::now() < deadline, "refused without waiting");
+        // Two places free up every 100 ms: the next in 50 ms, and its work takes 100 more.
+        let asked = Instant::now();
+        let deadline = asked + Duration::from_millis(120);
+        let refused = l.acquire(Criticality::Important, Some(deadline)).await;
+        assert!(refused.is_none());
+        assert_eq!(Instant::now(), asked, "refused without waiting");
         // With time enough it waits and is served once a place frees up.
         let waiting = tokio::spawn({
             let l = l.clone();

@@ -14,14 +14,15 @@ use crate::http::refusal;
 use crate::state::AppState;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
 use rampart_actors::{current_deadline, Criticality};
 use std::time::Instant;
 
 fn criticality(req: &ServiceRequest) -> Criticality {
-    let path = req.path();
+    // The decoded path, as the router sees it (`/%6Detrics` is `/metrics`).
+    let path = req.match_info().as_str();
     let ops = path == "/health"
         || path.starts_with("/health/")
         || path == "/metrics"
@@ -58,7 +59,12 @@ pub async fn middleware(
         return Ok(refusal::refuse(req, response).await);
     };
     let started = Instant::now();
-    let response = next.call(req).await;
-    permit.finish(started.elapsed());
-    Ok(response?.map_into_left_body())
+    let response = next.call(req).await?;
+    // The pace of the lane is that of work done: an answer refused before any (401, 404, 422)
+    // would make the expected wait look shorter than it is.
+    let status = response.status();
+    if !status.is_client_error() || status == StatusCode::CONFLICT {
+        permit.finish(started.elapsed());
+    }
+    Ok(response.map_into_left_body())
 }
