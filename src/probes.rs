@@ -38,6 +38,27 @@ impl Sample {
     pub fn age_ms(&self) -> u64 {
         u64::try_from(self.at.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+
+    /// Whether the sample is older at `now` than `limit` ([`stale_after`]): the sampler stopped
+    /// or stalled, and the sample says nothing of now.
+    pub fn is_stale_at(&self, now: Instant, limit: Duration) -> bool {
+        now.saturating_duration_since(self.at) > limit
+    }
+}
+
+/// How old a sample may be while the sampler is working: one period (`health.refresh_ms`) plus
+/// the longest a sample takes, PostgreSQL's ping then its queue read (each within
+/// `health.ready_timeout_ms`) or, alongside, Redis's connection and ping (each within
+/// `redis.command_timeout_ms`). Older, readiness takes the sampler for dead and answers unready
+/// rather than repeat the last sample forever.
+pub fn stale_after(settings: &Settings) -> Duration {
+    let postgres = Settings::ms(settings.health.ready_timeout_ms) * 2;
+    let redis = if settings.redis.url.is_some() {
+        Settings::ms(settings.redis.command_timeout_ms) * 2
+    } else {
+        Duration::ZERO
+    };
+    Settings::ms(settings.health.refresh_ms) + postgres.max(redis)
 }
 
 /// The latest sample, shared by every HTTP worker and replaced by the sampler.
@@ -178,5 +199,58 @@ fn short_reason(e: &DbError) -> &'static str {
         DbError::Overloaded => "probe busy",
         DbError::Unavailable(_) => "unreachable",
         _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Secret;
+
+    fn sample_at(at: Instant) -> Sample {
+        Sample {
+            postgres: Ok(Duration::from_millis(1)),
+            redis: None,
+            queues: None,
+            at,
+            detail: None,
+        }
+    }
+
+    fn settings(refresh_ms: u64, ready_timeout_ms: u64) -> Settings {
+        let mut s = Settings::defaults().unwrap();
+        s.health.refresh_ms = refresh_ms;
+        s.health.ready_timeout_ms = ready_timeout_ms;
+        s.redis.url = None;
+        s
+    }
+
+    #[test]
+    fn a_sample_is_stale_past_a_period_and_the_longest_a_sample_takes() {
+        let s = settings(500, 1000);
+        assert_eq!(stale_after(&s), Duration::from_millis(2500));
+        // Redis's connection and ping, each within its command timeout, count when longer.
+        let mut slow_redis = settings(500, 100);
+        slow_redis.redis.url = Some(Secret::new("redis://127.0.0.1:1"));
+        slow_redis.redis.command_timeout_ms = 400;
+        assert_eq!(stale_after(&slow_redis), Duration::from_millis(1300));
+        slow_redis.redis.command_timeout_ms = 50;
+        assert_eq!(stale_after(&slow_redis), Duration::from_millis(700));
+    }
+
+    #[test]
+    fn readiness_stops_trusting_a_sample_the_sampler_did_not_replace() {
+        let limit = stale_after(&settings(500, 1000));
+        let t0 = Instant::now();
+        let sample = sample_at(t0);
+        // A sampler that works replaces the sample within the limit.
+        assert!(!sample.is_stale_at(t0, limit));
+        assert!(!sample.is_stale_at(t0 + Duration::from_millis(600), limit));
+        assert!(!sample.is_stale_at(t0 + limit, limit));
+        // One that died or stalls leaves it older: stale, however good it was.
+        assert!(sample.is_stale_at(t0 + limit + Duration::from_millis(1), limit));
+        assert!(sample.is_stale_at(t0 + Duration::from_secs(3600), limit));
+        // A sample taken after `now` (a clock read before it) is not stale.
+        assert!(!sample_at(t0 + Duration::from_secs(1)).is_stale_at(t0, limit));
     }
 }

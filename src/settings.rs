@@ -213,7 +213,9 @@ pub struct CacheSettings {
     pub storefront_max_age_secs: u64,
     pub stale_if_error_secs: u64,
     /// How long a storefront read of a product that does not exist (or is archived) is
-    /// remembered on this instance (0: not at all). Creating or restoring it invalidates that.
+    /// remembered on this instance (0: not at all; default 1, the contract's bound on a write's
+    /// visibility elsewhere should its broadcast be lost). Creating or restoring it invalidates
+    /// that.
     pub not_found_ttl_secs: u64,
 }
 

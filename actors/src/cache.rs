@@ -57,11 +57,18 @@ pub struct Entry {
     pub tag: Arc<str>,
     fresh_until: Instant,
     stale_until: Instant,
+    /// A remembered absence ([`Loaded::negative`]).
+    negative: bool,
 }
 
 impl Entry {
     pub fn is_fresh(&self) -> bool {
         Instant::now() < self.fresh_until
+    }
+
+    /// Whether the entry remembers an absence ([`Loaded::negative`]), not a value.
+    pub fn is_negative(&self) -> bool {
+        self.negative
     }
 }
 
@@ -199,6 +206,20 @@ impl CacheReader {
         self.tier.invalidate(key);
     }
 
+    /// Drops every remembered absence (negative entry) at once; answers how many went. An
+    /// absence lives only here, so an invalidation broadcast lost while the channel was down
+    /// would otherwise leave a created product unseen until the absence expired.
+    pub fn drop_absent(&self) -> u64 {
+        let mut dropped = 0;
+        for (key, entry) in self.tier.iter() {
+            if entry.negative {
+                self.tier.invalidate(&*key);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// Counts an answer given from a stale entry after a failed load.
     pub fn served_stale(&self) {
         self.stats.stale_hits.fetch_add(1, Relaxed);
@@ -314,9 +335,17 @@ impl Actor for Cache {
         if let Some(shared) = self.shared.clone() {
             let addr = ctx.address();
             // Off the request path: every other instance's invalidations, as they come.
+            let reader = self.reader.clone();
             ctx.spawn(
                 shared
-                    .listen(move |broadcast| addr.do_send(Remote(broadcast)))
+                    .listen(
+                        move |broadcast| addr.do_send(Remote(broadcast)),
+                        // Broadcasts sent while the channel was down are lost: the absences
+                        // they would have voided go now (values expire with their freshness).
+                        move || {
+                            reader.drop_absent();
+                        },
+                    )
                     .into_actor(self),
             );
         }
@@ -416,6 +445,7 @@ impl Handler<Envelope<Load>> for Cache {
                                     tag: l.tag,
                                     fresh_until: now + l.fresh_for,
                                     stale_until: now + l.fresh_for + stale_for,
+                                    negative: l.negative,
                                 })
                             })
                         });
@@ -600,5 +630,38 @@ impl Handle<Cache> {
             Ok(outcome) => outcome,
             Err(e) => Err(Arc::new(e) as LoadError),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(negative: bool) -> Arc<Entry> {
+        let now = Instant::now();
+        Arc::new(Entry {
+            body: Bytes::from_static(b"{}"),
+            tag: Arc::from(""),
+            fresh_until: now + Duration::from_secs(60),
+            stale_until: now + Duration::from_secs(60),
+            negative,
+        })
+    }
+
+    #[test]
+    fn dropping_the_absences_keeps_every_value() {
+        let reader = Cache::reader(&CacheSettings {
+            max_entries: 100,
+            max_bytes: 1 << 20,
+            stale_for: Duration::from_secs(60),
+        });
+        reader.tier.insert(Arc::from("product:a"), entry(true));
+        reader.tier.insert(Arc::from("product:b"), entry(false));
+        // A list page carries an empty tag too: only the flag tells an absence.
+        reader.tier.insert(Arc::from("list:a"), entry(false));
+        assert_eq!(reader.drop_absent(), 1);
+        assert!(matches!(reader.lookup("product:a"), Lookup::Missing));
+        assert!(matches!(reader.lookup("product:b"), Lookup::Fresh(e) if !e.is_negative()));
+        assert!(matches!(reader.lookup("list:a"), Lookup::Fresh(_)));
     }
 }

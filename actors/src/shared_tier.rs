@@ -230,9 +230,15 @@ impl SharedTier {
     }
 
     /// Listens to the channel for as long as the process lives, reconnecting after a break, and
-    /// hands every other instance's invalidation to `apply`.
-    pub async fn listen(self, apply: impl Fn(Broadcast) + 'static) {
+    /// hands every other instance's invalidation to `apply`; `resubscribed` runs each time the
+    /// channel is subscribed again after a break (what was broadcast meanwhile is lost).
+    pub async fn listen(
+        self,
+        apply: impl Fn(Broadcast) + 'static,
+        resubscribed: impl Fn() + 'static,
+    ) {
         use futures_util::StreamExt;
+        let mut broken = false;
         loop {
             let subscribed = async {
                 let mut pubsub = self.link.client().get_async_pubsub().await?;
@@ -242,6 +248,9 @@ impl SharedTier {
             if let Ok(Ok(pubsub)) =
                 tokio::time::timeout(self.link.command_timeout() * 4, subscribed).await
             {
+                if broken {
+                    resubscribed();
+                }
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     let Ok(text) = message.get_payload::<String>() else {
@@ -255,6 +264,7 @@ impl SharedTier {
                 }
             }
             // Broken or refused: try again shortly (what was missed expires on its own).
+            broken = true;
             tokio::time::sleep(
                 self.settings
                     .resubscribe_after

@@ -12,11 +12,16 @@
 //!   the merchant class here, and goes on authenticated: no lookup, and a spent budget of
 //!   failed credentials does not stop it (a neighbour behind the same address cannot lock a
 //!   merchant out); so does the configured admin token on admin and ops routes;
-//! - any other request first reads the client's budget of failed credentials without spending
-//!   it ([`RateLimits::peek`]): spent, it is 429 at once, without a database lookup;
+//! - any other request with credentials (a key not known good, a token that is not the admin
+//!   token) spends one unit of the client's budget of failed credentials before they are
+//!   checked ([`RateLimits::check`]): spent, it is 429 at once, without a database lookup; so
+//!   concurrent requests with distinct bad keys cost at most the budget in lookups. A key that
+//!   then authenticates is remembered good, so it spends at most once a [`auth::GOOD_FOR`];
+//! - a request without credentials reads the budget without spending it ([`RateLimits::peek`]):
+//!   spent, it is 429 at once; else its 401 is counted when it comes back;
 //! - otherwise it goes on: the merchant gate authenticates it (a bad key is remembered, so it
 //!   costs no lookup again for a while) and counts a key that authenticated against the merchant
-//!   class ([`charge_merchant`]); a 401 coming back is counted here against the client's budget.
+//!   class ([`charge_merchant`]); a 401 coming back was paid for already, or is counted then.
 //!
 //! Every response of a limited route carries `RateLimit-Limit`, `RateLimit-Remaining` and
 //! `RateLimit-Reset` (seconds until the key's window is empty again): of the merchant class once
@@ -60,7 +65,9 @@ enum Target {
 }
 
 fn classify(req: &ServiceRequest) -> Option<Target> {
-    let path = req.path();
+    // The path as the router matches it (percent-decoded but for `%`, `/` and `+`): the raw
+    // `/%61pi/v1/products` is routed as `/api/v1/products`, so it must count as that.
+    let path = req.match_info().as_str();
     if let Some(rest) = path.strip_prefix("/api/v1/stores/") {
         let checkout = req.method() == Method::POST && rest.ends_with("/orders");
         return Some(Target::Client(if checkout {
@@ -192,15 +199,30 @@ async fn credentials<B: MessageBody>(
     let (Some(class), Some(client)) = (limits.class("unauthenticated"), client(&req, state)) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let Some(standing) = limits.peek(class, &client).await else {
-        return Ok(next.call(req).await?.map_into_left_body());
+    // A credential not known good is paid for before it is checked (a lookup, a comparison with
+    // the admin token): counted after its 401, concurrent requests with distinct keys would each
+    // pass a peek and cost a lookup while the budget still showed room. A key that then
+    // authenticates is remembered good, so it pays at most once a [`auth::GOOD_FOR`]. A request
+    // without credentials costs no check: it only reads the budget, and counts on its 401.
+    let paid = token.is_some();
+    let standing = if paid {
+        limits.check(class, &client).await
+    } else {
+        match limits.peek(class, &client).await {
+            Some(standing) => standing,
+            None => return Ok(next.call(req).await?.map_into_left_body()),
+        }
     };
     if !standing.allowed {
         return Ok(refusal::refuse(req, refusal(&standing)).await);
     }
     let mut response = next.call(req).await?;
     let verdict = if response.status() == StatusCode::UNAUTHORIZED {
-        Some(limits.check(class, &client).await)
+        Some(if paid {
+            standing
+        } else {
+            limits.check(class, &client).await
+        })
     } else if admin {
         // Admin and ops answers that are not failures are not limited: no headers.
         None

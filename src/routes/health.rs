@@ -6,11 +6,13 @@
 //! a merchant's webhook host (per-host circuits are in `/metrics` and `/api/v1/ops/stats`).
 
 use crate::http::metrics::{resident_memory, Guardians, JobFigures, Metrics};
+use crate::probes;
 use crate::state::AppState;
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use rampart_actors::{ActorState, CircuitState, MemoryLevel, MemorySnapshot, QueueHealth};
 use serde_json::{json, Map, Value};
+use std::time::Instant;
 
 /// 200 while the process serves; touches no dependency.
 pub async fn live() -> HttpResponse {
@@ -18,15 +20,21 @@ pub async fn live() -> HttpResponse {
 }
 
 /// 200 `ready` or `degraded` while PostgreSQL answered the latest sample and every actor runs;
-/// else 503 `unready`. Sends nothing to any actor or dependency.
+/// else 503 `unready`, also when the latest sample is stale ([`probes::stale_after`]: the sampler
+/// died or stalls). Sends nothing to any actor or dependency.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let sample = state.sampled.get();
     let mut checks = Map::new();
     let mut unready = false;
 
+    let stale = sample.is_stale_at(Instant::now(), probes::stale_after(&state.settings));
     checks.insert(
         "postgres".into(),
         match sample.postgres {
+            _ if stale => {
+                unready = true;
+                json!({"status": "down", "reason": "stale sample: the background check has not completed in time", "checked_ms_ago": sample.age_ms()})
+            }
             Ok(rtt) => {
                 let ms = rtt.as_secs_f64() * 1000.0;
                 json!({"status": "up", "latency_ms": (ms * 10.0).round() / 10.0, "checked_ms_ago": sample.age_ms()})

@@ -80,7 +80,13 @@ pub async fn route(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let rest = req.path().strip_prefix("/api/v1/stores/").unwrap_or("");
+    // The path the router matched (percent-decoded but for `%`, `/` and `+`), so an encoded
+    // `/%61pi/v1/stores/...`, routed here, is split as the path it was routed as.
+    let rest = req
+        .match_info()
+        .as_str()
+        .strip_prefix("/api/v1/stores/")
+        .unwrap_or("");
     let mut segments = rest.split('/');
     let route = (
         segments.next(),

@@ -158,6 +158,37 @@ async fn postgresql_down_a_cached_product_still_answers_and_an_uncached_one_is_5
 }
 
 #[actix_rt::test]
+async fn postgresql_down_a_cached_list_page_still_answers_stale() {
+    let pg: &'static TestPg = Box::leak(Box::new(TestPg::dedicated()));
+    // Pages are stale at once: every read tries a load, and only stale-if-error answers.
+    let app = TestApp::builder()
+        .on(pg)
+        .configure(|s| s.cache.list_ttl_secs = 0)
+        .spawn()
+        .await;
+    let m = app.create_merchant("Listed").await;
+    app.create_product(&m, "L-1", 100, 1).await;
+    let list = format!("/api/v1/stores/{}/products", m.id);
+    let cached = app.get(&list).await;
+    assert_eq!(cached.status, 200);
+
+    // `fast`: the test cluster commits asynchronously, and a crash would lose the products.
+    pg.cluster.stop_with("fast").expect("stop PostgreSQL");
+    let stale_hits = app.cache.reader.snapshot().stale_hits;
+    let served = app.get(&list).await;
+    assert_eq!(
+        served.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&served.body)
+    );
+    assert_eq!(served.body, cached.body, "the cached page, stale");
+    assert_eq!(served.json()["data"][0]["sku"], "L-1");
+    assert!(app.cache.reader.snapshot().stale_hits > stale_hits);
+    pg.cluster.start_again().expect("start PostgreSQL");
+}
+
+#[actix_rt::test]
 async fn one_merchant_is_never_served_another_merchants_cached_product() {
     let app = TestApp::spawn().await;
     let a = app.create_merchant("A").await;

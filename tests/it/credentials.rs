@@ -5,6 +5,7 @@
 //! per-address classes is its IPv4 address or its IPv6 /64 (`rate_limit.ipv6_prefix`).
 
 use crate::support::{Reply, TestApp, TestRedis, ADMIN_TOKEN};
+use futures_util::future::join_all;
 use rampart::settings::{RateLimitClass, Settings};
 use serde_json::json;
 
@@ -221,8 +222,9 @@ async fn a_known_good_key_works_from_a_spent_client_and_only_keys_that_authentic
     assert_eq!(number(&first, "ratelimit-limit"), 5);
     assert_eq!(number(&first, "ratelimit-remaining"), 4);
 
-    // A neighbour behind the same address spends the budget of failed credentials.
-    for i in 0..3 {
+    // The key's first request, not yet known good, paid one unit of the budget of failed
+    // credentials before its lookup; a neighbour behind the same address spends the rest.
+    for i in 0..2 {
         get(
             &app,
             "/api/v1/products",
@@ -357,7 +359,8 @@ async fn with_redis_a_budget_spent_on_one_instance_is_spent_on_the_other() {
         get(&b, "/api/v1/products", Some(&key), None).await.status,
         200
     );
-    for i in 0..3 {
+    // That first request paid one unit before its lookup; the rest is spent on a.
+    for i in 0..2 {
         get(
             &a,
             "/api/v1/products",
@@ -380,4 +383,99 @@ async fn with_redis_a_budget_spent_on_one_instance_is_spent_on_the_other() {
     );
     b.stop().await;
     a.stop().await;
+}
+
+#[actix_rt::test]
+async fn percent_encoded_paths_count_as_the_paths_they_are_routed_as() {
+    let budget = 10;
+    let app = TestApp::builder()
+        .configure(credentials_budget(budget))
+        .configure(|s| {
+            s.rate_limit.classes.storefront = RateLimitClass {
+                limit: 100,
+                period_secs: 60,
+            }
+        })
+        .spawn()
+        .await;
+    let m = app.create_merchant("Encoded").await;
+    // The router decodes `%61` (`a`): these are `/api/v1/products` and the admin endpoint.
+    let start = db_commands(&app);
+    for i in 0..30u64 {
+        let key = format!("Bearer rk_encoded_{i:04}");
+        let reply = get(&app, "/%61pi/v1/products", Some(&key), None).await;
+        if i < u64::from(budget) {
+            reply.problem(401);
+            assert_eq!(
+                number(&reply, "ratelimit-remaining"),
+                u64::from(budget) - 1 - i
+            );
+        } else {
+            assert_refused(&reply, u64::from(budget));
+        }
+    }
+    assert_eq!(
+        db_commands(&app),
+        start + u64::from(budget),
+        "no lookup once the budget is spent"
+    );
+    // Admin-token guesses through an encoded path are refused too.
+    for path in ["/%61pi/v1/admin/merchants", "/api/v1/%61dmin/merchants"] {
+        let reply = app
+            .post_json(path, Some("a-guess"), &json!({"name": "Nope"}))
+            .await;
+        assert_refused(&reply, u64::from(budget));
+    }
+    // An encoded storefront path is the storefront route, counted in its own class.
+    let store = get(
+        &app,
+        &format!("/%61pi/v1/stores/{}/products", m.id),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        store.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&store.body)
+    );
+    assert_eq!(number(&store, "ratelimit-limit"), 100);
+}
+
+#[actix_rt::test]
+async fn concurrent_requests_with_distinct_bad_keys_cost_at_most_the_budget_in_lookups() {
+    let budget = 10;
+    let app = TestApp::builder()
+        .configure(credentials_budget(budget))
+        .spawn()
+        .await;
+    let start = db_commands(&app);
+    let replies = join_all((0..200u64).map(|i| {
+        let key = format!("Bearer rk_concurrent_{i:04}");
+        let app = &app;
+        async move { get(app, "/api/v1/products", Some(&key), None).await }
+    }))
+    .await;
+    let (mut unauthorized, mut refused) = (0, 0);
+    for reply in &replies {
+        match reply.status.as_u16() {
+            401 => unauthorized += 1,
+            429 => {
+                assert_refused(reply, u64::from(budget));
+                refused += 1;
+            }
+            other => panic!("{other}: {}", String::from_utf8_lossy(&reply.body)),
+        }
+    }
+    let lookups = db_commands(&app) - start;
+    assert!(
+        lookups <= u64::from(budget),
+        "{lookups} lookups for a budget of {budget}"
+    );
+    assert_eq!(
+        unauthorized, budget,
+        "every unit of the budget answered once"
+    );
+    assert_eq!(refused, 200 - budget);
 }
