@@ -103,6 +103,9 @@ async fn a_full_db_queue_refuses_at_once_with_503_and_retry_after() {
         .configure(|s| {
             s.database.max_inflight = 1;
             s.actors.db.mailbox = 4;
+            // The edge's line would hold the burst in order before it reaches the Db actor
+            // (its writes' limit stops at what the actor holds); this is the actor's own bound.
+            s.overload.enabled = false;
         })
         .spawn()
         .await;
