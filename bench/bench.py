@@ -434,6 +434,10 @@ def regex_escape(s):
     return "".join(f"[{c}]" if c in ".$*+?(){}|" else c for c in s)
 
 
+# The service's binary: this checkout's release build, or RAMPART_BIN (another commit's build,
+# for a before-and-after comparison on the same machine: see BENCHMARKS.md).
+RAMPART_BIN = Path(os.environ.get("RAMPART_BIN") or ROOT / "target/release/rampart")
+
 # ---------------------------------------------------------------- the suite
 
 class Suite:
@@ -451,7 +455,7 @@ class Suite:
         self.outbox = Path(tempfile.mkdtemp(prefix="rampart-outbox-", dir=shm)) if in_memory else self.work / "outbox"
         self.results = {"machine": machine(), "started_at": datetime.datetime.utcnow().isoformat() + "Z",
                         "duration_s": args.duration, "scenarios": {},
-                        "mail_outbox": "tmpfs" if in_memory else "work directory"}
+                        "mail_outbox": "tmpfs" if in_memory else "work directory", "service_binary": str(RAMPART_BIN)}
         self.started = []
 
     # -- setup
@@ -475,7 +479,7 @@ class Suite:
                # The main instance only writes jobs; the jobs scenario starts instances that run them.
                "RAMPART__JOBS__ENABLED": "false", "RAMPART__EMAIL__OUTBOX_DIR": str(self.outbox)}
         self.env = env
-        self.service = Process("rampart", [str(ROOT / "target/release/rampart"), "serve"], env, self.port, self.out / "rampart.log")
+        self.service = Process("rampart", [str(RAMPART_BIN), "serve"], env, self.port, self.out / "rampart.log")
         self.service.start("/health/ready")
         self.started.append(self.service)
         self.seed()
@@ -850,7 +854,7 @@ class Suite:
         base = {**self.service.env, "RAMPART__SERVER__PORT": str(port), **env}
         for key in without:
             base.pop(key, None)
-        proc = Process(name, [str(ROOT / "target/release/rampart"), "serve"], base, port, self.out / f"{name}.log")
+        proc = Process(name, [str(RAMPART_BIN), "serve"], base, port, self.out / f"{name}.log")
         proc.start("/health/ready")
         self.started.append(proc)
         return proc
@@ -1278,7 +1282,7 @@ class Suite:
             port = free_port()
             env = {**self.env, "RAMPART__SERVER__PORT": str(port), "RAMPART__SERVER__WORKERS": "1",
                    "RAMPART__SERVER__TRUSTED_PROXIES": "127.0.0.1"}
-            p = Process(f"rampart-of-3-{i}", [str(ROOT / "target/release/rampart"), "serve"], env, port, self.out / f"rampart-of-3-{i}.log")
+            p = Process(f"rampart-of-3-{i}", [str(RAMPART_BIN), "serve"], env, port, self.out / f"rampart-of-3-{i}.log")
             p.start("/health/ready")
             self.started.append(p)
             extra.append(p)
