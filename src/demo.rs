@@ -5,10 +5,10 @@
 //! a kept key is printed only after it authenticates against the database this run serves. A key
 //! that does not (another database, a cluster made anew) is replaced by a new demo merchant's.
 
+use crate::blocking::blocking;
 use crate::domain::merchant::{hash_api_key, NewMerchant};
 use crate::pg_cluster::write_private;
 use crate::settings::Settings;
-use crate::startup::blocking;
 use crate::store::merchants::{self, FindByKey};
 use rampart_actors::{Db, DbError, Handle};
 

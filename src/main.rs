@@ -1,3 +1,5 @@
+//! The `rampart` command: serve (the default), apply migrations, or create a merchant.
+
 use clap::Parser;
 use rampart::cli::{Cli, Command, MerchantCommand};
 use rampart::domain::merchant::NewMerchant;

@@ -178,7 +178,7 @@ impl Checks {
     /// queue was empty would leave gaps in the graphs and alerts with nothing to compare.
     async fn queues(&self) -> Option<Vec<QueueHealth>> {
         let mut queues = self.probe.queues(self.within).await.ok()?;
-        for kind in crate::jobs::KINDS {
+        for kind in crate::jobs::kinds::KINDS {
             if !queues.iter().any(|q| q.queue == kind.queue) {
                 queues.push(QueueHealth {
                     queue: kind.queue.to_owned(),

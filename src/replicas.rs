@@ -129,9 +129,7 @@ impl Reads {
             return None;
         }
         let now = Instant::now();
-        let changed = self
-            .changes
-            .changed_at(&crate::storefront_cache::scope(merchant_id));
+        let changed = self.changes.changed_at(&crate::catalog::scope(merchant_id));
         let start = self.next.fetch_add(1, Relaxed);
         (0..self.replicas.len())
             .map(|i| &self.replicas[(start + i) % self.replicas.len()])

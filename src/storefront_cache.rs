@@ -13,10 +13,10 @@
 //! any other. A broadcast lost while Redis was away cannot outlive the absence's freshness
 //! (default 1 s), and every absence is dropped when the channel is subscribed again.
 
+use crate::catalog::{scope, ProductListing};
 use crate::domain::listing::CursorKey;
 use crate::error::ApiError;
 use crate::replicas::Reads;
-use crate::routes::products::ProductListing;
 use crate::settings::Settings;
 use crate::store::merchants::Exists;
 use crate::store::products::{self, Product};
@@ -52,11 +52,6 @@ fn is_absent(entry: &Entry) -> bool {
 
 fn product_key(merchant_id: Uuid, id: Uuid) -> String {
     format!("product:{merchant_id}:{id}")
-}
-
-/// The cache scope of a merchant's catalog: every write to it bumps the scope.
-pub fn scope(merchant_id: Uuid) -> String {
-    format!("merchant:{merchant_id}")
 }
 
 impl StoreCache {

@@ -207,6 +207,39 @@ pub enum Listing<T: Serialize> {
     },
 }
 
+/// A page of results as the API shows it (JSON), with a signed cursor to the next page.
+pub fn listing_body<T: Serialize>(
+    rows: Vec<T>,
+    has_more: bool,
+    total: Option<i64>,
+    page: &Page,
+    cursors: (&CursorKey, &CursorScope),
+    position: impl Fn(&T) -> Position,
+) -> Vec<u8> {
+    let body = match *page {
+        Page::Keyset { .. } => {
+            let next_cursor = if has_more {
+                rows.last()
+                    .map(|r| cursors.0.encode(cursors.1, &position(r)))
+            } else {
+                None
+            };
+            Listing::Keyset {
+                data: rows,
+                next_cursor,
+                has_more,
+            }
+        }
+        Page::Offset { page, per_page } => Listing::Offset {
+            data: rows,
+            page,
+            per_page,
+            total: total.unwrap_or(0),
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,14 @@ pub fn hash_api_key(plain: &str) -> Vec<u8> {
     Sha256::digest(plain.as_bytes()).to_vec()
 }
 
+/// An API key's SHA-256: what the database stores ([`hash_api_key`]) and what names it in
+/// memory.
+pub type KeyHash = [u8; 32];
+
+pub fn key_hash(token: &str) -> KeyHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 pub fn new_webhook_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -113,5 +121,11 @@ mod tests {
         assert_eq!(a.plain.len(), API_KEY_PREFIX.len() + 48);
         assert_ne!(a.plain, b.plain);
         assert_eq!(a.hash, hash_api_key(&a.plain));
+    }
+
+    #[test]
+    fn a_key_is_named_by_the_hash_the_database_stores() {
+        let key = "rk_0123456789abcdef";
+        assert_eq!(key_hash(key).to_vec(), hash_api_key(key));
     }
 }

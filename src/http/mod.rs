@@ -4,7 +4,10 @@
 pub mod auth;
 pub mod client_ip;
 pub mod compress;
+pub mod credentials;
 pub mod deadline;
+pub mod figures;
+pub mod guard_figures;
 pub mod json;
 pub mod metrics;
 pub mod ports;
@@ -14,5 +17,5 @@ pub mod refusal;
 pub mod request_id;
 pub mod shed;
 
-pub use auth::{AdminAuth, MerchantAuth};
+pub use credentials::{AdminAuth, MerchantAuth};
 pub use json::Json;

@@ -7,8 +7,8 @@
 //!
 //! Failed credentials (class `unauthenticated`, per client): every 401 answered under
 //! `/api/v1/` counts (no key, a wrong key, a wrong admin token). The edge runs before the gates
-//! that authenticate ([`crate::http::auth`]), so a request with credentials goes:
-//! - a key the service knows to be good ([`crate::http::auth::KnownKeys`]) is counted against
+//! that authenticate (`merchant_gate`, `admin_gate`), so a request with credentials goes:
+//! - a key the service knows to be good ([`crate::known_keys::KnownKeys`]) is counted against
 //!   the merchant class here, and goes on authenticated: no lookup, and a spent budget of
 //!   failed credentials does not stop it (a neighbour behind the same address cannot lock a
 //!   merchant out); so does the configured admin token on admin and ops routes;
@@ -16,7 +16,8 @@
 //!   token) spends one unit of the client's budget of failed credentials before they are
 //!   checked ([`RateLimits::check`]): spent, it is 429 at once, without a database lookup; so
 //!   concurrent requests with distinct bad keys cost at most the budget in lookups. A key that
-//!   then authenticates is remembered good, so it spends at most once a [`auth::GOOD_FOR`];
+//!   then authenticates is remembered good, so it spends at most once a
+//!   [`GOOD_FOR`](crate::known_keys::GOOD_FOR);
 //! - a request without credentials reads the budget without spending it ([`RateLimits::peek`]):
 //!   spent, it is 429 at once; else its 401 is counted when it comes back;
 //! - otherwise it goes on: the merchant gate authenticates it (a bad key is remembered, so it
@@ -30,8 +31,9 @@
 //! again, rounded up, which is also its `RateLimit-Reset`, so a client that waits as told is
 //! admitted.
 
+use crate::domain::merchant::{key_hash, KeyHash};
 use crate::error::ApiError;
-use crate::http::auth::{self, KeyHash, MerchantAuth};
+use crate::http::credentials::{bearer_token, is_admin_token, MerchantAuth};
 use crate::http::{client_ip, refusal};
 use crate::state::AppState;
 use actix_web::body::{EitherBody, MessageBody};
@@ -178,12 +180,12 @@ async fn credentials<B: MessageBody>(
     let Some(limits) = state.limits.as_ref() else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let token = auth::bearer_token(req.headers());
+    let token = bearer_token(req.headers());
     if admin {
-        if token.is_some_and(|t| auth::is_admin_token(state, t)) {
+        if token.is_some_and(|t| is_admin_token(state, t)) {
             return Ok(next.call(req).await?.map_into_left_body());
         }
-    } else if let Some(hash) = token.map(auth::key_hash) {
+    } else if let Some(hash) = token.map(key_hash) {
         if let Some(merchant_id) = state.known_keys.good(&hash) {
             if let Some(verdict) = charge_merchant(state, &hash).await {
                 if !verdict.allowed {
@@ -202,7 +204,7 @@ async fn credentials<B: MessageBody>(
     // A credential not known good is paid for before it is checked (a lookup, a comparison with
     // the admin token): counted after its 401, concurrent requests with distinct keys would each
     // pass a peek and cost a lookup while the budget still showed room. A key that then
-    // authenticates is remembered good, so it pays at most once a [`auth::GOOD_FOR`]. A request
+    // authenticates is remembered good, so it pays at most once a `GOOD_FOR`. A request
     // without credentials costs no check: it only reads the budget, and counts on its 401.
     let paid = token.is_some();
     let standing = if paid {

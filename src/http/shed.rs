@@ -1,5 +1,5 @@
 //! Overload at the edge: every request asks its lane's [`rampart_actors::ConcurrencyLimit`]
-//! (reads or writes, see [`crate::startup::EdgeLimits`]) for a place by its criticality, and
+//! (reads or writes, see [`crate::state::EdgeLimits`]) for a place by its criticality, and
 //! waits its turn when the lane is full. Ops endpoints (health, metrics, ops, the API
 //! description) never wait; a checkout is served before other writes; under memory pressure
 //! everything but ops is refused. A request is refused (503 with `Retry-After`) only when its

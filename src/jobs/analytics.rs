@@ -4,7 +4,7 @@
 //! `analytics_daily`; a second run finds the row and changes nothing. An order counts while its
 //! creation is applied and its cancellation is not, whichever job runs first.
 
-use super::field;
+use crate::jobs::context::{batch_of, field, BATCH};
 use chrono::NaiveDate;
 use deadpool_postgres::Transaction;
 use futures_util::future::LocalBoxFuture;
@@ -27,7 +27,7 @@ fn event(job: &ClaimedJob) -> Result<(Uuid, String), JobFailure> {
 
 impl ClaimRunner for OrderAnalytics {
     fn batch(&self) -> usize {
-        super::BATCH
+        BATCH
     }
 
     /// Every well-formed event of the batch in one statement ([`APPLY`]).
@@ -36,7 +36,7 @@ impl ClaimRunner for OrderAnalytics {
         tx: &'a Transaction<'_>,
         jobs: &'a [ClaimedJob],
     ) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>> {
-        super::batch_of(jobs, event, move |events| {
+        batch_of(jobs, event, move |events| {
             Box::pin(async move {
                 let (orders, events): (Vec<Uuid>, Vec<String>) = events.into_iter().unzip();
                 let stmt = tx.prepare_cached(APPLY).await?;

@@ -1,7 +1,7 @@
 //! `audit`: one row of the merchant's audit trail per change (who, what, which entity, when).
 //! The row's id is the job's, so a second run inserts nothing.
 
-use super::field;
+use crate::jobs::context::{batch_of, field, BATCH};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use futures_util::future::LocalBoxFuture;
@@ -13,7 +13,7 @@ pub struct Audit;
 
 impl ClaimRunner for Audit {
     fn batch(&self) -> usize {
-        super::BATCH
+        BATCH
     }
 
     /// One insert for every well-formed job of the batch.
@@ -22,7 +22,7 @@ impl ClaimRunner for Audit {
         tx: &'a Transaction<'_>,
         jobs: &'a [ClaimedJob],
     ) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>> {
-        super::batch_of(jobs, row, move |rows| Box::pin(insert(tx, rows)))
+        batch_of(jobs, row, move |rows| Box::pin(insert(tx, rows)))
     }
 }
 

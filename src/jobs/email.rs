@@ -3,7 +3,7 @@
 //! unset. The Message-ID is one per event and order, so a repeated run repeats the same message
 //! (and overwrites the same file).
 
-use super::{field, JobContext};
+use crate::jobs::context::{field, retry, JobContext, BATCH};
 use crate::store::orders::{self, Order};
 use deadpool_postgres::Transaction;
 use futures_util::future::LocalBoxFuture;
@@ -64,7 +64,7 @@ fn transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
 
 impl ClaimRunner for OrderEmail {
     fn batch(&self) -> usize {
-        super::BATCH
+        BATCH
     }
 
     /// The batch's orders in one read and each mail composed, then sent one by one through SMTP
@@ -99,7 +99,7 @@ impl ClaimRunner for OrderEmail {
                     .map_err(|e| JobFailure::Permanent(format!("email.from: {e}")));
                 let orders: HashMap<Uuid, (Uuid, String, Order)> = match rows.decode() {
                     Ok(orders) => orders.into_iter().map(|o| (o.2.id, o)).collect(),
-                    Err(e) => return vec![Err(super::retry(e)); parsed.len()],
+                    Err(e) => return vec![Err(retry(e)); parsed.len()],
                 };
                 parsed
                     .into_iter()

@@ -1,5 +1,6 @@
-//! The job kinds, declared in one list, and their runners. The `Jobs` dispatcher of
-//! `rampart_actors` claims, retries and records; this module says what each kind does.
+//! Every job kind's runner, registered in one list (the kinds are declared in [`kinds`], what a
+//! change writes for them in [`outbox`]). The `Jobs` dispatcher of `rampart_actors` claims,
+//! retries and records; this module says what each kind does.
 //!
 //! Delivery is at least once, so every runner is idempotent:
 //!
@@ -13,103 +14,28 @@
 //! | `noop`            | `noop`      | `jobs.max_attempts`  | does nothing: probes the pipeline (benchmarks, smoke tests)    |
 //!
 //! An order's email, webhook and analytics jobs share its id as ordering key: they follow the
-//! order's events in order. Analytics and audit run in batches (up to [`BATCH`] jobs in one
+//! order's events in order. Analytics and audit run in batches (up to [`context::BATCH`] jobs in one
 //! statement): a job each was as much database work as the checkout that wrote it. Mail,
 //! analytics and audit run in their claim ([`InClaim`]): claim, work and outcome are one
 //! transaction, their database work is done exactly once, and a job done leaves the table.
 //! Webhooks (slow receivers behind their hosts' circuits) and reports (long, their progress
 //! shown) run apart.
 
-/// The most mail, analytics or audit jobs one run takes. A run costs a claim (planned for each
-/// call), a transaction and a statement or two beyond its rows; while requests are busy a queue
-/// claims four times a second, so this is also what a queue can take per second then (1,024:
-/// more than the checkouts write, 700-900 a second in bench runs).
-pub const BATCH: usize = 256;
-
 pub mod analytics;
 pub mod audit;
+pub mod context;
 pub mod email;
+pub mod kinds;
+pub mod outbox;
 pub mod reports;
 pub mod webhook;
 
-use crate::settings::Settings;
+use crate::jobs::context::JobContext;
+use crate::jobs::kinds::{AUDIT, NOOP, ORDER_ANALYTICS, ORDER_EMAIL, SALES_REPORT, WEBHOOK};
+use crate::store::jobs::Kind;
 use futures_util::future::LocalBoxFuture;
-use rampart_actors::{
-    BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, InClaim, JobFailure, JobRunner,
-    Runners,
-};
+use rampart_actors::{ClaimedJob, InClaim, JobFailure, JobRunner, Runners};
 use std::sync::Arc;
-
-/// One kind of job.
-#[derive(Debug)]
-pub struct Kind {
-    pub name: &'static str,
-    pub queue: &'static str,
-    /// `None`: `jobs.max_attempts`.
-    pub max_attempts: Option<i32>,
-}
-
-pub const ORDER_EMAIL: Kind = Kind {
-    name: "order_email",
-    queue: "email",
-    max_attempts: None,
-};
-pub const WEBHOOK: Kind = Kind {
-    name: "webhook",
-    queue: "webhooks",
-    max_attempts: None,
-};
-pub const SALES_REPORT: Kind = Kind {
-    name: "sales_report",
-    queue: "reports",
-    max_attempts: Some(3),
-};
-pub const ORDER_ANALYTICS: Kind = Kind {
-    name: "order_analytics",
-    queue: "analytics",
-    max_attempts: None,
-};
-pub const AUDIT: Kind = Kind {
-    name: "audit",
-    queue: "audit",
-    max_attempts: None,
-};
-
-pub const NOOP: Kind = Kind {
-    name: "noop",
-    queue: "noop",
-    max_attempts: None,
-};
-
-pub const KINDS: [&Kind; 6] = [
-    &ORDER_EMAIL,
-    &WEBHOOK,
-    &SALES_REPORT,
-    &ORDER_ANALYTICS,
-    &AUDIT,
-    &NOOP,
-];
-
-/// The kinds an order event writes (`store::jobs::for_order_event`): the webhook only when the
-/// merchant has a URL.
-pub fn order_event(webhook: bool) -> &'static [&'static Kind] {
-    const WITH: [&Kind; 4] = [&ORDER_EMAIL, &WEBHOOK, &ORDER_ANALYTICS, &AUDIT];
-    const WITHOUT: [&Kind; 3] = [&ORDER_EMAIL, &ORDER_ANALYTICS, &AUDIT];
-    if webhook {
-        &WITH
-    } else {
-        &WITHOUT
-    }
-}
-
-/// What runners use: actor handles and settings, as handlers do.
-#[derive(Clone)]
-pub struct JobContext {
-    pub db: Handle<Db>,
-    pub settings: Arc<Settings>,
-    pub breakers: BreakerBoard,
-    pub circuits: Handle<Breakers>,
-}
 
 /// Every kind's runner, by kind name.
 pub fn runners(ctx: JobContext) -> Runners {
@@ -132,23 +58,6 @@ pub fn runners(ctx: JobContext) -> Runners {
     runners
 }
 
-/// A database failure is worth a retry; the job's own attempts bound it.
-pub fn retry(e: DbError) -> JobFailure {
-    JobFailure::Retry(format!("database: {e}"))
-}
-
-/// A field of the payload, or a permanent failure: a malformed payload never gets better.
-pub fn field<T: serde::de::DeserializeOwned>(
-    job: &ClaimedJob,
-    name: &str,
-) -> Result<T, JobFailure> {
-    job.payload
-        .get(name)
-        .cloned()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .ok_or_else(|| JobFailure::Permanent(format!("payload has no valid {name}")))
-}
-
 /// `noop`: succeeds at once. What is measured through it is the dispatcher itself.
 struct Noop;
 
@@ -156,25 +65,4 @@ impl JobRunner for Noop {
     fn run(&self, _: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
         Box::pin(std::future::ready(Ok(())))
     }
-}
-
-/// A batch of `jobs` whose well-formed items (`parse`) are written together by `apply`: a
-/// malformed job fails alone, the others share `apply`'s outcome.
-pub fn batch_of<'a, T: 'a>(
-    jobs: &[ClaimedJob],
-    parse: impl Fn(&ClaimedJob) -> Result<T, JobFailure>,
-    apply: impl FnOnce(Vec<T>) -> LocalBoxFuture<'a, Result<(), DbError>>,
-) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>> {
-    let mut items = Vec::new();
-    let results: Vec<Result<(), JobFailure>> = jobs
-        .iter()
-        .map(|job| parse(job).map(|item| items.push(item)))
-        .collect();
-    let applied = (!items.is_empty()).then(|| apply(items));
-    Box::pin(async move {
-        if let Some(run) = applied {
-            run.await?;
-        }
-        Ok(results)
-    })
 }

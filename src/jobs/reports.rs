@@ -4,10 +4,11 @@
 //! `/download` streams it. A run marks the report `running`; a second run rebuilds the same
 //! content. After the last attempt fails the report is `failed`.
 
-use super::{field, retry, JobContext};
-use crate::jobs::SALES_REPORT;
-use crate::store::in_transaction;
+use crate::jobs::context::{field, retry, JobContext};
+use crate::jobs::kinds::SALES_REPORT;
+use crate::jobs::outbox::audit;
 use crate::store::jobs::{enqueue, NewJob};
+use crate::store::transaction::in_transaction;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::LocalBoxFuture;
 use rampart_actors::{ClaimedJob, Conn, DbCommand, DbError, JobFailure, JobRunner};
@@ -239,7 +240,7 @@ impl DbCommand for Create {
                 dedup_key: id.to_string(),
                 ordering_key: None,
             };
-            let audit = crate::store::jobs::audit("report.requested", &self.actor, "report", &id.to_string());
+            let audit = audit("report.requested", &self.actor, "report", &id.to_string());
             let ids = enqueue(tx, self.merchant_id, vec![job, audit], self.default_attempts).await?;
             let row = tx
                 .query_one(

@@ -7,8 +7,8 @@
 //! Redirects are not followed; the connection is made only to addresses the SSRF guard
 //! accepted when they were resolved for this very delivery (DNS rebinding).
 
-use super::{field, retry, JobContext};
 use crate::domain::webhook_url::{resolve_for_delivery, WebhookUrl};
+use crate::jobs::context::{field, retry, JobContext};
 use crate::store::orders::{self, Order};
 use actix_tls::connect::{Resolve, Resolver};
 use awc::error::SendRequestError;

@@ -29,9 +29,9 @@ pub struct CreateMerchantBody {
 
 #[utoipa::path(post, path = "/api/v1/admin/merchants", tag = "admin", operation_id = "createMerchant",
     request_body = CreateMerchantBody,
-    responses((status = 201, body = CreatedMerchant), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType),
+    responses((status = 201, body = CreatedMerchant), (status = 400, response = crate::routes::responses::BadRequest), (status = 401, response = crate::routes::responses::Unauthorized), (status = 413, response = crate::routes::responses::PayloadTooLarge), (status = 415, response = crate::routes::responses::UnsupportedMediaType),
         (status = 422, description = "invalid name, or a webhook URL that is not http(s) or points at a private address", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, response = crate::routes::openapi::Unavailable)),
+        (status = 503, response = crate::routes::responses::Unavailable)),
     security(("admin_token" = [])))]
 pub async fn create_merchant(
     _: AdminAuth,

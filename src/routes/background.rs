@@ -1,13 +1,15 @@
 //! API.md's "Background work": reports, sales analytics, jobs, the audit trail and the
 //! merchant's own settings. Every id is the calling merchant's: another merchant's is a 404.
 
-use crate::domain::listing::{CursorScope, Listing, PageParams};
+use crate::domain::listing::{listing_body, CursorScope, Listing, PageParams};
 use crate::domain::merchant::{MerchantName, WebhookUrl};
 use crate::error::{ApiError, FieldError};
 use crate::http::{Json, MerchantAuth};
 use crate::jobs::analytics::{Sales, SalesDay};
+use crate::jobs::kinds::{AUDIT, SALES_REPORT};
+use crate::jobs::outbox::outbox;
 use crate::jobs::reports::{self, Report};
-use crate::routes::support::{listing_body, path_id};
+use crate::routes::support::path_id;
 use crate::state::AppState;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::jobs::{GetJob, JobView};
@@ -57,9 +59,9 @@ pub struct ReportBody {
     responses((status = 202, body = Report, description = "queued; poll the Location", headers(("Location" = String)),
             links(("GetReport" = (operation_id = "getReport", parameters(("id" = "$response.body#/id")))),
                 ("GetJob" = (operation_id = "getJob", parameters(("id" = "$response.body#/job_id")))))),
-        (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized),
-        (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType),
-        (status = 422, response = crate::routes::openapi::Unprocessable), (status = 503, response = crate::routes::openapi::Unavailable)),
+        (status = 400, response = crate::routes::responses::BadRequest), (status = 401, response = crate::routes::responses::Unauthorized),
+        (status = 413, response = crate::routes::responses::PayloadTooLarge), (status = 415, response = crate::routes::responses::UnsupportedMediaType),
+        (status = 422, response = crate::routes::responses::Unprocessable), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn create_report(
     auth: MerchantAuth,
@@ -89,15 +91,15 @@ pub async fn create_report(
             default_attempts: state.settings.jobs.max_attempts as i32,
         })
         .await?;
-    state.wake_jobs(&[&crate::jobs::SALES_REPORT, &crate::jobs::AUDIT]);
+    state.wake_jobs(&[&SALES_REPORT, &AUDIT]);
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/reports/{}", report.id)))
         .json(report))
 }
 
 #[utoipa::path(get, path = "/api/v1/reports/{id}", tag = "background", operation_id = "getReport", params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, body = Report), (status = 401, response = crate::routes::openapi::Unauthorized),
-        (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)),
+    responses((status = 200, body = Report), (status = 401, response = crate::routes::responses::Unauthorized),
+        (status = 404, response = crate::routes::responses::NotFound), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn get_report(
     auth: MerchantAuth,
@@ -121,9 +123,9 @@ const CHUNK: usize = 64 * 1024;
 
 #[utoipa::path(get, path = "/api/v1/reports/{id}/download", tag = "background", operation_id = "downloadReport", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, description = "day,sku,name,units,revenue_cents", body = String, content_type = "text/csv"),
-        (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound),
+        (status = 401, response = crate::routes::responses::Unauthorized), (status = 404, response = crate::routes::responses::NotFound),
         (status = 409, description = "the report is not ready", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, response = crate::routes::openapi::Unavailable)),
+        (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn download_report(
     auth: MerchantAuth,
@@ -176,8 +178,8 @@ pub struct SalesBody {
 
 #[utoipa::path(get, path = "/api/v1/analytics/sales", tag = "background", operation_id = "salesAnalytics",
     params(SalesParams),
-    responses((status = 200, body = SalesBody), (status = 400, response = crate::routes::openapi::BadRequest),
-        (status = 401, response = crate::routes::openapi::Unauthorized), (status = 503, response = crate::routes::openapi::Unavailable)),
+    responses((status = 200, body = SalesBody), (status = 400, response = crate::routes::responses::BadRequest),
+        (status = 401, response = crate::routes::responses::Unauthorized), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn sales(
     auth: MerchantAuth,
@@ -207,8 +209,8 @@ pub async fn sales(
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "background", operation_id = "getJob", params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, body = JobView), (status = 401, response = crate::routes::openapi::Unauthorized),
-        (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)),
+    responses((status = 200, body = JobView), (status = 401, response = crate::routes::responses::Unauthorized),
+        (status = 404, response = crate::routes::responses::NotFound), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn get_job(
     auth: MerchantAuth,
@@ -229,8 +231,8 @@ pub async fn get_job(
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "background", operation_id = "listAudit",
     params(PageParams),
-    responses((status = 200, body = Listing<AuditEntry>, description = "newest first"), (status = 400, response = crate::routes::openapi::BadRequest),
-        (status = 401, response = crate::routes::openapi::Unauthorized), (status = 503, response = crate::routes::openapi::Unavailable)),
+    responses((status = 200, body = Listing<AuditEntry>, description = "newest first"), (status = 400, response = crate::routes::responses::BadRequest),
+        (status = 401, response = crate::routes::responses::Unauthorized), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn audit(
     auth: MerchantAuth,
@@ -287,11 +289,11 @@ pub struct MerchantBody {
 
 #[utoipa::path(put, path = "/api/v1/merchant", tag = "background", operation_id = "updateMerchant",
     request_body = MerchantBody,
-    responses((status = 200, body = Merchant), (status = 400, response = crate::routes::openapi::BadRequest),
-        (status = 401, response = crate::routes::openapi::Unauthorized), (status = 413, response = crate::routes::openapi::PayloadTooLarge),
-        (status = 415, response = crate::routes::openapi::UnsupportedMediaType),
+    responses((status = 200, body = Merchant), (status = 400, response = crate::routes::responses::BadRequest),
+        (status = 401, response = crate::routes::responses::Unauthorized), (status = 413, response = crate::routes::responses::PayloadTooLarge),
+        (status = 415, response = crate::routes::responses::UnsupportedMediaType),
         (status = 422, description = "invalid name, or a webhook URL that is not http(s) or reaches an internal address", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, response = crate::routes::openapi::Unavailable)),
+        (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn update_merchant(
     auth: MerchantAuth,
@@ -336,10 +338,10 @@ pub async fn update_merchant(
             merchant_id: auth.merchant_id,
             name,
             webhook_url: url,
-            max_attempts: state.settings.jobs.max_attempts as i32,
+            outbox: outbox(&state.settings),
         })
         .await?
         .ok_or(ApiError::NotFound)?;
-    state.wake_jobs(&[&crate::jobs::AUDIT]);
+    state.wake_jobs(&[&AUDIT]);
     Ok(HttpResponse::Ok().json(merchant))
 }

@@ -5,7 +5,8 @@
 //! unauthenticated, so they show states and short reasons, never driver messages, panic text or
 //! a merchant's webhook host (per-host circuits are in `/metrics` and `/api/v1/ops/stats`).
 
-use crate::http::metrics::{resident_memory, Guardians, JobFigures, Metrics};
+use crate::http::figures::{Figures, Guardians, JobFigures};
+use crate::http::metrics::{resident_memory, Metrics};
 use crate::probes;
 use crate::state::AppState;
 use actix_web::http::header::ContentType;
@@ -174,14 +175,15 @@ pub async fn metrics(state: web::Data<AppState>, metrics: web::Data<Metrics>) ->
         queues: sample.queues.as_deref(),
         runs: &runs,
     };
-    let text = metrics.render(
-        &state.tree.snapshot(),
-        Some(&pool),
-        Some(&cache),
-        shared.as_ref(),
-        &guardians,
-        &jobs,
-    );
+    let actors = state.tree.snapshot();
+    let text = metrics.render(&Figures {
+        actors: &actors,
+        pool: Some(&pool),
+        cache: Some(&cache),
+        shared: shared.as_ref(),
+        guardians,
+        jobs,
+    });
     let text = text + &replica_metrics(&state.reads);
     HttpResponse::Ok()
         .insert_header(ContentType(prometheus_text()))

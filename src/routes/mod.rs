@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod products;
+pub mod responses;
 pub mod storefront;
 mod support;
 

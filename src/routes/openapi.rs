@@ -1,17 +1,20 @@
 //! `GET /api-docs/openapi.json`: the OpenAPI 3 description, generated from the handlers'
 //! annotations and the Rust types they take and return (request bodies, query parameters with
 //! their bounds, entities, problems). Every status a handler can answer is listed; the problem
-//! responses are declared once here and named by each operation. `make conformance` runs
-//! schemathesis against the running service to keep the description honest.
+//! responses are declared once (`routes/responses.rs`) and named by each operation. `make
+//! conformance` runs schemathesis against the running service to keep the description honest.
 
 use crate::error::{FieldError, Problem};
+use crate::routes::responses::{
+    BadRequest, Conflict, Liveness, NotFound, PayloadTooLarge, PreconditionFailed,
+    PreconditionRequired, RateLimited, Readiness, Unauthorized, Unavailable, Unprocessable,
+    UnsupportedMediaType,
+};
 use actix_web::HttpResponse;
-use serde::Serialize;
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema};
-use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 struct Security;
 
@@ -38,92 +41,6 @@ impl Modify for Security {
             }
         }
     }
-}
-
-/// Malformed request: bad JSON, a bad query parameter, cursor, sort or filter.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct BadRequest(pub Problem);
-
-/// Missing or invalid credentials (checked before the body is read).
-#[derive(ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(("WWW-Authenticate" = String, description = "`Bearer`"))
-)]
-pub struct Unauthorized(pub Problem);
-
-/// No such resource (also another merchant's).
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct NotFound(pub Problem);
-
-/// Conflict with the current state.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct Conflict(pub Problem);
-
-/// `If-Match` names no current version of the resource.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct PreconditionFailed(pub Problem);
-
-/// Setting `stock` needs `If-Match` with the product's current `ETag`.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct PreconditionRequired(pub Problem);
-
-/// The body exceeds `server.body_limit_bytes`.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct PayloadTooLarge(pub Problem);
-
-/// The body is not `application/json`.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct UnsupportedMediaType(pub Problem);
-
-/// Well-formed but invalid: `errors` names each field.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct Unprocessable(pub Problem);
-
-/// Overloaded, past the request's deadline, or a dependency is down. A write answered 503 did
-/// not happen and will not happen later: retry it.
-#[derive(ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(("Retry-After" = u32, description = "seconds"))
-)]
-pub struct Unavailable(pub Problem);
-
-/// Past this client's (or this API key's) rate limit for the class of the route.
-#[derive(ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(
-        ("Retry-After" = u32, description = "seconds until a request is allowed again"),
-        ("RateLimit-Limit" = u32, description = "requests per period of this class"),
-        ("RateLimit-Remaining" = u32, description = "always 0 here"),
-        ("RateLimit-Reset" = u32, description = "seconds; equal to `Retry-After`"),
-    )
-)]
-pub struct RateLimited(pub Problem);
-
-/// `GET /health`.
-#[derive(Serialize, ToSchema)]
-pub struct Liveness {
-    /// Always `ok` while the process serves.
-    pub status: String,
-}
-
-/// `GET /health/ready`: one entry per dependency and actor under `checks`.
-#[derive(Serialize, ToSchema)]
-pub struct Readiness {
-    /// `ready`, `degraded` (still 200) or `unready` (503).
-    pub status: String,
-    #[schema(value_type = Object)]
-    pub checks: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(OpenApi)]

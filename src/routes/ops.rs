@@ -63,8 +63,8 @@ pub struct JobStats {
 /// One JSON snapshot of what `/metrics` shows. With `server.management_port` set, served only on
 /// that port (404 on the main port).
 #[utoipa::path(get, path = "/api/v1/ops/stats", tag = "ops", operation_id = "opsStats",
-    responses((status = 200, body = OpsStats), (status = 401, response = crate::routes::openapi::Unauthorized),
-        (status = 404, response = crate::routes::openapi::NotFound)),
+    responses((status = 200, body = OpsStats), (status = 401, response = crate::routes::responses::Unauthorized),
+        (status = 404, response = crate::routes::responses::NotFound)),
     security(("admin_token" = [])))]
 pub async fn stats(
     _: AdminAuth,

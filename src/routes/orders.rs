@@ -1,17 +1,18 @@
 //! The merchant's orders: `/api/v1/orders`.
 
-use crate::domain::listing::{CursorScope, Listing};
+use crate::domain::listing::{listing_body, CursorScope, Listing};
 use crate::domain::order::{OrderListParams, OrderStatus, StatusBody};
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
-use crate::routes::support::{listing_body, path_id};
+use crate::jobs::outbox::{order_event, outbox};
+use crate::routes::support::path_id;
 use crate::state::AppState;
 use crate::store::orders::{self, ChangeStatus, Order, OrderQuery, StatusOutcome};
 use actix_web::{web, HttpResponse};
 
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders", operation_id = "listOrders",
     params(OrderListParams, crate::domain::listing::PageParams),
-    responses((status = 200, body = Listing<Order>, description = "newest first"), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
+    responses((status = 200, body = Listing<Order>, description = "newest first"), (status = 400, response = crate::routes::responses::BadRequest), (status = 401, response = crate::routes::responses::Unauthorized), (status = 503, response = crate::routes::responses::Unavailable)), security(("api_key" = [])))]
 pub async fn list(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -44,7 +45,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", operation_id = "getOrder", params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, body = Order), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
+    responses((status = 200, body = Order), (status = 401, response = crate::routes::responses::Unauthorized), (status = 404, response = crate::routes::responses::NotFound), (status = 503, response = crate::routes::responses::Unavailable)), security(("api_key" = [])))]
 pub async fn get(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -64,8 +65,8 @@ pub async fn get(
 
 #[utoipa::path(post, path = "/api/v1/orders/{id}/status", tag = "orders", operation_id = "changeOrderStatus", params(("id" = uuid::Uuid, Path)),
     request_body = StatusBody,
-    responses((status = 200, body = Order), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound), (status = 409, description = "transition not allowed", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType), (status = 422, response = crate::routes::openapi::Unprocessable), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
+    responses((status = 200, body = Order), (status = 400, response = crate::routes::responses::BadRequest), (status = 401, response = crate::routes::responses::Unauthorized), (status = 404, response = crate::routes::responses::NotFound), (status = 409, description = "transition not allowed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, response = crate::routes::responses::PayloadTooLarge), (status = 415, response = crate::routes::responses::UnsupportedMediaType), (status = 422, response = crate::routes::responses::Unprocessable), (status = 503, response = crate::routes::responses::Unavailable)), security(("api_key" = [])))]
 pub async fn change_status(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -80,12 +81,12 @@ pub async fn change_status(
             merchant_id: auth.merchant_id,
             id,
             to,
-            max_attempts: state.settings.jobs.max_attempts as i32,
+            outbox: outbox(&state.settings),
         })
         .await?;
     match outcome {
         StatusOutcome::Changed(order, webhook) => {
-            state.wake_jobs(crate::jobs::order_event(webhook));
+            state.wake_jobs(order_event(webhook));
             if to == OrderStatus::Cancelled {
                 // The stock went back.
                 let restocked = order.items.iter().map(|i| i.product_id);

@@ -1,19 +1,16 @@
 //! The merchant's catalog: `/api/v1/products`.
 
-use crate::domain::listing::{CursorKey, CursorScope, Listing};
-use crate::domain::product::{
-    NewProductBody, ProductListParams, ProductPatchBody, Sort, StockDeltaBody,
-};
+use crate::catalog::ProductListing;
+use crate::domain::listing::Listing;
+use crate::domain::product::{NewProductBody, ProductListParams, ProductPatchBody, StockDeltaBody};
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
-use crate::routes::support::{listing_body, not_modified, path_id, IfMatch};
+use crate::routes::support::{not_modified, path_id, IfMatch};
 use crate::state::AppState;
-use crate::store::paging::PageOf;
-use crate::store::products::{self, Product, ProductQuery, Write};
+use crate::store::products::{self, Product, Write};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use rampart_actors::DbError;
-use uuid::Uuid;
 
 fn duplicate_sku(e: DbError) -> ApiError {
     match e {
@@ -56,7 +53,7 @@ fn written(outcome: Write) -> Result<HttpResponse, ApiError> {
                 ("AdjustStock" = (operation_id = "adjustStock", parameters(("id" = "$response.body#/id")))),
                 ("ArchiveProduct" = (operation_id = "archiveProduct", parameters(("id" = "$response.body#/id")))),
                 ("Checkout" = (operation_id = "checkout", request_body = json!({"customer_email": "link@example.com", "items": [{"product_id": "$response.body#/id", "quantity": 1}]}))))),
-        (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 409, description = "duplicate sku", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType), (status = 422, response = crate::routes::openapi::Unprocessable), (status = 503, response = crate::routes::openapi::Unavailable)),
+        (status = 400, response = crate::routes::responses::BadRequest), (status = 401, response = crate::routes::responses::Unauthorized), (status = 409, description = "duplicate sku", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, response = crate::routes::responses::PayloadTooLarge), (status = 415, response = crate::routes::responses::UnsupportedMediaType), (status = 422, response = crate::routes::responses::Unprocessable), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn create(
     auth: MerchantAuth,
@@ -82,7 +79,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", operation_id = "listProducts",
     params(ProductListParams, crate::domain::listing::PageParams),
-    responses((status = 200, body = Listing<Product>), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
+    responses((status = 200, body = Listing<Product>), (status = 400, response = crate::routes::responses::BadRequest), (status = 401, response = crate::routes::responses::Unauthorized), (status = 503, response = crate::routes::responses::Unavailable)), security(("api_key" = [])))]
 pub async fn list(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -98,69 +95,10 @@ pub async fn list(
         .body(listing.body(result, &state.cursor_key)))
 }
 
-/// A product list request parsed: the query to run and the scope its cursors are bound to.
-#[derive(Clone)]
-pub struct ProductListing {
-    pub query: ProductQuery,
-    scope: CursorScope,
-}
-
-impl ProductListing {
-    pub fn parse(
-        key: &CursorKey,
-        merchant_id: Uuid,
-        storefront: bool,
-        params: &ProductListParams,
-    ) -> Result<Self, ApiError> {
-        let filter = params.filter(storefront)?;
-        let sort = Sort::parse(params.sort.as_deref())?;
-        let scope = CursorScope {
-            listing: if storefront { "storefront" } else { "catalog" },
-            merchant_id,
-            sort: sort.as_str(),
-            filters: filter.fingerprint(),
-        };
-        let page = params.page.parse(key, &scope)?;
-        Ok(Self {
-            query: ProductQuery {
-                merchant_id,
-                storefront,
-                filter,
-                sort,
-                page,
-            },
-            scope,
-        })
-    }
-
-    /// What identifies this page's content: listing, sort, filters and page (cursor position or
-    /// offset), for cache keys.
-    pub fn fingerprint(&self) -> String {
-        let (scope, query) = (&self.scope, &self.query);
-        format!(
-            "{}:{}:{:?}:{:?}",
-            scope.listing, scope.sort, query.filter, query.page
-        )
-    }
-
-    /// The page's JSON, with a cursor to the next page signed with `key`.
-    pub fn body(&self, result: PageOf<Product>, key: &CursorKey) -> Vec<u8> {
-        let sort = self.query.sort;
-        listing_body(
-            result.rows,
-            result.has_more,
-            result.total,
-            &self.query.page,
-            (key, &self.scope),
-            |p| p.position(sort),
-        )
-    }
-}
-
 #[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog", operation_id = "getProduct",
     params(("id" = uuid::Uuid, Path), ("If-None-Match" = Option<String>, Header)),
     responses((status = 200, body = Product, headers(("ETag" = String))), (status = 304, description = "not modified", headers(("ETag" = String))),
-        (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
+        (status = 401, response = crate::routes::responses::Unauthorized), (status = 404, response = crate::routes::responses::NotFound), (status = 503, response = crate::routes::responses::Unavailable)), security(("api_key" = [])))]
 pub async fn get(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -189,8 +127,8 @@ pub async fn get(
 #[utoipa::path(patch, path = "/api/v1/products/{id}", tag = "catalog", operation_id = "updateProduct",
     params(("id" = uuid::Uuid, Path), ("If-Match" = Option<String>, Header, description = "strong entity tags (`\"v3\"`, a list, or `*`); required to set `stock`")),
     request_body = ProductPatchBody,
-    responses((status = 200, body = Product, headers(("ETag" = String))), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound),
-        (status = 409, description = "duplicate sku", body = crate::error::Problem, content_type = "application/problem+json"), (status = 412, response = crate::routes::openapi::PreconditionFailed), (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType), (status = 422, response = crate::routes::openapi::Unprocessable), (status = 428, response = crate::routes::openapi::PreconditionRequired), (status = 503, response = crate::routes::openapi::Unavailable)),
+    responses((status = 200, body = Product, headers(("ETag" = String))), (status = 400, response = crate::routes::responses::BadRequest), (status = 401, response = crate::routes::responses::Unauthorized), (status = 404, response = crate::routes::responses::NotFound),
+        (status = 409, description = "duplicate sku", body = crate::error::Problem, content_type = "application/problem+json"), (status = 412, response = crate::routes::responses::PreconditionFailed), (status = 413, response = crate::routes::responses::PayloadTooLarge), (status = 415, response = crate::routes::responses::UnsupportedMediaType), (status = 422, response = crate::routes::responses::Unprocessable), (status = 428, response = crate::routes::responses::PreconditionRequired), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn update(
     auth: MerchantAuth,
@@ -224,7 +162,7 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "catalog", operation_id = "archiveProduct",
     params(("id" = uuid::Uuid, Path)),
-    responses((status = 204, description = "archived (orders keep referring to it)"), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)), security(("api_key" = [])))]
+    responses((status = 204, description = "archived (orders keep referring to it)"), (status = 401, response = crate::routes::responses::Unauthorized), (status = 404, response = crate::routes::responses::NotFound), (status = 503, response = crate::routes::responses::Unavailable)), security(("api_key" = [])))]
 pub async fn archive(
     auth: MerchantAuth,
     state: web::Data<AppState>,
@@ -249,8 +187,8 @@ pub async fn archive(
 #[utoipa::path(post, path = "/api/v1/products/{id}/stock", tag = "catalog", operation_id = "adjustStock",
     params(("id" = uuid::Uuid, Path)),
     request_body = StockDeltaBody,
-    responses((status = 200, body = Product, headers(("ETag" = String))), (status = 400, response = crate::routes::openapi::BadRequest), (status = 401, response = crate::routes::openapi::Unauthorized), (status = 404, response = crate::routes::openapi::NotFound),
-        (status = 409, description = "stock would go below zero", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType), (status = 422, response = crate::routes::openapi::Unprocessable), (status = 503, response = crate::routes::openapi::Unavailable)),
+    responses((status = 200, body = Product, headers(("ETag" = String))), (status = 400, response = crate::routes::responses::BadRequest), (status = 401, response = crate::routes::responses::Unauthorized), (status = 404, response = crate::routes::responses::NotFound),
+        (status = 409, description = "stock would go below zero", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, response = crate::routes::responses::PayloadTooLarge), (status = 415, response = crate::routes::responses::UnsupportedMediaType), (status = 422, response = crate::routes::responses::Unprocessable), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn adjust_stock(
     auth: MerchantAuth,

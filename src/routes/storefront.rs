@@ -1,15 +1,17 @@
 //! The public storefront: `/api/v1/stores/{merchant_id}/...`.
 
+use crate::catalog::ProductListing;
 use crate::domain::listing::Listing;
 use crate::domain::order::CheckoutBody;
 use crate::domain::product::ProductListParams;
 use crate::error::{ApiError, FieldError};
 use crate::http::metrics::RouteLabel;
 use crate::http::Json;
-use crate::routes::products::ProductListing;
+use crate::jobs::outbox::{order_event, outbox};
 use crate::routes::support::{not_modified, path_id};
 use crate::state::AppState;
-use crate::store::orders::{Checkout, CheckoutOutcome, IdempotencyKey, Order};
+use crate::store::checkout::{Checkout, CheckoutOutcome, IdempotencyKey};
+use crate::store::orders::Order;
 use crate::store::products::Product;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
@@ -26,7 +28,7 @@ fn cache_headers(response: &mut HttpResponse, etag: &str, cache_control: &Header
     params(("merchant_id" = uuid::Uuid, Path), ProductListParams, crate::domain::listing::PageParams),
     responses((status = 200, body = Listing<Product>, description = "active products"),
         (status = 400, description = "bad filter, sort or cursor; `status` is not a storefront filter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, response = crate::routes::openapi::NotFound), (status = 503, response = crate::routes::openapi::Unavailable)))]
+        (status = 404, response = crate::routes::responses::NotFound), (status = 503, response = crate::routes::responses::Unavailable)))]
 pub async fn list(
     state: &AppState,
     merchant: &str,
@@ -48,7 +50,7 @@ pub async fn list(
     params(("merchant_id" = uuid::Uuid, Path), ("id" = uuid::Uuid, Path), ("If-None-Match" = Option<String>, Header)),
     responses((status = 200, body = Product, headers(("ETag" = String), ("Cache-Control" = String))),
         (status = 304, description = "not modified", headers(("ETag" = String), ("Cache-Control" = String))),
-        (status = 404, description = "no such active product in this store", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, response = crate::routes::openapi::Unavailable)))]
+        (status = 404, description = "no such active product in this store", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, response = crate::routes::responses::Unavailable)))]
 pub async fn get(
     state: &AppState,
     (merchant, id): (&str, &str),
@@ -165,9 +167,9 @@ fn order_response(body: Vec<u8>, order_id: uuid::Uuid, replayed: bool) -> HttpRe
         (status = 400, description = "malformed JSON or Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such store", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "insufficient stock (nothing changed), or a request with this Idempotency-Key is in flight", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, response = crate::routes::openapi::PayloadTooLarge), (status = 415, response = crate::routes::openapi::UnsupportedMediaType),
+        (status = 413, response = crate::routes::responses::PayloadTooLarge), (status = 415, response = crate::routes::responses::UnsupportedMediaType),
         (status = 422, description = "invalid body, unknown or archived product, mixed currencies, or an Idempotency-Key reused with another body", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, response = crate::routes::openapi::Unavailable)))]
+        (status = 503, response = crate::routes::responses::Unavailable)))]
 pub async fn checkout(
     state: &AppState,
     merchant: &str,
@@ -188,7 +190,7 @@ pub async fn checkout(
             merchant_id,
             request,
             idempotency,
-            max_attempts: state.settings.jobs.max_attempts as i32,
+            outbox: outbox(&state.settings),
         })
         .await?;
     match outcome {
@@ -197,7 +199,7 @@ pub async fn checkout(
             order_id,
             webhook,
         } => {
-            state.wake_jobs(crate::jobs::order_event(webhook));
+            state.wake_jobs(order_event(webhook));
             state.cache.invalidate(merchant_id, bought).await;
             Ok(order_response(body, order_id, false))
         }

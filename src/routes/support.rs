@@ -1,9 +1,7 @@
-//! What several handlers share: path ids, entity tags, pages of results.
+//! What several handlers share: path ids and entity tags.
 
-use crate::domain::listing::{CursorKey, CursorScope, Listing, Position};
 use crate::error::ApiError;
 use actix_web::http::header::{self, HeaderMap};
-use serde::Serialize;
 use uuid::Uuid;
 
 /// A path id: anything that is not a UUID names nothing here.
@@ -71,38 +69,4 @@ impl IfMatch {
             IfMatch::Versions(v) => Some(v),
         }
     }
-}
-
-/// A page of results as the API shows it (JSON), with a signed cursor to the next page.
-pub fn listing_body<T: Serialize>(
-    rows: Vec<T>,
-    has_more: bool,
-    total: Option<i64>,
-    page: &crate::domain::listing::Page,
-    cursors: (&CursorKey, &CursorScope),
-    position: impl Fn(&T) -> Position,
-) -> Vec<u8> {
-    use crate::domain::listing::Page;
-    let body = match *page {
-        Page::Keyset { .. } => {
-            let next_cursor = if has_more {
-                rows.last()
-                    .map(|r| cursors.0.encode(cursors.1, &position(r)))
-            } else {
-                None
-            };
-            Listing::Keyset {
-                data: rows,
-                next_cursor,
-                has_more,
-            }
-        }
-        Page::Offset { page, per_page } => Listing::Offset {
-            data: rows,
-            page,
-            per_page,
-            total: total.unwrap_or(0),
-        },
-    };
-    serde_json::to_vec(&body).unwrap_or_default()
 }

@@ -1,16 +1,26 @@
-//! The outbox: jobs written in the same transaction as the effects they follow; the
-//! deduplication key makes enqueueing idempotent.
+//! The job queue's table as the store sees it: the outbox (jobs written in the same transaction
+//! as the effects they follow; the deduplication key makes enqueueing idempotent) and a job's
+//! view. The store names no kind of job: a change is handed the kinds, as data, by the jobs
+//! layer ([`Outbox`]).
 //!
 //! No `NOTIFY` inside these transactions: PostgreSQL serialises every notifying commit on one
 //! cluster-wide lock, taken while the transaction still holds its product row locks (measured at
 //! 10-15% of the checkout ceiling). The request wakes the dispatcher after commit
 //! (`AppState::wake_jobs`), which notifies the other instances.
 
-use crate::jobs::{Kind, AUDIT, ORDER_ANALYTICS, ORDER_EMAIL, WEBHOOK};
 use deadpool_postgres::Transaction;
 use rampart_actors::DbError;
 use serde_json::Value;
 use uuid::Uuid;
+
+/// One kind of job, as the queue's table knows it.
+#[derive(Debug)]
+pub struct Kind {
+    pub name: &'static str,
+    pub queue: &'static str,
+    /// `None`: `jobs.max_attempts`.
+    pub max_attempts: Option<i32>,
+}
 
 pub struct NewJob {
     pub kind: &'static Kind,
@@ -18,6 +28,18 @@ pub struct NewJob {
     pub dedup_key: String,
     /// Jobs sharing it run one at a time, oldest first.
     pub ordering_key: Option<String>,
+}
+
+/// What a change hands the store so that the jobs following it are written in its own
+/// transaction: the jobs layer's recipes (`jobs::outbox`), with the kinds they name.
+#[derive(Clone, Copy)]
+pub struct Outbox {
+    /// The jobs that follow an order event: `(event, order_id, has_webhook, actor)`.
+    pub order_jobs: fn(&str, Uuid, bool, &str) -> Vec<NewJob>,
+    /// The audit job of a change: `(action, actor, entity_type, entity_id)`.
+    pub audit_job: fn(&str, &str, &str, &str) -> NewJob,
+    /// The attempts of a kind that names none (`jobs.max_attempts`).
+    pub default_attempts: i32,
 }
 
 pub async fn enqueue(
@@ -63,49 +85,6 @@ pub async fn enqueue(
     )
     .await?;
     Ok(ids)
-}
-
-/// The audit job of a change made by `actor` to an entity.
-pub fn audit(action: &str, actor: &str, entity_type: &str, entity_id: &str) -> NewJob {
-    NewJob {
-        kind: &AUDIT,
-        payload: serde_json::json!({"action": action, "actor": actor, "entity_type": entity_type, "entity_id": entity_id}),
-        dedup_key: Uuid::now_v7().to_string(),
-        ordering_key: None,
-    }
-}
-
-/// The jobs that follow an order event: the customer's email, the merchant's webhook (when it
-/// has a URL), analytics and the audit trail.
-pub fn for_order_event(event: &str, order_id: Uuid, has_webhook: bool, actor: &str) -> Vec<NewJob> {
-    let order = || Some(order_id.to_string());
-    let mut jobs = vec![NewJob {
-        kind: &ORDER_EMAIL,
-        payload: serde_json::json!({"event": event, "order_id": order_id}),
-        dedup_key: format!("{event}:{order_id}"),
-        ordering_key: order(),
-    }];
-    if has_webhook {
-        jobs.push(NewJob {
-            kind: &WEBHOOK,
-            payload: serde_json::json!({"event_id": Uuid::now_v7(), "type": event, "order_id": order_id}),
-            dedup_key: format!("{event}:{order_id}"),
-            ordering_key: order(),
-        });
-    }
-    if matches!(event, "order.created" | "order.cancelled") {
-        jobs.push(NewJob {
-            kind: &ORDER_ANALYTICS,
-            payload: serde_json::json!({"event": event, "order_id": order_id}),
-            dedup_key: format!("{event}:{order_id}"),
-            ordering_key: order(),
-        });
-    }
-    jobs.push(NewJob {
-        dedup_key: format!("{event}:{order_id}"),
-        ..audit(event, actor, "order", &order_id.to_string())
-    });
-    jobs
 }
 
 /// A job as `GET /api/v1/jobs/{id}` shows it.

@@ -1,6 +1,8 @@
 //! Merchants: creation (with their order-number sequence) and API-key lookup.
 
 use crate::domain::merchant::{new_webhook_secret, NewApiKey, NewMerchant};
+use crate::store::jobs::{enqueue, Outbox};
+use crate::store::transaction::in_transaction;
 use chrono::{DateTime, Utc};
 use rampart_actors::{commit, Conn, Db, DbCommand, DbError, Handle};
 use serde::Serialize;
@@ -126,14 +128,14 @@ pub struct Update {
     pub merchant_id: Uuid,
     pub name: Option<String>,
     pub webhook_url: Option<Option<String>>,
-    pub max_attempts: i32,
+    pub outbox: Outbox,
 }
 
 impl DbCommand for Update {
     type Output = Option<Merchant>;
 
     async fn run(self, conn: &mut Conn) -> Result<Option<Merchant>, DbError> {
-        crate::store::in_transaction(conn, async |tx| {
+        in_transaction(conn, async |tx| {
             let row = tx
                 .query_opt(
                     "UPDATE merchants SET name = coalesce($2, name),
@@ -150,14 +152,19 @@ impl DbCommand for Update {
             let Some(row) = row else {
                 return Ok((None, false));
             };
-            let audit = crate::store::jobs::audit(
+            let audit = (self.outbox.audit_job)(
                 "merchant.updated",
                 "merchant",
                 "merchant",
                 &self.merchant_id.to_string(),
             );
-            crate::store::jobs::enqueue(tx, self.merchant_id, vec![audit], self.max_attempts)
-                .await?;
+            enqueue(
+                tx,
+                self.merchant_id,
+                vec![audit],
+                self.outbox.default_attempts,
+            )
+            .await?;
             Ok((
                 Some(Merchant {
                     id: row.get(0),

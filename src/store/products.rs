@@ -3,8 +3,8 @@
 
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::domain::product::{NewProduct, ProductFilter, ProductPatch, Sort};
-use crate::store::in_transaction;
 use crate::store::paging::{self, page_tail, ListSql, PageOf, Param};
+use crate::store::transaction::in_transaction;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use rampart_actors::{Conn, DbCommand, DbError};

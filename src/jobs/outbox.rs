@@ -1,0 +1,71 @@
+//! What a change writes for the jobs that follow it (an order event's jobs, an audit entry),
+//! handed to the store as its [`Outbox`]: the store names no kind of job.
+
+use crate::jobs::kinds::{AUDIT, ORDER_ANALYTICS, ORDER_EMAIL, WEBHOOK};
+use crate::settings::Settings;
+use crate::store::jobs::{Kind, NewJob, Outbox};
+use uuid::Uuid;
+
+/// The recipes a change hands the store, with `jobs.max_attempts` for kinds that name none.
+pub fn outbox(settings: &Settings) -> Outbox {
+    Outbox {
+        order_jobs: for_order_event,
+        audit_job: audit,
+        default_attempts: settings.jobs.max_attempts as i32,
+    }
+}
+
+/// The audit job of a change made by `actor` to an entity.
+pub fn audit(action: &str, actor: &str, entity_type: &str, entity_id: &str) -> NewJob {
+    NewJob {
+        kind: &AUDIT,
+        payload: serde_json::json!({"action": action, "actor": actor, "entity_type": entity_type, "entity_id": entity_id}),
+        dedup_key: Uuid::now_v7().to_string(),
+        ordering_key: None,
+    }
+}
+
+/// The jobs that follow an order event: the customer's email, the merchant's webhook (when it
+/// has a URL), analytics and the audit trail.
+pub fn for_order_event(event: &str, order_id: Uuid, has_webhook: bool, actor: &str) -> Vec<NewJob> {
+    let order = || Some(order_id.to_string());
+    let mut jobs = vec![NewJob {
+        kind: &ORDER_EMAIL,
+        payload: serde_json::json!({"event": event, "order_id": order_id}),
+        dedup_key: format!("{event}:{order_id}"),
+        ordering_key: order(),
+    }];
+    if has_webhook {
+        jobs.push(NewJob {
+            kind: &WEBHOOK,
+            payload: serde_json::json!({"event_id": Uuid::now_v7(), "type": event, "order_id": order_id}),
+            dedup_key: format!("{event}:{order_id}"),
+            ordering_key: order(),
+        });
+    }
+    if matches!(event, "order.created" | "order.cancelled") {
+        jobs.push(NewJob {
+            kind: &ORDER_ANALYTICS,
+            payload: serde_json::json!({"event": event, "order_id": order_id}),
+            dedup_key: format!("{event}:{order_id}"),
+            ordering_key: order(),
+        });
+    }
+    jobs.push(NewJob {
+        dedup_key: format!("{event}:{order_id}"),
+        ..audit(event, actor, "order", &order_id.to_string())
+    });
+    jobs
+}
+
+/// The kinds an order event writes ([`for_order_event`]): the webhook only when the
+/// merchant has a URL.
+pub fn order_event(webhook: bool) -> &'static [&'static Kind] {
+    const WITH: [&Kind; 4] = [&ORDER_EMAIL, &WEBHOOK, &ORDER_ANALYTICS, &AUDIT];
+    const WITHOUT: [&Kind; 3] = [&ORDER_EMAIL, &ORDER_ANALYTICS, &AUDIT];
+    if webhook {
+        &WITH
+    } else {
+        &WITHOUT
+    }
+}
