@@ -18,6 +18,7 @@ use crate::admission::{serve, Envelope, Reply, Request};
 use crate::breaker::{
     BreakerSettings, Circuit, CircuitSnapshot, CircuitState, Observer, Transition,
 };
+use crate::crash::crashable;
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::{Actor, ActorContext, Context, Handler};
 use serde::Serialize;
@@ -177,3 +178,5 @@ impl Handler<Stop> for Breakers {
         ctx.stop();
     }
 }
+
+crashable!(Breakers);

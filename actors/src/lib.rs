@@ -10,6 +10,15 @@
 //!   resource, limited by an OTP-style restart intensity; past it the actor is reported failed.
 //! - [`stats`]: per-actor mailbox depth and capacity, handled, refused, restarts, last failure.
 //! - [`tree`]: children started in order, stopped in reverse, observed together.
+//! - [`crash`]: the injected fault ([`Crash`]) each actor declares it can take.
+//!
+//! The toolkit above names no actor. An actor imports the toolkit, the pure helpers ([`gcra`],
+//! `key_table`, [`concurrency`], [`breaker`]) and the resources it stands on (`Jobs` runs its
+//! commands through `Db`; the cache and the limiter reach Redis through [`redis_link`]), and
+//! nothing imports back up: what one actor needs from another crosses as a command or a small
+//! type owned by the side with the need (the jobs give `DbProbe` a [`ProbeQuery`]; the memory
+//! monitor is handed a [`Shrinker`], which the cache offers).
+//!
 //! - [`cache`]: the `Cache` actor owning the in-process tier of serialized responses, with
 //!   single-flight loads, scoped invalidation and stale-if-error; hits are read without a message.
 //! - [`db`]: the `Db` actor owning a deadpool-postgres pool and running typed commands within
@@ -27,6 +36,7 @@ pub mod breaker;
 pub mod breakers;
 pub mod cache;
 pub mod concurrency;
+pub mod crash;
 pub mod db;
 pub mod gcra;
 pub mod jobs;
@@ -53,18 +63,22 @@ pub use cache::{
     Lookup, Shrink,
 };
 pub use concurrency::{ConcurrencyLimit, Criticality, LimitSettings, LimitSnapshot, Permit};
-pub use db::{commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping};
+pub use crash::Crash;
+pub use db::{
+    commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping, Probe,
+    ProbeQuery,
+};
 pub use gcra::{Decision, Gcra};
 pub use jobs::{
     Busy, ClaimRunner, ClaimedJob, InClaim, JobFailure, JobRunner, Jobs, JobsBoard, JobsSettings,
-    QueueCounts, QueueHealth, Runners, Wake,
+    QueueCounts, QueueHealth, ReadQueueHealth, Runners, Wake,
 };
 pub use limiter::{ClassSnapshot, LimitClass, Limiter, LimiterSnapshot, RateLimits, Verdict};
 pub use memory::{
-    MemoryBoard, MemoryLevel, MemoryMonitor, MemorySettings, MemorySnapshot, Pressure,
+    MemoryBoard, MemoryLevel, MemoryMonitor, MemorySettings, MemorySnapshot, Pressure, Shrinker,
 };
 pub use redis_link::{LinkSnapshot, RedisLink};
 pub use shared_tier::{SharedTier, SharedTierSettings, SharedTierSnapshot};
 pub use stats::{ActorState, ActorStats, StatsSnapshot};
-pub use supervision::{ActorSpec, Crash, Resilient, RestartPolicy, Stop, Supervision};
+pub use supervision::{ActorSpec, Resilient, RestartPolicy, Stop, Supervision};
 pub use tree::Tree;

@@ -27,6 +27,7 @@
 //!   nothing: exact). Redis down, hung or behind an open circuit: the decision is taken in
 //!   process at once (never unlimited) and counted as a fallback.
 
+use crate::crash::crashable;
 use crate::gcra::{Decision, Gcra};
 use crate::key_table::KeyTable;
 use crate::redis_link::RedisLink;
@@ -34,8 +35,12 @@ use crate::supervision::{Resilient, Stop, Supervision};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod in_redis;
+#[cfg(test)]
+mod tests;
 
 /// One class of limits: `limit` requests per `period` per key.
 #[derive(Debug, Clone)]
@@ -135,45 +140,6 @@ pub struct LimiterSnapshot {
     pub fallbacks: u64,
 }
 
-/// GCRA on Redis's clock, for up to `want` requests at once. KEYS[1]: the key; ARGV: emission
-/// interval and burst tolerance in microseconds, the limit, `want`. Grants as many of the `want`
-/// as the limit allows now (the TAT moves by one interval per granted request) and answers
-/// {granted, remaining, retry_after_us, reset_after_us}.
-const SCRIPT: &str = r#"
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local want = tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-if now < tat - tolerance then
-  return {0, 0, tat - tolerance - now, tat - now}
-end
-local granted = math.floor((now + tolerance - tat) / interval) + 1
-if granted > want then granted = want end
-local new_tat = tat + granted * interval
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-local remaining = limit - math.ceil((new_tat - now) / interval)
-if remaining < 0 then remaining = 0 end
-return {granted, remaining, 0, new_tat - now}
-"#;
-
-/// How far a key's TAT runs ahead of Redis's clock, in microseconds (0: at most now); writes
-/// nothing. KEYS[1]: the key.
-static PEEK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then return 0 end
-return tat - now
-"#,
-    )
-});
-
 /// A key's budget when its TAT runs `ahead` nanoseconds ahead of now: what a request now would
 /// be told, without the request.
 fn standing(gcra: &Gcra, ahead: u64) -> Verdict {
@@ -209,7 +175,7 @@ impl RateLimits {
             inner: Arc::new(Inner {
                 classes,
                 origin: Instant::now(),
-                shared: shared.map(|link| (link, redis::Script::new(SCRIPT))),
+                shared: shared.map(|link| (link, in_redis::script())),
                 counts: Counts::default(),
             }),
         }
@@ -271,7 +237,7 @@ impl RateLimits {
     pub async fn peek(&self, class: usize, key: &str) -> Option<Verdict> {
         let c = self.inner.classes.get(class)?;
         let ahead = match &self.inner.shared {
-            Some((link, _)) => match Box::pin(Self::ahead_in_redis(link, c, key)).await {
+            Some((link, _)) => match Box::pin(in_redis::ahead(link, &c.spec.name, key)).await {
                 Some(ahead) => ahead,
                 None => self.ahead_local(c, key, Instant::now()),
             },
@@ -297,15 +263,6 @@ impl RateLimits {
         c.table
             .get(key, |tat| tat.load(Relaxed))
             .map_or(0, |tat| tat.saturating_sub(now))
-    }
-
-    /// How far the key's theoretical arrival time runs ahead of Redis's clock (nanoseconds).
-    async fn ahead_in_redis(link: &RedisLink, c: &Class, key: &str) -> Option<u64> {
-        let redis_key = format!("rl:{}:{}", c.spec.name, key);
-        let micros: i64 = link
-            .run(|mut conn| async move { PEEK_SCRIPT.key(redis_key).invoke_async(&mut conn).await })
-            .await?;
-        Some(u64::try_from(micros).unwrap_or(0).saturating_mul(1_000))
     }
 
     /// The in-process decision at `now` (tests drive it on a virtual clock).
@@ -367,36 +324,6 @@ impl RateLimits {
         at.saturating_duration_since(self.inner.origin).as_nanos() as u64
     }
 
-    /// Asks Redis for up to `want` requests of `key` at once: granted, remaining, retry after and
-    /// reset after (microseconds).
-    async fn grant(
-        link: &RedisLink,
-        script: &redis::Script,
-        c: &Class,
-        key: &str,
-        want: u32,
-    ) -> Option<[i64; 4]> {
-        let limit = c.gcra.limit();
-        // The script works in microseconds: the same GCRA as in process, at that resolution.
-        let interval = (c.gcra.interval().as_micros() as u64).max(1);
-        let tolerance = interval * u64::from(limit - 1);
-        let redis_key = format!("rl:{}:{}", c.spec.name, key);
-        let script = script.clone();
-        let answer: Vec<i64> = link
-            .run(|mut conn| async move {
-                script
-                    .key(redis_key)
-                    .arg(interval)
-                    .arg(tolerance)
-                    .arg(limit)
-                    .arg(want)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        answer[..].try_into().ok()
-    }
-
     /// Keeps `extra` granted requests for this instance to spend within [`LEASE_VALID`].
     fn keep(&self, c: &Class, key: &str, extra: u32, now: Instant) {
         let until = self.nanos(now + LEASE_VALID.min(c.spec.period));
@@ -436,7 +363,9 @@ impl RateLimits {
             else {
                 return;
             };
-            if let Some([granted, ..]) = Self::grant(link, script, c, &key, c.lease).await {
+            if let Some([granted, ..]) =
+                in_redis::grant(link, script, &c.spec.name, &c.gcra, &key, c.lease).await
+            {
                 this.keep(c, &key, u32::try_from(granted).unwrap_or(0), Instant::now());
             }
             c.leases
@@ -485,7 +414,7 @@ impl RateLimits {
     ) -> Option<Verdict> {
         let now = Instant::now();
         let [granted, remaining, retry_us, reset_us] =
-            Self::grant(link, script, c, key, c.lease).await?;
+            in_redis::grant(link, script, &c.spec.name, &c.gcra, key, c.lease).await?;
         let granted = u32::try_from(granted).unwrap_or(0);
         // Each granted request was counted in Redis: what is not used now is kept for the next
         // requests of this key, and dropped after a second.
@@ -582,86 +511,4 @@ impl Handler<Stop> for Limiter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(limit: u32, period_secs: u64, max_keys: u64) -> RateLimits {
-        RateLimits::new(
-            vec![LimitClass {
-                name: "storefront".into(),
-                limit,
-                period: Duration::from_secs(period_secs),
-            }],
-            max_keys,
-            None,
-        )
-    }
-
-    #[test]
-    fn each_key_gets_its_own_burst_then_waits_for_the_rate() {
-        let l = limits(3, 3, 100);
-        let t0 = Instant::now();
-        for key in ["10.0.0.1", "10.0.0.2"] {
-            let remaining: Vec<u32> = (0..3)
-                .map(|_| l.check_local(0, key, t0).unwrap().remaining)
-                .collect();
-            assert_eq!(remaining, vec![2, 1, 0], "{key}");
-            let denied = l.check_local(0, key, t0).unwrap();
-            assert!(!denied.allowed);
-            assert_eq!(denied.retry_after, Duration::from_secs(1));
-        }
-        assert!(
-            l.check_local(0, "10.0.0.1", t0 + Duration::from_secs(1))
-                .unwrap()
-                .allowed
-        );
-    }
-
-    #[test]
-    fn a_peek_tells_the_budget_as_it_stands_and_spends_none_of_it() {
-        let l = limits(3, 3, 100);
-        let t0 = Instant::now();
-        let fresh = l.peek_local(0, "10.0.0.1", t0).unwrap();
-        assert!(fresh.allowed);
-        assert_eq!(fresh.remaining, 3);
-        assert_eq!(fresh.reset_after, Duration::ZERO);
-        for _ in 0..5 {
-            assert_eq!(l.peek_local(0, "10.0.0.1", t0).unwrap(), fresh);
-        }
-        let after_one = l.check_local(0, "10.0.0.1", t0).unwrap();
-        let peeked = l.peek_local(0, "10.0.0.1", t0).unwrap();
-        assert!(peeked.allowed);
-        assert_eq!(peeked.remaining, after_one.remaining);
-        assert_eq!(peeked.reset_after, after_one.reset_after);
-        l.check_local(0, "10.0.0.1", t0).unwrap();
-        l.check_local(0, "10.0.0.1", t0).unwrap();
-        let spent = l.peek_local(0, "10.0.0.1", t0).unwrap();
-        let denied = l.check_local(0, "10.0.0.1", t0).unwrap();
-        assert!(!spent.allowed && !denied.allowed);
-        assert_eq!(spent.remaining, 0);
-        assert_eq!(spent.retry_after, denied.retry_after);
-        assert_eq!(spent.retry_after, Duration::from_secs(1));
-        let later = l
-            .peek_local(0, "10.0.0.1", t0 + Duration::from_secs(1))
-            .unwrap();
-        assert!(later.allowed);
-        assert_eq!(later.remaining, 1);
-    }
-
-    #[test]
-    fn memory_stays_bounded_with_many_distinct_keys_and_idle_keys_leave() {
-        let l = limits(10, 1, 1_000);
-        let t0 = Instant::now();
-        for i in 0..20_000u32 {
-            l.check_local(0, &i.to_string(), t0);
-        }
-        let held = l.snapshot().classes[0].keys;
-        assert!(held <= 1_000, "{held} keys held");
-        // Still within their window: swept, they stay (forgetting them would grant a new burst).
-        l.sweep_at(t0);
-        assert_eq!(l.snapshot().classes[0].keys, held);
-        l.sweep_at(t0 + Duration::from_secs(1));
-        assert_eq!(l.snapshot().classes[0].keys, 0);
-    }
-}
+crashable!(Limiter);

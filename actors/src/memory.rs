@@ -7,20 +7,21 @@
 //!
 //! - Levels, with hysteresis so a value hovering at a threshold does not flap: `warning` from
 //!   `soft` bytes, `critical` from `hard` bytes; back down only below 90% of the threshold.
-//! - Critical: every non-critical request is shed ([`ConcurrencyLimit::set_pressure`]) and the
-//!   cache is asked to keep `shrink_to` of its entries (its [`crate::Shrink`]); back to normal,
-//!   shedding stops.
+//! - Critical: every non-critical request is shed ([`ConcurrencyLimit::set_pressure`]) and
+//!   whoever can shrink (a [`Shrinker`]: the cache, wired where the tree is built) is asked to
+//!   keep `shrink_to` of what it holds; back to normal, shedding stops.
 //! - Trend: the least-squares slope of resident memory over the window; steady growth (a slope
 //!   above `leak_bytes_per_sec` that fits the samples well) is flagged as a suspected leak.
 //!
 //! Messages: [`Pressure`] (a test's injected pressure source: bytes added to what is measured),
 //! [`crate::Stop`]. Its figures are read without a message ([`MemoryBoard`]).
 
-use crate::admission::{serve, Envelope, Handle, Reply, Request};
-use crate::cache::{Cache, Shrink};
+use crate::admission::{serve, CallError, Envelope, Reply, Request};
 use crate::concurrency::ConcurrencyLimit;
+use crate::crash::crashable;
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::{Actor, ActorContext, ArbiterHandle, AsyncContext, Context, Handler};
+use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -38,6 +39,12 @@ pub struct MemorySettings {
     /// The fraction of its entries the cache keeps when memory turns critical.
     pub shrink_to: f64,
 }
+
+/// Whoever can give memory back when it turns critical: asked to keep a fraction (0.0 to 1.0) of
+/// what it holds, it answers how many entries it dropped. The monitor names no other actor: the
+/// cache offers one (`Handle<Cache>::shrinker`) and the tree's builder hands it over.
+pub type Shrinker =
+    Arc<dyn Fn(f64) -> LocalBoxFuture<'static, Result<u64, CallError>> + Send + Sync>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,7 +148,7 @@ struct Lag {
 pub struct MemoryMonitor {
     settings: MemorySettings,
     limits: Vec<ConcurrencyLimit>,
-    cache: Option<Handle<Cache>>,
+    shrinker: Option<Shrinker>,
     board: MemoryBoard,
     lags: Vec<Lag>,
     /// `None` where the platform gives no figures: the monitor then measures nothing.
@@ -155,18 +162,19 @@ pub struct MemoryMonitor {
 }
 
 impl MemoryMonitor {
-    /// Publishes its samples on `board`; critical memory sheds on `limits` and shrinks `cache`.
+    /// Publishes its samples on `board`; critical memory sheds on `limits` and asks `shrinker`
+    /// to give memory back.
     pub fn new(
         settings: MemorySettings,
         board: MemoryBoard,
         limits: Vec<ConcurrencyLimit>,
-        cache: Option<Handle<Cache>>,
+        shrinker: Option<Shrinker>,
         supervision: Supervision,
     ) -> Self {
         Self {
             settings,
             limits,
-            cache,
+            shrinker,
             board,
             lags: Vec::new(),
             system: sysinfo::System::new().ok(),
@@ -275,10 +283,10 @@ impl MemoryMonitor {
             limit.set_pressure(next == MemoryLevel::Critical);
         }
         if next == MemoryLevel::Critical {
-            if let Some(cache) = self.cache.clone() {
-                let keep = self.settings.shrink_to;
+            if let Some(shrinker) = self.shrinker.as_ref() {
+                let shrink = shrinker(self.settings.shrink_to);
                 actix_rt::spawn(async move {
-                    match cache.call(Shrink(keep)).await {
+                    match shrink.await {
                         Ok(dropped) => tracing::warn!(dropped, "cache shrunk for memory"),
                         Err(e) => tracing::warn!(error = ?e, "cache shrink refused"),
                     }
@@ -333,6 +341,8 @@ impl Handler<Stop> for MemoryMonitor {
         ctx.stop();
     }
 }
+
+crashable!(MemoryMonitor);
 
 #[cfg(test)]
 mod tests {

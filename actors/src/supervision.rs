@@ -1,4 +1,5 @@
-//! Restart after a panic, in the manner of OTP: at most `max_restarts` within `within`.
+//! Supervision owns an actor's restart record: after a panic the actor rebuilds its resource, in
+//! the manner of OTP, at most `max_restarts` times within `within`.
 //!
 //! actix's own `Supervisor` only restarts an actor that stopped; a panic inside a handler kills
 //! the actor's task and every later message gets `Closed`. Here the panic is caught at the
@@ -135,43 +136,6 @@ pub struct Stop;
 impl Message for Stop {
     type Result = ();
 }
-
-/// Makes the actor's handler panic: a fault injected by tests (and by people checking a
-/// deployment's supervision), answered with [`crate::CallError::Panicked`] and a restart.
-pub struct Crash;
-
-impl crate::admission::Request for Crash {
-    type Reply = ();
-}
-
-/// Lets tests crash each actor kind of this crate through its mailbox.
-macro_rules! crashable {
-    ($($actor:ty),* $(,)?) => {$(
-        impl actix::Handler<crate::admission::Envelope<Crash>> for $actor {
-            type Result = ();
-
-            fn handle(
-                &mut self,
-                envelope: crate::admission::Envelope<Crash>,
-                ctx: &mut Context<Self>,
-            ) {
-                crate::admission::serve(self, ctx, envelope, |_, Crash, _| {
-                    panic!("crash injected into {}", stringify!($actor))
-                });
-            }
-        }
-    )*};
-}
-
-crashable!(
-    crate::db::Db,
-    crate::db::DbProbe,
-    crate::cache::Cache,
-    crate::breakers::Breakers,
-    crate::limiter::Limiter,
-    crate::memory::MemoryMonitor,
-    crate::jobs::Jobs,
-);
 
 #[cfg(test)]
 mod tests {

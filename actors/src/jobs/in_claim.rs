@@ -23,63 +23,23 @@
 //! and instance, each holding a pooled connection while it runs: the batch is the unit of work,
 //! and more runs at once would only contend for the same rows.
 
-use super::{
-    claim_settings, claimed, due, one_each, outcome, record_in, ClaimedJob, JobFailure, JobRunner,
-    Jobs, JobsSettings, Outcome, Runners, Written,
-};
+use super::claim::{claim_settings, claimed, due, millis};
+use super::outcome::{one_each, outcome, record_in, Outcome, Written};
+use super::runner::{ClaimedJob, JobFailure, Runners};
+use super::settings::JobsSettings;
 use crate::db::{commit, Conn, DbCommand, DbError};
-use actix::fut::WrapFuture;
-use actix::{ActorFutureExt, AsyncContext, Context};
 use deadpool_postgres::Transaction;
-use futures_util::future::LocalBoxFuture;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-
-/// A kind that runs in its claim: its work is done in the claiming transaction, which stays open
-/// (and leased) while the work waits on anything else.
-pub trait ClaimRunner: Send + Sync + 'static {
-    /// The most jobs one run takes.
-    fn batch(&self) -> usize;
-
-    /// Does the jobs' work in `tx`: one result per job, in order. An error undoes the whole
-    /// transaction (the run's writes and its claim); each job is then retried after backoff.
-    fn apply<'a>(
-        &'a self,
-        tx: &'a Transaction<'_>,
-        jobs: &'a [ClaimedJob],
-    ) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>>;
-}
-
-/// A [`ClaimRunner`] as a [`JobRunner`], for the one list of runners. Its queue holds no kind
-/// that runs apart ([`Jobs::new`] refuses the mix), so the dispatcher never runs it apart.
-pub struct InClaim<R>(pub R);
-
-impl<R: ClaimRunner> JobRunner for InClaim<R> {
-    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
-        let kind = job.kind;
-        Box::pin(std::future::ready(Err(JobFailure::Permanent(format!(
-            "{kind} runs only in its claim"
-        )))))
-    }
-
-    fn batch(&self) -> usize {
-        self.0.batch()
-    }
-
-    fn in_claim(&self) -> Option<&dyn ClaimRunner> {
-        Some(&self.0)
-    }
-}
 
 /// Claims, runs and records up to `limit` jobs of `queue` in one transaction; the outcome of
 /// each job the run took.
-struct RunInClaim {
-    queue: String,
-    limit: i64,
+pub(super) struct RunInClaim {
+    pub(super) queue: String,
+    pub(super) limit: i64,
     /// Only jobs due this long ago.
-    settled: std::time::Duration,
-    runners: Arc<Runners>,
-    settings: Arc<JobsSettings>,
+    pub(super) settled: std::time::Duration,
+    pub(super) runners: Arc<Runners>,
+    pub(super) settings: Arc<JobsSettings>,
 }
 
 /// Takes the jobs due `$3` milliseconds ago by locking them (no new row version); the run's
@@ -95,7 +55,7 @@ const TAKE: &str = due!(
 /// made each checkout's own outbox insert half as slow again (0.83 → 1.25 ms a checkout,
 /// `make bench SCENARIO=jobs`, run 20261202-150012). Half a second back, the claim works on pages
 /// the inserts have left.
-const SETTLE_WHILE_BUSY: std::time::Duration = std::time::Duration::from_millis(500);
+pub(super) const SETTLE_WHILE_BUSY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A job done in its claim leaves the queue in the transaction that did its work: that
 /// transaction's writes (an audit row, an `analytics_applied` row) are its record, and its id
@@ -124,10 +84,7 @@ impl DbCommand for RunInClaim {
         .await?;
         let stmt = tx.prepare_cached(TAKE).await?;
         let mut jobs: Vec<ClaimedJob> = tx
-            .query(
-                &stmt,
-                &[&self.queue, &self.limit, &super::millis(self.settled)],
-            )
+            .query(&stmt, &[&self.queue, &self.limit, &millis(self.settled)])
             .await?
             .iter()
             .map(claimed)
@@ -213,7 +170,7 @@ impl DbCommand for RunInClaim {
 /// batch of mails through a slow server, each send bounded by its own timeout); past this its
 /// caller is gone and the run rolls back rather than commit. `DB_WAIT` was too short for that:
 /// a batch of mails that outlasted it would be sent, rolled back and sent again.
-const IN_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+pub(super) const IN_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Renews the lease of a run whose work waits on something else (a mail server, a file): the
 /// transaction is idle meanwhile, and PostgreSQL would end it after `idle` of that. A frozen
@@ -224,55 +181,5 @@ async fn keep_alive(tx: &Transaction<'_>, idle: std::time::Duration) {
     loop {
         every.tick().await;
         let _ = tx.batch_execute("SELECT 1").await;
-    }
-}
-
-impl Jobs {
-    /// Runs a batch of `queue`'s jobs in its claim (the queue's claim is marked under way);
-    /// while `busy`, only jobs that have settled ([`SETTLE_WHILE_BUSY`]).
-    pub(super) fn run_in_claim(&mut self, queue: String, busy: bool, ctx: &mut Context<Self>) {
-        self.place_taken(&queue);
-        let limit = self.batch_of(&queue) as i64;
-        let command = RunInClaim {
-            queue: queue.clone(),
-            limit,
-            settled: if busy {
-                SETTLE_WHILE_BUSY
-            } else {
-                std::time::Duration::ZERO
-            },
-            runners: Arc::clone(&self.runners),
-            settings: Arc::clone(&self.settings),
-        };
-        let db = self.db.clone();
-        let span = tracing::info_span!("jobs", queue = %queue, in_claim = true);
-        ctx.spawn(
-            tracing::Instrument::instrument(
-                async move { db.run_within(command, IN_CLAIM_WAIT).await },
-                span,
-            )
-            .into_actor(self)
-            .map(move |ran, act, ctx| {
-                act.place_freed(&queue);
-                let mut again = act.claiming.remove(&queue).unwrap_or(false);
-                let counters = act.board.counters(&queue);
-                match ran {
-                    Ok(outcomes) => {
-                        if let Some(c) = counters {
-                            c.started.fetch_add(outcomes.len() as u64, Relaxed);
-                            outcomes.iter().for_each(|o| c.count(o));
-                        }
-                        // A full batch: more may be due.
-                        again |= outcomes.len() as i64 == limit;
-                    }
-                    Err(e) => {
-                        tracing::warn!(queue = %queue, error = %e, "running jobs in their claim failed")
-                    }
-                }
-                if again {
-                    act.claim(&queue, ctx);
-                }
-            }),
-        );
     }
 }
