@@ -62,6 +62,22 @@ print(f"export RAMPART_KEY={key} RAMPART_MERCHANT_ID={created['merchant']['id']}
 PY
 )"
 
-"$venv/bin/schemathesis" --config-file conformance/schemathesis.toml run "$base/api-docs/openapi.json" \
-  --checks all --exclude-checks use_after_free \
-  --phases examples,coverage,fuzzing,stateful --seed 7 "$@"
+run_schemathesis() {
+  "$venv/bin/schemathesis" --config-file conformance/schemathesis.toml run "$base/api-docs/openapi.json" \
+    --checks all --exclude-checks use_after_free \
+    --phases examples,coverage,fuzzing,stateful --seed 7 "$@"
+}
+# Hypothesis 6.170 sometimes crashes while naming a lambda of schemathesis's own (a KeyError in
+# its lambda-source cache): a Runtime Error of the tool, with no finding about the service. Such a
+# run, and only such a run, is repeated once; any failure found is reported as it is.
+out=$(mktemp)
+if run_schemathesis "$@" 2>&1 | tee "$out"; then
+  exit 0
+fi
+if grep -q "Runtime Error" "$out" && ! grep -qE "^Failures:|[0-9]+ failures?" "$out" \
+  && grep -q "lambda_sources" "$out"; then
+  echo "conformance: schemathesis crashed inside hypothesis (no finding); running it once more" >&2
+  run_schemathesis "$@"
+else
+  exit 1
+fi
