@@ -747,10 +747,13 @@ class Suite:
         the shipped configuration (adaptive overload guard) against `overload.adaptive=false`
         (a fixed limit) on the same PostgreSQL, in turns whose order alternates. Goodput is 2xx
         answers per second; refusals are the edge's own count of 503s."""
+        # Two fresh instances alike but for the setting, so neither carries the main instance's
+        # history (its cache of the product run, its pool's statement caches).
+        shipped = self.extra_service("shipped-limit", {})
         fixed = self.extra_service("fixed-limit", {"RAMPART__OVERLOAD__ADAPTIVE": "false"})
         orders = f"/api/v1/stores/{self.merchant}/orders"
         ids = str(self.work / "checkout.txt")
-        sides = (("shipped", self.port, self.service.pid), ("fixed", fixed.port, fixed.pid))
+        sides = (("shipped", shipped.port, shipped.pid), ("fixed", fixed.port, fixed.pid))
         levels = []
         turns = int(os.environ.get("CLOSED_LOOP_TURNS", "2"))
         for i, connections in enumerate((16, 64, 256)):
@@ -779,6 +782,7 @@ class Suite:
                 f"{level['fixed']['goodput_rps']}/s (503: {level['fixed']['refused_503']:.0f}, p99 {level['fixed']['p99_ms']} ms): "
                 f"{level['goodput_ratio']}x")
             levels.append(level)
+        shipped.stop()
         fixed.stop()
         return levels
 

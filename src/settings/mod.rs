@@ -9,8 +9,9 @@ pub mod validate;
 pub use sections::{
     parse_net, ActorLimits, ActorSettings, AdminSettings, BreakerConfig, CacheSettings,
     DatabaseSettings, DevSettings, EmailSettings, HealthSettings, JobSettings, LogFormat,
-    LogSettings, MemorySettings, OverloadSettings, RateLimitClass, RateLimitClasses,
-    RateLimitSettings, RedisSettings, Secret, ServerSettings, Settings, WebhookSettings,
+    LogSettings, MemorySettings, OverloadSettings, PaginationSettings, RateLimitClass,
+    RateLimitClasses, RateLimitSettings, RedisSettings, Secret, ServerSettings, Settings,
+    SmsSettings, TelemetrySettings, WebhookSettings,
 };
 pub use validate::SettingsError;
 

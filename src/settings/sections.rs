@@ -52,6 +52,9 @@ pub struct Settings {
     pub email: EmailSettings,
     pub webhooks: WebhookSettings,
     pub health: HealthSettings,
+    pub pagination: PaginationSettings,
+    pub telemetry: TelemetrySettings,
+    pub sms: SmsSettings,
     pub log: LogSettings,
     pub actors: ActorSettings,
     pub dev: DevSettings,
@@ -265,6 +268,43 @@ pub struct HealthSettings {
     /// How often readiness' dependency checks (PostgreSQL, Redis, the job queues) are sampled
     /// in the background; probes and scrapes read the latest sample.
     pub refresh_ms: u64,
+}
+
+/// Offset pages' window and how far a list's `total` is counted (API.md, Pagination).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaginationSettings {
+    /// A page whose first row lies this deep or deeper is refused; cursors are the way on.
+    pub max_offset: u64,
+    /// `total` is exact up to this many rows; beyond it `total_exact` is false.
+    pub max_total: u64,
+}
+
+/// Traces over OTLP/HTTP (API.md, Configuration): accepted from the first release on, so a
+/// deployment's configuration never breaks as the exporter lands.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's base URL (unset: nothing is exported).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces kept; a sampled incoming `traceparent` is always kept.
+    pub sample_ratio: f64,
+}
+
+/// SMS to customers (API.md, Background work): a Twilio-compatible provider, or files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSettings {
+    #[serde(default)]
+    pub provider_url: Option<String>,
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    #[serde(default)]
+    pub auth_token: Option<Secret>,
+    #[serde(default)]
+    pub from: Option<String>,
+    pub outbox_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -223,6 +223,15 @@ impl Settings {
         )?;
         positive("health.ready_timeout_ms", self.health.ready_timeout_ms)?;
         positive("health.refresh_ms", self.health.refresh_ms)?;
+        positive("pagination.max_offset", self.pagination.max_offset)?;
+        positive("pagination.max_total", self.pagination.max_total)?;
+        let ratio = self.telemetry.sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(invalid(
+                "telemetry.sample_ratio",
+                format!("must lie between 0 and 1, got {ratio}"),
+            ));
+        }
         if self
             .server
             .management_port
