@@ -27,6 +27,17 @@ pub struct CheckoutBody {
         nullable
     )]
     pub customer_name: Option<String>,
+    /// E.164 (`+`, then 8 to 15 digits, the first not 0): when given, the customer also gets
+    /// SMS about the order.
+    // Not serialized when absent: a request without it keeps the fingerprint it had before the
+    // field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        example = "+4915112345678",
+        pattern = r"^\+[1-9][0-9]{7,14}$",
+        nullable
+    )]
+    pub customer_phone: Option<String>,
     #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<ItemBody>,
 }
@@ -52,6 +63,7 @@ pub struct Line {
 pub struct CheckoutRequest {
     pub customer_email: String,
     pub customer_name: Option<String>,
+    pub customer_phone: Option<String>,
     pub lines: Vec<Line>,
     /// A digest of the request's meaning, for idempotent replays.
     pub fingerprint: Vec<u8>,
@@ -83,6 +95,23 @@ pub fn email(field: &str, raw: &str) -> Result<String, FieldError> {
     Ok(raw.to_owned())
 }
 
+/// A phone number in E.164 form: `+`, then 8 to 15 ASCII digits, the first not 0 (the country
+/// code never starts with 0). Nothing else: no spaces, dashes or brackets.
+pub fn phone(field: &str, raw: &str) -> Result<String, FieldError> {
+    let digits = raw.strip_prefix('+').unwrap_or_default();
+    let ok = (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(FieldError::new(
+            field,
+            "must be a phone number in E.164 form: + and 8 to 15 digits, e.g. +4915112345678",
+        ))
+    }
+}
+
 impl CheckoutBody {
     pub fn parse(self) -> Result<CheckoutRequest, ApiError> {
         let mut errors = Vec::new();
@@ -100,6 +129,12 @@ impl CheckoutBody {
             }
             Some("") | None => None,
             Some(n) => Some(n.to_owned()),
+        };
+        let customer_phone = match self.customer_phone.as_deref() {
+            Some(raw) => phone("customer_phone", raw)
+                .map_err(|e| errors.push(e))
+                .ok(),
+            None => None,
         };
         if self.items.is_empty() || self.items.len() > MAX_ITEMS {
             // Refused whole, before any per-item work: one error, however long the list.
@@ -143,6 +178,7 @@ impl CheckoutBody {
             Some(customer_email) if errors.is_empty() => Ok(CheckoutRequest {
                 customer_email,
                 customer_name,
+                customer_phone,
                 lines,
                 fingerprint,
             }),
@@ -360,6 +396,7 @@ mod tests {
         let body = CheckoutBody {
             customer_email: "a@b.co".into(),
             customer_name: None,
+            customer_phone: None,
             items: vec![
                 ItemBody {
                     product_id: p,
@@ -397,6 +434,33 @@ mod tests {
             "'; DROP TABLE orders;--@x.co",
         ] {
             assert!(email("e", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn phones_are_e164() {
+        for ok in [
+            "+4915112345678",
+            "+12025550123",
+            "+12345678",
+            "+123456789012345",
+        ] {
+            assert_eq!(phone("p", ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "+",
+            "4915112345678",
+            "+04915112345678",
+            "+1234567",
+            "+1234567890123456",
+            "+49 151 12345678",
+            "+49-15112345678",
+            "+４９15112345678",
+            " +4915112345678",
+            "+4915112345678\n",
+        ] {
+            assert!(phone("p", bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -22,6 +22,11 @@ pub const ORDER_ANALYTICS: Kind = Kind {
     queue: "analytics",
     max_attempts: None,
 };
+pub const ORDER_SMS: Kind = Kind {
+    name: "order_sms",
+    queue: "sms",
+    max_attempts: None,
+};
 pub const AUDIT: Kind = Kind {
     name: "audit",
     queue: "audit",
@@ -34,8 +39,9 @@ pub const NOOP: Kind = Kind {
     max_attempts: None,
 };
 
-pub const KINDS: [&Kind; 6] = [
+pub const KINDS: [&Kind; 7] = [
     &ORDER_EMAIL,
+    &ORDER_SMS,
     &WEBHOOK,
     &SALES_REPORT,
     &ORDER_ANALYTICS,

@@ -8,6 +8,7 @@
 //! |-------------------|-------------|----------------------|----------------------------------------------------------------|
 //! | `order_email`     | `email`     | `jobs.max_attempts`  | one Message-ID per event and order (the same `.eml` file)      |
 //! | `webhook`         | `webhooks`  | `jobs.max_attempts`  | one event id per event, kept across retries: receivers dedupe  |
+//! | `order_sms`       | `sms`       | `jobs.max_attempts`  | the job id is the message's: one file name, `Idempotency-Key`  |
 //! | `sales_report`    | `reports`   | 3                    | rebuilds the same report row from the same orders              |
 //! | `order_analytics` | `analytics` | `jobs.max_attempts`  | one `analytics_applied` row per order and event, in its update |
 //! | `audit`           | `audit`     | `jobs.max_attempts`  | the audit row's id is the job's id                             |
@@ -18,7 +19,8 @@
 //! statement): a job each was as much database work as the checkout that wrote it. Mail,
 //! analytics and audit run in their claim ([`InClaim`]): claim, work and outcome are one
 //! transaction, their database work is done exactly once, and a job done leaves the table.
-//! Webhooks (slow receivers behind their hosts' circuits) and reports (long, their progress
+//! Webhooks (slow receivers behind their hosts' circuits), SMS (a provider behind its circuit,
+//! or files; an order's SMS share its id as ordering key too) and reports (long, their progress
 //! shown) run apart.
 
 pub mod analytics;
@@ -28,10 +30,13 @@ pub mod email;
 pub mod kinds;
 pub mod outbox;
 pub mod reports;
+pub mod sms;
 pub mod webhook;
 
 use crate::jobs::context::JobContext;
-use crate::jobs::kinds::{AUDIT, NOOP, ORDER_ANALYTICS, ORDER_EMAIL, SALES_REPORT, WEBHOOK};
+use crate::jobs::kinds::{
+    AUDIT, NOOP, ORDER_ANALYTICS, ORDER_EMAIL, ORDER_SMS, SALES_REPORT, WEBHOOK,
+};
 use crate::store::jobs::Kind;
 use futures_util::future::LocalBoxFuture;
 use rampart_actors::{ClaimedJob, InClaim, JobFailure, JobRunner, Runners};
@@ -48,6 +53,7 @@ pub fn runners(ctx: JobContext) -> Runners {
         Arc::new(InClaim(email::OrderEmail::new(ctx.clone()))),
     );
     add(&WEBHOOK, Arc::new(webhook::Webhook::new(ctx.clone())));
+    add(&ORDER_SMS, Arc::new(sms::OrderSms::new(ctx.clone())));
     add(&SALES_REPORT, Arc::new(reports::SalesReport(ctx.clone())));
     add(
         &ORDER_ANALYTICS,

@@ -1,7 +1,7 @@
 //! What a change writes for the jobs that follow it (an order event's jobs, an audit entry),
 //! handed to the store as its [`Outbox`]: the store names no kind of job.
 
-use crate::jobs::kinds::{AUDIT, ORDER_ANALYTICS, ORDER_EMAIL, WEBHOOK};
+use crate::jobs::kinds::{AUDIT, ORDER_ANALYTICS, ORDER_EMAIL, ORDER_SMS, WEBHOOK};
 use crate::settings::Settings;
 use crate::store::jobs::{Kind, NewJob, Outbox};
 use uuid::Uuid;
@@ -10,6 +10,7 @@ use uuid::Uuid;
 pub fn outbox(settings: &Settings) -> Outbox {
     Outbox {
         order_jobs: for_order_event,
+        sms_job: sms_for_order_event,
         audit_job: audit,
         default_attempts: settings.jobs.max_attempts as i32,
     }
@@ -56,6 +57,27 @@ pub fn for_order_event(event: &str, order_id: Uuid, has_webhook: bool, actor: &s
         ..audit(event, actor, "order", &order_id.to_string())
     });
     jobs
+}
+
+/// The customer's SMS about an order event, written beside [`for_order_event`]'s jobs when the
+/// order has a phone number. Its job id is the message's stable id.
+pub fn sms_for_order_event(event: &str, order_id: Uuid) -> NewJob {
+    NewJob {
+        kind: &ORDER_SMS,
+        payload: serde_json::json!({"event": event, "order_id": order_id}),
+        dedup_key: format!("{event}:{order_id}"),
+        ordering_key: Some(order_id.to_string()),
+    }
+}
+
+/// The kinds an order event writes for an order with a phone number
+/// ([`sms_for_order_event`]), beside [`order_event`]'s.
+pub fn sms_event(phone: bool) -> &'static [&'static Kind] {
+    if phone {
+        &[&ORDER_SMS]
+    } else {
+        &[]
+    }
 }
 
 /// The kinds an order event writes ([`for_order_event`]): the webhook only when the

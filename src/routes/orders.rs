@@ -4,7 +4,7 @@ use crate::domain::listing::{listing_body, CursorScope, Listing};
 use crate::domain::order::{OrderListParams, OrderStatus, StatusBody};
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
-use crate::jobs::outbox::{order_event, outbox};
+use crate::jobs::outbox::{order_event, outbox, sms_event};
 use crate::routes::support::path_id;
 use crate::state::AppState;
 use crate::store::orders::{self, ChangeStatus, Order, OrderQuery, StatusOutcome};
@@ -87,6 +87,7 @@ pub async fn change_status(
     match outcome {
         StatusOutcome::Changed(order, webhook) => {
             state.wake_jobs(order_event(webhook));
+            state.wake_jobs(sms_event(order.customer_phone.is_some()));
             if to == OrderStatus::Cancelled {
                 // The stock went back.
                 let restocked = order.items.iter().map(|i| i.product_id);

@@ -7,7 +7,7 @@ use crate::domain::product::ProductListParams;
 use crate::error::{ApiError, FieldError};
 use crate::http::metrics::RouteLabel;
 use crate::http::Json;
-use crate::jobs::outbox::{order_event, outbox};
+use crate::jobs::outbox::{order_event, outbox, sms_event};
 use crate::routes::support::{not_modified, path_id};
 use crate::state::AppState;
 use crate::store::checkout::{Checkout, CheckoutOutcome, IdempotencyKey};
@@ -168,7 +168,7 @@ fn order_response(body: Vec<u8>, order_id: uuid::Uuid, replayed: bool) -> HttpRe
         (status = 404, description = "no such store", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "insufficient stock (nothing changed), or a request with this Idempotency-Key is in flight", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, response = crate::routes::responses::PayloadTooLarge), (status = 415, response = crate::routes::responses::UnsupportedMediaType),
-        (status = 422, description = "invalid body, unknown or archived product, mixed currencies, or an Idempotency-Key reused with another body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid body (a `customer_phone` not in E.164 form among them), unknown or archived product, mixed currencies, or an Idempotency-Key reused with another body", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, response = crate::routes::responses::Unavailable)))]
 pub async fn checkout(
     state: &AppState,
@@ -198,8 +198,10 @@ pub async fn checkout(
             body,
             order_id,
             webhook,
+            sms,
         } => {
             state.wake_jobs(order_event(webhook));
+            state.wake_jobs(sms_event(sms));
             state.cache.invalidate(merchant_id, bought).await;
             Ok(order_response(body, order_id, false))
         }

@@ -1,4 +1,5 @@
-//! The settings' own checks: trusted proxy ranges, the built-in defaults, the IPv6 prefix.
+//! The settings' own checks: trusted proxy ranges, the built-in defaults, the IPv6 prefix, the
+//! SMS provider.
 
 use super::*;
 use std::net::IpAddr;
@@ -34,5 +35,21 @@ fn the_ipv6_prefix_is_1_to_128_bits_and_64_by_default() {
         s.rate_limit.ipv6_prefix = bad;
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("rate_limit.ipv6_prefix"), "{e}");
+    }
+}
+
+#[test]
+fn an_sms_provider_is_an_http_url_with_a_sender() {
+    let mut s = Settings::for_tests().unwrap();
+    s.sms.provider_url =
+        Some("https://api.example.com/2010-04-01/Accounts/AC1/Messages.json".into());
+    let e = s.validate().unwrap_err().to_string();
+    assert!(e.contains("sms.from"), "{e}");
+    s.sms.from = Some("+15005550006".into());
+    s.validate().unwrap();
+    for bad in ["ftp://example.com/", "not a url", "http://"] {
+        s.sms.provider_url = Some(bad.into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("sms.provider_url"), "{bad}: {e}");
     }
 }

@@ -89,6 +89,19 @@ impl Settings {
                 ));
             }
         }
+        if let Some(u) = &self.sms.provider_url {
+            let ok = url::Url::parse(u)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(invalid("sms.provider_url", "must be an http or https URL"));
+            }
+            if self.sms.from.as_deref().is_none_or(|f| f.trim().is_empty()) {
+                return Err(invalid(
+                    "sms.from",
+                    "must be set when sms.provider_url is (the sender of every SMS)",
+                ));
+            }
+        }
         for (key, class) in [
             (
                 "rate_limit.classes.storefront",

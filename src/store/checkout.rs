@@ -32,6 +32,8 @@ pub enum CheckoutOutcome {
         order_id: Uuid,
         /// Whether a webhook job was written (the merchant has a URL).
         webhook: bool,
+        /// Whether an SMS job was written (the customer gave a phone number).
+        sms: bool,
     },
     Replayed {
         body: Vec<u8>,
@@ -211,8 +213,8 @@ impl Checkout {
         // then increase with `created_at` (a transaction's `now()` is its start, before any wait).
         let insert_order = tx
             .prepare_cached(
-                "INSERT INTO orders (id, merchant_id, number, customer_email, customer_name, total_cents, currency, created_at, updated_at)
-                 VALUES ($1, $2, nextval($3::text::regclass), $4, $5, $6, $7, clock_timestamp(), clock_timestamp())
+                "INSERT INTO orders (id, merchant_id, number, customer_email, customer_name, total_cents, currency, customer_phone, created_at, updated_at)
+                 VALUES ($1, $2, nextval($3::text::regclass), $4, $5, $6, $7, $8, clock_timestamp(), clock_timestamp())
                  RETURNING number, created_at, updated_at",
             )
             .await?;
@@ -229,7 +231,7 @@ impl Checkout {
         let prices: Vec<i64> = items.iter().map(|i| i.unit_price_cents).collect();
         let qty: Vec<i32> = items.iter().map(|i| i.quantity).collect();
         let stock_params: [&(dyn ToSql + Sync); 2] = [&ids, &quantities];
-        let order_params: [&(dyn ToSql + Sync); 7] = [
+        let order_params: [&(dyn ToSql + Sync); 8] = [
             &order_id,
             &self.merchant_id,
             &sequence,
@@ -237,7 +239,14 @@ impl Checkout {
             &self.request.customer_name,
             &total,
             &currency,
+            &self.request.customer_phone,
         ];
+        let sms = self.request.customer_phone.is_some();
+        let mut jobs =
+            (self.outbox.order_jobs)("order.created", order_id, has_webhook, "storefront");
+        if sms {
+            jobs.push((self.outbox.sms_job)("order.created", order_id));
+        }
         let item_params: [&(dyn ToSql + Sync); 7] =
             [&order_id, &lines, &ids, &skus, &names, &prices, &qty];
         let (_, row, _, _) = futures_util::try_join!(
@@ -247,12 +256,7 @@ impl Checkout {
                 .map_err(DbError::from),
             tx.execute(&insert_items, &item_params)
                 .map_err(DbError::from),
-            enqueue(
-                tx,
-                self.merchant_id,
-                (self.outbox.order_jobs)("order.created", order_id, has_webhook, "storefront"),
-                self.outbox.default_attempts,
-            ),
+            enqueue(tx, self.merchant_id, jobs, self.outbox.default_attempts),
         )?;
         let number: i64 = row.get(0);
 
@@ -262,6 +266,7 @@ impl Checkout {
             status: OrderStatus::Pending.as_str().to_owned(),
             customer_email: self.request.customer_email.clone(),
             customer_name: self.request.customer_name.clone(),
+            customer_phone: self.request.customer_phone.clone(),
             items,
             total_cents: total,
             currency,
@@ -292,6 +297,7 @@ impl Checkout {
             body,
             order_id,
             webhook: has_webhook,
+            sms,
         })
     }
 }

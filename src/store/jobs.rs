@@ -36,6 +36,8 @@ pub struct NewJob {
 pub struct Outbox {
     /// The jobs that follow an order event: `(event, order_id, has_webhook, actor)`.
     pub order_jobs: fn(&str, Uuid, bool, &str) -> Vec<NewJob>,
+    /// The SMS job of an order event, for an order with a phone number: `(event, order_id)`.
+    pub sms_job: fn(&str, Uuid) -> NewJob,
     /// The audit job of a change: `(action, actor, entity_type, entity_id)`.
     pub audit_job: fn(&str, &str, &str, &str) -> NewJob,
     /// The attempts of a kind that names none (`jobs.max_attempts`).

@@ -28,6 +28,9 @@ pub struct Order {
     pub status: String,
     pub customer_email: String,
     pub customer_name: Option<String>,
+    /// E.164; null when the checkout gave none (then no SMS is sent).
+    #[schema(required = true)]
+    pub customer_phone: Option<String>,
     pub items: Vec<OrderItem>,
     pub total_cents: i64,
     pub currency: String,
@@ -38,7 +41,7 @@ pub struct Order {
 const ORDER_COLUMNS: &str = "o.id, o.number, o.status, o.customer_email, o.customer_name, o.total_cents, o.currency, o.created_at, o.updated_at,
     coalesce((SELECT json_agg(json_build_object('product_id', i.product_id, 'sku', i.sku, 'name', i.name,
         'unit_price_cents', i.unit_price_cents, 'quantity', i.quantity) ORDER BY i.line)
-        FROM order_items i WHERE i.order_id = o.id), '[]'::json)";
+        FROM order_items i WHERE i.order_id = o.id), '[]'::json), o.customer_phone";
 
 impl Order {
     fn from_row(row: &Row) -> Result<Self, DbError> {
@@ -49,6 +52,7 @@ impl Order {
             status: row.get(2),
             customer_email: row.get(3),
             customer_name: row.get(4),
+            customer_phone: row.get(10),
             total_cents: row.get(5),
             currency: row.get(6),
             created_at: row.get(7),
@@ -94,7 +98,7 @@ impl OrderRows {
     pub fn decode(&self) -> Result<Vec<(Uuid, String, Order)>, DbError> {
         self.0
             .iter()
-            .map(|r| Ok((r.get(10), r.get(11), Order::from_row(r)?)))
+            .map(|r| Ok((r.get(11), r.get(12), Order::from_row(r)?)))
             .collect()
     }
 }
@@ -198,7 +202,8 @@ pub struct ChangeStatus {
 
 #[derive(Debug)]
 pub enum StatusOutcome {
-    /// The order, and whether a webhook job was written.
+    /// The order, and whether a webhook job was written (an SMS job was when the order has a
+    /// phone).
     Changed(Order, bool),
     NotFound,
     NotAllowed {
@@ -210,7 +215,8 @@ impl ChangeStatus {
     async fn attempt(&self, tx: &Transaction<'_>) -> Result<StatusOutcome, DbError> {
         let stmt = tx
             .prepare_cached(
-                "SELECT o.status, m.webhook_url IS NOT NULL FROM orders o JOIN merchants m ON m.id = o.merchant_id
+                "SELECT o.status, m.webhook_url IS NOT NULL, o.customer_phone IS NOT NULL
+                 FROM orders o JOIN merchants m ON m.id = o.merchant_id
                  WHERE o.id = $1 AND o.merchant_id = $2 FOR UPDATE OF o",
             )
             .await?;
@@ -219,6 +225,7 @@ impl ChangeStatus {
         };
         let from: String = row.get(0);
         let has_webhook: bool = row.get(1);
+        let has_phone: bool = row.get(2);
         if !OrderStatus::parse(&from).is_some_and(|f| f.can_become(self.to)) {
             return Ok(StatusOutcome::NotAllowed { from });
         }
@@ -249,13 +256,11 @@ impl ChangeStatus {
         )
         .await?;
         let event = format!("order.{}", self.to.as_str());
-        enqueue(
-            tx,
-            self.merchant_id,
-            (self.outbox.order_jobs)(&event, self.id, has_webhook, "merchant"),
-            self.outbox.default_attempts,
-        )
-        .await?;
+        let mut jobs = (self.outbox.order_jobs)(&event, self.id, has_webhook, "merchant");
+        if has_phone {
+            jobs.push((self.outbox.sms_job)(&event, self.id));
+        }
+        enqueue(tx, self.merchant_id, jobs, self.outbox.default_attempts).await?;
         match get_order(tx, self.merchant_id, self.id).await? {
             Some(order) => Ok(StatusOutcome::Changed(order, has_webhook)),
             None => Ok(StatusOutcome::NotFound),

@@ -28,4 +28,5 @@ mod receivers;
 mod replicas;
 mod scale_out;
 mod shared_cache;
+mod sms;
 mod tenancy;

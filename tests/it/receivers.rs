@@ -11,9 +11,26 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 pub struct Delivery {
     pub signature: String,
     pub body: Vec<u8>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Delivery {
+    /// The value of the header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as an `application/x-www-form-urlencoded` form, field by field.
+    pub fn form(&self) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(&self.body)
+            .into_owned()
+            .collect()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("a JSON event")
     }
@@ -41,9 +58,23 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub fn start(behaviour: Behaviour) -> WebhookReceiver {
+        Self::start_on(
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+            behaviour,
+        )
+    }
+
+    /// One on a port of the caller's choosing (a destination that was down and comes back).
+    pub fn start_at(port: u16, behaviour: Behaviour) -> WebhookReceiver {
+        Self::start_on(
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind"),
+            behaviour,
+        )
+    }
+
+    fn start_on(listener: std::net::TcpListener, behaviour: Behaviour) -> WebhookReceiver {
         let received: Arc<Mutex<Vec<Delivery>>> = Arc::default();
         let seen = Arc::clone(&received);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = HttpServer::new(move || {
             let seen = Arc::clone(&seen);
@@ -60,6 +91,14 @@ impl WebhookReceiver {
                                 .unwrap_or_default()
                                 .to_owned(),
                             body: body.to_vec(),
+                            headers: req
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| {
+                                    let v = v.to_str().unwrap_or_default();
+                                    (n.as_str().to_owned(), v.to_owned())
+                                })
+                                .collect(),
                         });
                         seen.len()
                     };
