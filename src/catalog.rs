@@ -5,6 +5,7 @@
 use crate::domain::listing::{listing_body, CursorKey, CursorScope};
 use crate::domain::product::{ProductListParams, Sort};
 use crate::error::ApiError;
+use crate::settings::PaginationSettings;
 use crate::store::paging::PageOf;
 use crate::store::products::{Product, ProductQuery};
 use uuid::Uuid;
@@ -27,6 +28,7 @@ impl ProductListing {
         merchant_id: Uuid,
         storefront: bool,
         params: &ProductListParams,
+        window: &PaginationSettings,
     ) -> Result<Self, ApiError> {
         let filter = params.filter(storefront)?;
         let sort = Sort::parse(params.sort.as_deref())?;
@@ -36,7 +38,7 @@ impl ProductListing {
             sort: sort.as_str(),
             filters: filter.fingerprint(),
         };
-        let page = params.page.parse(key, &scope)?;
+        let page = params.page.parse(key, &scope, window)?;
         Ok(Self {
             query: ProductQuery {
                 merchant_id,

@@ -1,10 +1,15 @@
 //! List requests: keyset pagination with signed cursors, or offset pagination with totals.
 //!
+//! Offset pages stop at a window (`pagination.max_offset`): a page whose first row lies that
+//! deep or deeper is a 400 naming cursors as the way on, and `total` is counted only up to
+//! `pagination.max_total`, so no request skips or counts a large table.
+//!
 //! A cursor carries the last row's sort key and id, plus what it is valid for (merchant, sort,
 //! filters), signed with HMAC-SHA256: a tampered cursor, or one taken to another merchant, sort or
 //! filter, is a 400.
 
 use crate::error::ApiError;
+use crate::settings::PaginationSettings;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -28,8 +33,10 @@ pub struct PageParams {
     /// taken to another list, sort or filter).
     #[param(max_length = 1024)]
     pub cursor: Option<String>,
-    /// Offset page number, from 1.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1_000_000)]
+    /// Offset page number, from 1. Offset pages stop at a window: a page whose first row,
+    /// (page - 1) x per_page, lies `pagination.max_offset` rows deep (default 10,000) or deeper
+    /// is 400; cursors are the way on.
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub page: Option<String>,
     /// Offset page size, default 20.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
@@ -53,8 +60,17 @@ pub struct Position {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Page {
-    Keyset { limit: i64, after: Option<Position> },
-    Offset { page: i64, per_page: i64 },
+    Keyset {
+        limit: i64,
+        after: Option<Position>,
+    },
+    /// A page within the window, and how far its total is counted (`pagination.max_total`):
+    /// a total above it is shown as this number, not exact.
+    Offset {
+        page: i64,
+        per_page: i64,
+        count_up_to: i64,
+    },
 }
 
 /// What a cursor is valid for: the same listing (scope + merchant), sort and filters.
@@ -166,9 +182,48 @@ pub fn int_param(
     }
 }
 
+/// The offset page `raw` names, checked against the window: its first row must lie less than
+/// `max_offset` rows deep. Any page number of 1 or more is a number here, however large (a
+/// page too deep for 64 bits is past the window too), so the answer is a 400 naming cursors,
+/// never an overflow.
+fn offset_page(raw: &Option<String>, per_page: i64, max_offset: u64) -> Result<i64, ApiError> {
+    let Some(raw) = raw else { return Ok(1) };
+    let raw = raw.trim();
+    let page = match raw.parse::<u64>() {
+        Ok(n) if n >= 1 => n,
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => u64::MAX,
+        _ => {
+            return Err(ApiError::bad_field(
+                "page",
+                "must be an integer of 1 or more",
+            ))
+        }
+    };
+    let within = (page - 1)
+        .checked_mul(per_page.unsigned_abs())
+        .filter(|offset| *offset < max_offset)
+        .and_then(|offset| i64::try_from(offset).ok())
+        .and_then(|_| i64::try_from(page).ok());
+    within.ok_or_else(|| {
+        ApiError::bad_field(
+            "page",
+            format!(
+                "offset pages stop at {max_offset} rows; follow next_cursor (?cursor=) to go \
+                 further"
+            ),
+        )
+    })
+}
+
 impl PageParams {
-    /// Keyset unless `page` or `per_page` is given; mixing the two styles is a 400.
-    pub fn parse(&self, key: &CursorKey, scope: &CursorScope) -> Result<Page, ApiError> {
+    /// Keyset unless `page` or `per_page` is given; mixing the two styles is a 400, and so is
+    /// an offset page past `window.max_offset`.
+    pub fn parse(
+        &self,
+        key: &CursorKey,
+        scope: &CursorScope,
+        window: &PaginationSettings,
+    ) -> Result<Page, ApiError> {
         let offset_style = self.page.is_some() || self.per_page.is_some();
         if offset_style && (self.cursor.is_some() || self.limit.is_some()) {
             return Err(ApiError::bad_request(
@@ -176,10 +231,14 @@ impl PageParams {
             ));
         }
         if offset_style {
-            let page = int_param("page", &self.page, 1..=1_000_000)?.unwrap_or(1);
             let per_page =
                 int_param("per_page", &self.per_page, 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
-            return Ok(Page::Offset { page, per_page });
+            let page = offset_page(&self.page, per_page, window.max_offset)?;
+            return Ok(Page::Offset {
+                page,
+                per_page,
+                count_up_to: i64::try_from(window.max_total).unwrap_or(i64::MAX),
+            });
         }
         let limit = int_param("limit", &self.limit, 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
         let after = match &self.cursor {
@@ -203,11 +262,15 @@ pub enum Listing<T: Serialize> {
         data: Vec<T>,
         page: i64,
         per_page: i64,
+        /// Exact up to `pagination.max_total` rows (default 10,000); beyond it, that number.
         total: i64,
+        /// Whether `total` is the exact count (false: there are more than `total` rows).
+        total_exact: bool,
     },
 }
 
-/// A page of results as the API shows it (JSON), with a signed cursor to the next page.
+/// A page of results as the API shows it (JSON), with a signed cursor to the next page; an
+/// offset page's total is counted up to its `count_up_to` (more than that: not exact).
 pub fn listing_body<T: Serialize>(
     rows: Vec<T>,
     has_more: bool,
@@ -230,12 +293,20 @@ pub fn listing_body<T: Serialize>(
                 has_more,
             }
         }
-        Page::Offset { page, per_page } => Listing::Offset {
-            data: rows,
+        Page::Offset {
             page,
             per_page,
-            total: total.unwrap_or(0),
-        },
+            count_up_to,
+        } => {
+            let counted = total.unwrap_or(0);
+            Listing::Offset {
+                data: rows,
+                page,
+                per_page,
+                total: counted.min(count_up_to),
+                total_exact: counted <= count_up_to,
+            }
+        }
     };
     serde_json::to_vec(&body).unwrap_or_default()
 }
@@ -286,31 +357,120 @@ mod tests {
         assert!(key.decode(&scope(m, "price"), "garbage").is_err());
     }
 
+    fn window(max_offset: u64, max_total: u64) -> PaginationSettings {
+        PaginationSettings {
+            max_offset,
+            max_total,
+        }
+    }
+
     #[test]
     fn limit_and_page_styles_cannot_mix_and_limits_are_bounded() {
         let key = CursorKey::new(b"k");
         let s = scope(Uuid::now_v7(), "x");
+        let w = window(10_000, 10_000);
         let p = |limit: Option<&str>, page: Option<&str>| PageParams {
             limit: limit.map(str::to_owned),
             page: page.map(str::to_owned),
             ..Default::default()
         };
-        assert!(p(Some("5"), Some("1")).parse(&key, &s).is_err());
-        assert!(p(Some("0"), None).parse(&key, &s).is_err());
-        assert!(p(Some("101"), None).parse(&key, &s).is_err());
+        assert!(p(Some("5"), Some("1")).parse(&key, &s, &w).is_err());
+        assert!(p(Some("0"), None).parse(&key, &s, &w).is_err());
+        assert!(p(Some("101"), None).parse(&key, &s, &w).is_err());
         assert_eq!(
-            p(None, None).parse(&key, &s).unwrap(),
+            p(None, None).parse(&key, &s, &w).unwrap(),
             Page::Keyset {
                 limit: 20,
                 after: None
             }
         );
         assert_eq!(
-            p(None, Some("3")).parse(&key, &s).unwrap(),
+            p(None, Some("3")).parse(&key, &s, &w).unwrap(),
             Page::Offset {
                 page: 3,
-                per_page: 20
+                per_page: 20,
+                count_up_to: 10_000,
             }
         );
+    }
+
+    #[test]
+    fn offset_pages_stop_at_the_window_and_huge_page_numbers_are_past_it() {
+        let key = CursorKey::new(b"k");
+        let s = scope(Uuid::now_v7(), "x");
+        let w = window(100, 7);
+        let p = |page: &str, per_page: &str| PageParams {
+            page: Some(page.to_owned()),
+            per_page: Some(per_page.to_owned()),
+            ..Default::default()
+        };
+        // Rows 90..99: the last page inside the window.
+        assert_eq!(
+            p("10", "10").parse(&key, &s, &w).unwrap(),
+            Page::Offset {
+                page: 10,
+                per_page: 10,
+                count_up_to: 7,
+            }
+        );
+        assert!(p("100", "1").parse(&key, &s, &w).is_ok());
+        for (page, per_page) in [
+            ("11", "10"),
+            ("101", "1"),
+            ("9223372036854775807", "100"),
+            ("9223372036854775808", "2"),
+            ("18446744073709551615", "100"),
+            ("99999999999999999999999999", "1"),
+        ] {
+            match p(page, per_page).parse(&key, &s, &w) {
+                Err(ApiError::BadRequest { detail, errors }) => {
+                    assert!(detail.contains("next_cursor"), "{page}: {detail}");
+                    assert_eq!(errors[0].field, "page");
+                }
+                other => panic!("{page}x{per_page}: {other:?}"),
+            }
+        }
+        for bad in ["0", "-1", "abc", "1.5", ""] {
+            assert!(p(bad, "10").parse(&key, &s, &w).is_err(), "{bad}");
+        }
+        // A window as large as the type: no overflow either.
+        let wide = window(u64::MAX, u64::MAX);
+        assert!(p("18446744073709551615", "100")
+            .parse(&key, &s, &wide)
+            .is_err());
+        assert_eq!(
+            p("2", "100").parse(&key, &s, &wide).unwrap(),
+            Page::Offset {
+                page: 2,
+                per_page: 100,
+                count_up_to: i64::MAX,
+            }
+        );
+    }
+
+    #[test]
+    fn an_offset_total_past_its_count_is_shown_as_the_count_and_not_exact() {
+        let key = CursorKey::new(b"k");
+        let s = scope(Uuid::now_v7(), "x");
+        let page = Page::Offset {
+            page: 1,
+            per_page: 2,
+            count_up_to: 5,
+        };
+        let body = |counted: i64| -> serde_json::Value {
+            let bytes = listing_body(vec![1, 2], true, Some(counted), &page, (&key, &s), |_| {
+                Position {
+                    key: KeyValue::Int(0),
+                    id: Uuid::nil(),
+                }
+            });
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        assert_eq!(
+            body(6),
+            serde_json::json!({"data": [1, 2], "page": 1, "per_page": 2, "total": 5, "total_exact": false})
+        );
+        assert_eq!(body(5)["total_exact"], true);
+        assert_eq!(body(3)["total"], 3);
     }
 }

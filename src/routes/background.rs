@@ -245,7 +245,7 @@ pub async fn audit(
         sort: "-at",
         filters: String::new(),
     };
-    let page = params.parse(&state.cursor_key, &scope)?;
+    let page = params.parse(&state.cursor_key, &scope, &state.settings.pagination)?;
     let result = state
         .db
         .run(audit::List {

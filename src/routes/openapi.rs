@@ -52,7 +52,10 @@ impl Modify for Security {
         the answer is 503 and the request's work is rolled back, never committed later, so a 5xx write may be retried. \
         Credentials are checked before the body is read. \
         Lists paginate by keyset (`limit`, `cursor` → `{data, next_cursor, has_more}`) \
-        or by offset (`page`, `per_page` → `{data, page, per_page, total}`); mixing the two is a 400. \
+        or by offset (`page`, `per_page` → `{data, page, per_page, total, total_exact}`); mixing the two is a 400. \
+        Offset pages stop at a window (`pagination.max_offset` rows deep, default 10,000: deeper is a 400 naming \
+        cursors as the way on), and `total` is exact up to `pagination.max_total` (beyond it, that number with \
+        `total_exact: false`). \
         Another merchant's resources are 404."),
     paths(
         crate::routes::admin::create_merchant,

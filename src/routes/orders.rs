@@ -25,7 +25,9 @@ pub async fn list(
         sort: "-created_at",
         filters: format!("{filter:?}"),
     };
-    let page = params.page.parse(&state.cursor_key, &scope)?;
+    let page = params
+        .page
+        .parse(&state.cursor_key, &scope, &state.settings.pagination)?;
     let query = OrderQuery {
         merchant_id: auth.merchant_id,
         filter,

@@ -85,7 +85,13 @@ pub async fn list(
     state: web::Data<AppState>,
     params: web::Query<ProductListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let listing = ProductListing::parse(&state.cursor_key, auth.merchant_id, false, &params)?;
+    let listing = ProductListing::parse(
+        &state.cursor_key,
+        auth.merchant_id,
+        false,
+        &params,
+        &state.settings.pagination,
+    )?;
     let result = state
         .reads
         .run(auth.merchant_id, products::List(listing.query.clone()))

@@ -27,7 +27,7 @@ fn cache_headers(response: &mut HttpResponse, etag: &str, cache_control: &Header
 #[utoipa::path(get, path = "/api/v1/stores/{merchant_id}/products", tag = "storefront", operation_id = "listStoreProducts",
     params(("merchant_id" = uuid::Uuid, Path), ProductListParams, crate::domain::listing::PageParams),
     responses((status = 200, body = Listing<Product>, description = "active products"),
-        (status = 400, description = "bad filter, sort or cursor; `status` is not a storefront filter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "bad filter, sort or cursor; `status` is not a storefront filter; an offset page past `pagination.max_offset`", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, response = crate::routes::responses::NotFound), (status = 503, response = crate::routes::responses::Unavailable)))]
 pub async fn list(
     state: &AppState,
@@ -35,7 +35,13 @@ pub async fn list(
     params: ProductListParams,
 ) -> Result<HttpResponse, ApiError> {
     let merchant_id = path_id(merchant)?;
-    let listing = ProductListing::parse(&state.cursor_key, merchant_id, true, &params)?;
+    let listing = ProductListing::parse(
+        &state.cursor_key,
+        merchant_id,
+        true,
+        &params,
+        &state.settings.pagination,
+    )?;
     let page = state
         .cache
         .list(&state.reads, listing, state.cursor_key.clone())

@@ -49,13 +49,12 @@ pub struct List {
 fn list_sql(q: &List) -> Result<ListSql, DbError> {
     let mut conditions = vec!["a.merchant_id = $1".to_owned()];
     let mut params: Vec<Param> = vec![Box::new(q.merchant_id)];
-    let count = match q.page {
-        Page::Offset { .. } => Some((
-            "SELECT count(*) FROM audit_log a WHERE a.merchant_id = $1".to_owned(),
-            vec![Box::new(q.merchant_id) as Param],
-        )),
-        Page::Keyset { .. } => None,
-    };
+    let count = paging::count_sql(
+        &q.page,
+        "audit_log a",
+        &conditions,
+        vec![Box::new(q.merchant_id) as Param],
+    );
     let after_key = paging::time_after(&q.page)?;
     let tail = page_tail(
         &q.page,

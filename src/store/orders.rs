@@ -159,10 +159,7 @@ pub fn list_sql(q: &OrderQuery) -> Result<ListSql, DbError> {
     let count = match q.page {
         Page::Offset { .. } => {
             let (c, p) = filters();
-            Some((
-                format!("SELECT count(*) FROM orders o WHERE {}", c.join(" AND ")),
-                p,
-            ))
+            paging::count_sql(&q.page, "orders o", &c, p)
         }
         Page::Keyset { .. } => None,
     };

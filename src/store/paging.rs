@@ -1,5 +1,6 @@
 //! What every list query shares: boxed SQL parameters, the keyset condition with the
-//! LIMIT/OFFSET tail, and fetching a page with its count.
+//! LIMIT/OFFSET tail, the count of an offset page's list (bounded: never a whole large table),
+//! and fetching a page with its count.
 
 use crate::domain::listing::Page;
 use rampart_actors::{Conn, DbError};
@@ -46,11 +47,36 @@ pub fn page_tail(
             params.push(Box::new(limit + 1));
             format!("LIMIT ${}", params.len())
         }
-        Page::Offset { page, per_page } => {
+        Page::Offset { page, per_page, .. } => {
             params.push(Box::new(*per_page));
             params.push(Box::new((page - 1) * per_page));
             format!("LIMIT ${} OFFSET ${}", params.len() - 1, params.len())
         }
+    }
+}
+
+/// For an offset page, the statement counting the rows of `FROM from WHERE conditions`, but
+/// no more than one past the page's `count_up_to` (`pagination.max_total`): enough to tell an
+/// exact total from "more than that" without reading a large table to its end. `None` for a
+/// keyset page, which has no total. The bound is a parameter, so the statement text does not
+/// vary with it.
+pub fn count_sql(
+    page: &Page,
+    from: &str,
+    conditions: &[String],
+    mut params: Vec<Param>,
+) -> Option<Sql> {
+    match *page {
+        Page::Offset { count_up_to, .. } => {
+            params.push(Box::new(count_up_to.saturating_add(1)));
+            let sql = format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {from} WHERE {} LIMIT ${}) AS counted",
+                conditions.join(" AND "),
+                params.len()
+            );
+            Some((sql, params))
+        }
+        Page::Keyset { .. } => None,
     }
 }
 
@@ -74,7 +100,8 @@ pub struct PageOf<T> {
     pub total: Option<i64>,
 }
 
-/// Runs a list's SQL: the rows of the page, whether more follow, and the total for offset pages.
+/// Runs a list's SQL: the rows of the page, whether more follow, and the total for offset pages
+/// (counted up to one past the page's `count_up_to`).
 pub async fn fetch<T>(
     client: &Conn,
     page: &Page,
@@ -101,7 +128,12 @@ pub async fn fetch<T>(
             rows.truncate(limit as usize);
             more
         }
-        Page::Offset { page, per_page } => total.is_some_and(|t| page * per_page < t),
+        // A total past the count (not exact) leaves more rows than are known of.
+        Page::Offset {
+            page,
+            per_page,
+            count_up_to,
+        } => total.is_some_and(|t| t > count_up_to || page.saturating_mul(per_page) < t),
     };
     Ok(PageOf {
         rows,

@@ -315,19 +315,13 @@ fn filters(q: &ProductQuery) -> (Vec<String>, Vec<Param>) {
 }
 
 /// The SQL the list runs: the page query (one row more than the page, to know if there is more)
-/// and, for offset pages, the count.
+/// and, for offset pages, the count (up to one past `pagination.max_total`).
 pub fn list_sql(q: &ProductQuery) -> Result<ListSql, DbError> {
     let (mut conditions, mut params) = filters(q);
     let count = match q.page {
         Page::Offset { .. } => {
             let (conditions, params) = filters(q);
-            Some((
-                format!(
-                    "SELECT count(*) FROM products WHERE {}",
-                    conditions.join(" AND ")
-                ),
-                params,
-            ))
+            paging::count_sql(&q.page, "products", &conditions, params)
         }
         Page::Keyset { .. } => None,
     };

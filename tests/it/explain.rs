@@ -95,6 +95,7 @@ async fn every_list_query_uses_an_index() {
                     Page::Offset {
                         page: 3,
                         per_page: 20,
+                        count_up_to: 10_000,
                     },
                 ] {
                     let q = ProductQuery {
@@ -133,6 +134,7 @@ async fn every_list_query_uses_an_index() {
             Page::Offset {
                 page: 2,
                 per_page: 20,
+                count_up_to: 10_000,
             },
         ] {
             let (main, params, count) = orders::list_sql(&OrderQuery {

@@ -1,5 +1,6 @@
 //! Pagination: cursors walk every row exactly once even while rows are inserted; cursors cannot
-//! be tampered with or carried elsewhere; offset pages count.
+//! be tampered with or carried elsewhere; offset pages count, within a window
+//! (`pagination.max_offset`), and their `total` only up to `pagination.max_total`.
 
 use crate::support::TestApp;
 use serde_json::{json, Value};
@@ -163,6 +164,7 @@ async fn offset_pages_carry_totals_and_the_two_styles_cannot_mix() {
         .await
         .json();
     assert_eq!(page["total"], 5);
+    assert_eq!(page["total_exact"], true);
     assert_eq!(page["page"], 2);
     assert_eq!(page["per_page"], 2);
     let skus: Vec<&str> = page["data"]
@@ -190,8 +192,239 @@ async fn offset_pages_carry_totals_and_the_two_styles_cannot_mix() {
         .json();
     assert_eq!(
         orders,
-        json!({"data": [], "page": 1, "per_page": 10, "total": 0})
+        json!({"data": [], "page": 1, "per_page": 10, "total": 0, "total_exact": true})
     );
+}
+
+/// Asserts the 400 of an offset page past the window: a problem on `page` naming cursors.
+fn past_the_window(reply: &crate::support::Reply, url: &str) {
+    let problem = reply.problem(400);
+    assert_eq!(problem["errors"][0]["field"], "page", "{url}: {problem}");
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("cursor") && detail.contains("10000"),
+        "{url}: {detail}"
+    );
+}
+
+#[actix_rt::test]
+async fn offset_pages_stop_at_the_window_on_every_list_and_name_cursors_as_the_way_on() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("Window").await;
+    for i in 0..3 {
+        app.create_product(&m, &format!("WIN{i}"), 100 + i, 1).await;
+    }
+    let lists = [
+        (format!("/api/v1/stores/{}/products", m.id), None),
+        ("/api/v1/products".to_owned(), Some(m.api_key.as_str())),
+        ("/api/v1/orders".to_owned(), Some(m.api_key.as_str())),
+        ("/api/v1/audit".to_owned(), Some(m.api_key.as_str())),
+    ];
+    let app = &app;
+    for (list, key) in &lists {
+        let get = |query: String| {
+            let url = format!("{list}?{query}");
+            async move {
+                let reply = match key {
+                    Some(k) => app.get_as(k, &url).await,
+                    None => app.get(&url).await,
+                };
+                (url, reply)
+            }
+        };
+        // The last pages inside the default window (10,000 rows): their first row is 9,999 or
+        // 9,980 or 9,900 deep.
+        for query in [
+            "page=10000&per_page=1",
+            "page=500&per_page=20",
+            "page=100&per_page=100",
+        ] {
+            let (url, reply) = get(query.to_owned()).await;
+            assert_eq!(
+                reply.status,
+                200,
+                "{url}: {}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            let body = reply.json();
+            assert_eq!(body["data"], json!([]), "{url}");
+            assert_eq!(body["total_exact"], true, "{url}");
+        }
+        // One row further, and page numbers whose offset overflows 64 bits, or the page itself.
+        for query in [
+            "page=10001&per_page=1",
+            "page=501&per_page=20",
+            "page=101&per_page=100",
+            "page=1000001",
+            "page=9999999999999&per_page=100",
+            "page=9223372036854775807&per_page=100",
+            "page=9223372036854775808",
+            "page=18446744073709551615&per_page=100",
+            "page=99999999999999999999999999999",
+        ] {
+            let (url, reply) = get(query.to_owned()).await;
+            past_the_window(&reply, &url);
+        }
+        // Not a page number at all: still a 400 on `page`.
+        for query in ["page=0", "page=-1", "page=abc"] {
+            let (url, reply) = get(query.to_owned()).await;
+            assert_eq!(reply.problem(400)["errors"][0]["field"], "page", "{url}");
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_total_past_max_total_is_that_number_and_not_exact() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.pagination.max_total = 5;
+            s.pagination.max_offset = 6;
+        })
+        .spawn()
+        .await;
+    let m = app.create_merchant("Counted").await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let p = app.create_product(&m, &format!("C{i}"), 100 + i, 10).await;
+        ids.push(p["id"].as_str().expect("id").to_owned());
+    }
+    let store = format!("/api/v1/stores/{}/products", m.id);
+    let merchant = |q: &str| format!("/api/v1/products?{q}");
+    let storefront = |q: &str| format!("{store}?{q}");
+    // 8 rows, counted up to 5.
+    for (url, key) in [
+        (merchant("page=1&per_page=2&sort=price"), Some(&m.api_key)),
+        (storefront("page=1&per_page=2&sort=price"), None),
+    ] {
+        let reply = match key {
+            Some(k) => app.get_as(k, &url).await,
+            None => app.get(&url).await,
+        };
+        let body = reply.json();
+        assert_eq!(body["total"], 5, "{url}: {body}");
+        assert_eq!(body["total_exact"], false, "{url}: {body}");
+        assert_eq!(body["data"].as_array().expect("data").len(), 2, "{url}");
+    }
+    // The window is 6 rows deep: rows 4 and 5 are the last page of two; page 4 starts at row 6.
+    let last = app
+        .get(&storefront("page=3&per_page=2&sort=price"))
+        .await
+        .json();
+    let skus: Vec<&str> = last["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|p| p["sku"].as_str().expect("sku"))
+        .collect();
+    assert_eq!(skus, vec!["C4", "C5"]);
+    let url = storefront("page=4&per_page=2&sort=price");
+    let problem = app.get(&url).await.problem(400);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("cursor")),
+        "{problem}"
+    );
+    // 3 rows match (prices 105 to 107): exact; and exactly 5 is exact too.
+    for (q, total) in [("min_price=105", 3), ("max_price=104", 5)] {
+        for url in [
+            merchant(&format!("page=1&per_page=2&{q}")),
+            storefront(&format!("page=1&per_page=2&{q}")),
+        ] {
+            let body = if url.starts_with("/api/v1/stores") {
+                app.get(&url).await.json()
+            } else {
+                app.get_as(&m.api_key, &url).await.json()
+            };
+            assert_eq!(body["total"], total, "{url}: {body}");
+            assert_eq!(body["total_exact"], true, "{url}: {body}");
+        }
+    }
+    // Orders: 6 counted up to 5, then the 3 of them that are paid (a filter) exactly.
+    let mut orders = Vec::new();
+    for id in ids.iter().take(6) {
+        let reply = app
+            .checkout(
+                &m.id,
+                &json!({"customer_email": "c@example.com", "items": [{"product_id": id, "quantity": 1}]}),
+                None,
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        orders.push(reply.json()["id"].as_str().expect("id").to_owned());
+    }
+    let body = app
+        .get_as(&m.api_key, "/api/v1/orders?page=1&per_page=2")
+        .await
+        .json();
+    assert_eq!(
+        (body["total"].clone(), body["total_exact"].clone()),
+        (json!(5), json!(false)),
+        "{body}"
+    );
+    for id in orders.iter().take(3) {
+        let reply = app
+            .post_json(
+                &format!("/api/v1/orders/{id}/status"),
+                Some(&m.api_key),
+                &json!({"status": "paid"}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let body = app
+        .get_as(&m.api_key, "/api/v1/orders?page=1&per_page=2&status=paid")
+        .await
+        .json();
+    assert_eq!(
+        (body["total"].clone(), body["total_exact"].clone()),
+        (json!(3), json!(true)),
+        "{body}"
+    );
+}
+
+/// Every offset page schema in the OpenAPI document carries `total_exact`, required.
+fn offset_schemas(value: &Value, found: &mut Vec<Value>) {
+    match value {
+        Value::Object(map) => {
+            if map
+                .get("properties")
+                .is_some_and(|p| p.get("per_page").is_some())
+            {
+                found.push(value.clone());
+            }
+            map.values().for_each(|v| offset_schemas(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| offset_schemas(v, found)),
+        _ => {}
+    }
+}
+
+#[actix_rt::test]
+async fn the_openapi_offset_pages_carry_total_exact() {
+    let app = TestApp::spawn().await;
+    let doc = app.get("/api-docs/openapi.json").await.json();
+    let mut found = Vec::new();
+    offset_schemas(&doc, &mut found);
+    assert!(found.len() >= 3, "{found:?}");
+    for schema in found {
+        assert_eq!(
+            schema["properties"]["total_exact"]["type"], "boolean",
+            "{schema}"
+        );
+        let required = schema["required"].as_array().expect("required");
+        assert!(required.contains(&json!("total_exact")), "{schema}");
+    }
 }
 
 /// Prepared statements of the (single) pooled session: in PostgreSQL and in the process.
@@ -236,6 +469,7 @@ async fn ten_thousand_distinct_pages_leave_the_prepared_statements_per_connectio
                 Page::Offset {
                     page: 1 + n / 2,
                     per_page: 1 + n % 100,
+                    count_up_to: 10_000,
                 }
             } else {
                 Page::Keyset {
