@@ -18,10 +18,13 @@
 //!   write was under way, at most `RECORD_AT_MOST` a write; no claims while more wait), and
 //!   claims and outcomes commit without waiting for the WAL flush ([`ASYNC_COMMIT`] says why
 //!   that is safe).
-//! - **In the claim.** A kind whose work is writes to this database, or short and harmless to
-//!   repeat ([`ClaimRunner`]), runs inside the transaction that claims its jobs: claim, work and
-//!   outcome commit together or not at all, and that transaction is the lease (`in_claim`
-//!   says how it is bounded and renewed).
+//! - **In the claim.** A kind whose work is writes to this database ([`ClaimRunner`]) runs
+//!   inside the transaction that claims its jobs: claim, work and outcome commit together or not
+//!   at all, and that transaction is the lease (`in_claim` says how it is bounded and renewed).
+//! - **Effects apart.** A kind whose work leaves the service (a mail, [`Effect`]) is never run
+//!   inside a transaction that can roll back: its batch is claimed under a committed lease, and
+//!   each effect is made and its outcome recorded before the next (`effects`), so a graceful
+//!   stop repeats none and a crash at most the one in flight per run.
 //! - **Retries.** A failure is retried after exponential backoff with full jitter; after
 //!   `max_attempts` the job is `dead`. A [`JobFailure::Deferred`] (the destination's circuit is
 //!   open) moves the job later without spending an attempt.
@@ -32,20 +35,22 @@
 //!   instances wake too; they `LISTEN` on a connection of their own. While a queue's next claim
 //!   is already scheduled (busy), commits send no wake-up ([`JobsBoard::wake_needed`]). Polling
 //!   every `poll_interval` covers a lost notification or a broken listener.
-//! - **Shutdown.** [`Stop`](crate::Stop) stops claiming, lets running jobs finish for up to `drain`, then
-//!   gives back what it still holds (not counted as an attempt).
+//! - **Shutdown.** [`Stop`](crate::Stop) stops claiming and starting effects, lets running jobs
+//!   finish and their outcomes be written for up to `drain`, then gives back what it still
+//!   holds (not counted as an attempt).
 //!
 //! The database work goes through the [`Db`](crate::Db) actor like any other command, so the jobs share
 //! PostgreSQL's circuit, deadlines and backpressure with the requests.
 //!
 //! The modules: what a kind provides (`runner`), the settings (`settings`), the counters ops read
 //! (`board`), claiming (`claim`) and running in the claim (`in_claim`), the leases of runs apart
-//! (`lease`), outcomes and retries (`outcome`), wake-ups (`wake`), queue health (`health`), and
+//! (`lease`), runs of effects (`effects`), outcomes and retries (`outcome`), wake-ups (`wake`), queue health (`health`), and
 //! the actor that ties them (`dispatcher`).
 
 mod board;
 mod claim;
 mod dispatcher;
+mod effects;
 mod health;
 mod in_claim;
 mod lease;
@@ -61,6 +66,6 @@ pub use claim::ASYNC_COMMIT;
 pub use dispatcher::Jobs;
 pub use health::{QueueHealth, ReadQueueHealth};
 pub use outcome::backoff;
-pub use runner::{ClaimRunner, ClaimedJob, InClaim, JobFailure, JobRunner, Runners};
+pub use runner::{ClaimRunner, ClaimedJob, Effect, InClaim, JobFailure, JobRunner, Runners};
 pub use settings::{Busy, JobsSettings};
 pub use wake::{Wake, CHANNEL};

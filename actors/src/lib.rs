@@ -70,8 +70,8 @@ pub use db::{
 };
 pub use gcra::{Decision, Gcra};
 pub use jobs::{
-    Busy, ClaimRunner, ClaimedJob, InClaim, JobFailure, JobRunner, Jobs, JobsBoard, JobsSettings,
-    QueueCounts, QueueHealth, ReadQueueHealth, Runners, Wake,
+    Busy, ClaimRunner, ClaimedJob, Effect, InClaim, JobFailure, JobRunner, Jobs, JobsBoard,
+    JobsSettings, QueueCounts, QueueHealth, ReadQueueHealth, Runners, Wake,
 };
 pub use limiter::{ClassSnapshot, LimitClass, Limiter, LimiterSnapshot, RateLimits, Verdict};
 pub use memory::{

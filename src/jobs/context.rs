@@ -5,7 +5,7 @@ use futures_util::future::LocalBoxFuture;
 use rampart_actors::{BreakerBoard, Breakers, ClaimedJob, Db, DbError, Handle, JobFailure};
 use std::sync::Arc;
 
-/// The most mail, analytics or audit jobs one run takes. A run costs a claim (planned for each
+/// The most analytics or audit jobs one run takes. A run costs a claim (planned for each
 /// call), a transaction and a statement or two beyond its rows; while requests are busy a queue
 /// claims four times a second, so this is also what a queue can take per second then (1,024:
 /// more than the checkouts write, 700-900 a second in bench runs).

@@ -1,39 +1,69 @@
-//! `order_email`: the customer's confirmation and status mails, through SMTP (lettre) behind
-//! the `smtp` circuit, or as `.eml` files under `email.outbox_dir` when `email.smtp_url` is
-//! unset. The Message-ID is one per event and order, so a repeated run repeats the same message
-//! (and overwrites the same file).
+//! `order_email`: the customer's confirmation and status mails, through SMTP (lettre, pooled
+//! connections) behind the `smtp` circuit, or as `.eml` files under `email.outbox_dir` when
+//! `email.smtp_url` is unset.
+//!
+//! A mail is an external effect: it runs apart under a committed lease, never inside a
+//! transaction that could roll back after it was sent ([`JobRunner::effects`]). A batch's orders
+//! are read in one statement and its mails composed together; then each mail is sent, and its
+//! outcome recorded, before the next. The Message-ID is the job's (`<job-id@rampart>`), so a
+//! repeat after a crash is the same message to the relay and the customer, and the outbox's file
+//! is named by the job too (a repeat replaces it).
 
-use crate::jobs::context::{field, retry, JobContext, BATCH};
-use crate::store::orders::{self, Order};
-use deadpool_postgres::Transaction;
+use crate::jobs::context::{field, retry, JobContext};
+use crate::store::orders::{self, Order, OrderRows};
 use futures_util::future::LocalBoxFuture;
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use rampart_actors::{BreakerSettings, Circuit, ClaimRunner, ClaimedJob, DbError, JobFailure};
+use rampart_actors::{
+    BreakerSettings, Circuit, ClaimedJob, Conn, DbCommand, DbError, Effect, JobFailure, JobRunner,
+};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
 pub struct OrderEmail {
     ctx: JobContext,
-    smtp: Option<(AsyncSmtpTransport<Tokio1Executor>, Circuit)>,
+    smtp: Option<Smtp>,
 }
 
+/// The most mails one run takes: read and composed together, then sent one by one (each outcome
+/// recorded before the next). A run holds its jobs under a lease renewed while it lasts; a
+/// graceful stop hands back the ones it has not started.
+const BATCH: usize = 32;
+
+/// How long connecting to the relay may take, and a whole send (a pooled connection's check,
+/// the envelope, the message and its answer): past it the send is a failure that spends an
+/// attempt (lettre bounds only the connect).
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl OrderEmail {
     pub fn new(ctx: JobContext) -> Self {
         let smtp = ctx.settings.email.smtp_url.as_ref().and_then(|url| {
-            let transport = transport(url.expose())
+            let builder = transport(url.expose())
                 .map_err(|e| tracing::error!(error = %e, "email.smtp_url is unusable: mails wait"))
                 .ok()?;
             let circuit = ctx
                 .breakers
                 .get("smtp")
                 .unwrap_or_else(|| ctx.breakers.register("smtp", breaker(&ctx)));
-            Some((transport, circuit))
+            // One connection per send at once: the email queue's concurrency.
+            let connections = ctx
+                .settings
+                .jobs
+                .concurrency
+                .get(crate::jobs::kinds::ORDER_EMAIL.queue)
+                .copied()
+                .unwrap_or(1)
+                .max(1);
+            Some(Smtp {
+                builder: builder.pool_config(PoolConfig::new().max_size(connections)),
+                transport: Arc::default(),
+                circuit,
+            })
         });
         Self { ctx, smtp }
     }
@@ -44,7 +74,7 @@ fn breaker(ctx: &JobContext) -> BreakerSettings {
 }
 
 /// `smtp://[user:password@]host[:port]` (plain SMTP, port 25 by default).
-fn transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+fn transport(url: &str) -> Result<AsyncSmtpTransportBuilder, String> {
     let url = url::Url::parse(url).map_err(|e| e.to_string())?;
     if url.scheme() != "smtp" {
         return Err(format!("scheme {} (expected smtp)", url.scheme()));
@@ -59,39 +89,116 @@ fn transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
             url.password().unwrap_or_default().to_owned(),
         ));
     }
-    Ok(builder.build())
+    Ok(builder)
 }
 
-impl ClaimRunner for OrderEmail {
-    fn batch(&self) -> usize {
-        BATCH
+/// The relay: one transport, its pool of connections reused by every send, built on first use
+/// (on the jobs' thread, where its connections and their idle sweep live), and built again after
+/// a send outlasted its bound (that send's connection may still owe an answer: it must not go
+/// back into use).
+#[derive(Clone)]
+struct Smtp {
+    builder: AsyncSmtpTransportBuilder,
+    transport: Arc<Mutex<Option<Arc<AsyncSmtpTransport<Tokio1Executor>>>>>,
+    circuit: Circuit,
+}
+
+impl Smtp {
+    fn transport(&self) -> Arc<AsyncSmtpTransport<Tokio1Executor>> {
+        let mut held = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(held.get_or_insert_with(|| Arc::new(self.builder.clone().build())))
     }
 
-    /// The batch's orders in one read and each mail composed, then sent one by one through SMTP
-    /// or written to the outbox together.
-    fn apply<'a>(
-        &'a self,
-        tx: &'a Transaction<'_>,
-        jobs: &'a [ClaimedJob],
-    ) -> LocalBoxFuture<'a, Result<Vec<Result<(), JobFailure>>, DbError>> {
+    /// Retires `used` (if it is still the shared transport): the next send builds another.
+    fn retire(&self, used: &Arc<AsyncSmtpTransport<Tokio1Executor>>) {
+        let mut held = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        if held.as_ref().is_some_and(|t| Arc::ptr_eq(t, used)) {
+            *held = None;
+        }
+    }
+
+    /// Sends `message` behind the circuit, within [`SMTP_TIMEOUT`].
+    async fn send(self, message: Message) -> Result<(), JobFailure> {
+        let call = self.circuit.try_call().map_err(|open| {
+            JobFailure::Deferred(open.retry_after, "the SMTP circuit is open".into())
+        })?;
+        let transport = self.transport();
+        match tokio::time::timeout(SMTP_TIMEOUT, transport.send(message)).await {
+            Ok(Ok(_)) => {
+                call.succeeded();
+                Ok(())
+            }
+            Ok(Err(e)) if e.is_permanent() => {
+                call.succeeded();
+                Err(JobFailure::Permanent(format!("SMTP refused the mail: {e}")))
+            }
+            Ok(Err(e)) => {
+                call.failed();
+                Err(JobFailure::Retry(format!("SMTP: {e}")))
+            }
+            Err(_) => {
+                call.failed();
+                self.retire(&transport);
+                Err(JobFailure::Retry(format!(
+                    "SMTP: no answer within {SMTP_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// The orders of a batch of mails, in one read, waited for as long as the dispatcher waits for
+/// its own commands (its jobs are leased meanwhile): a failed read costs each mail an attempt.
+struct ReadOrders(Vec<Uuid>);
+
+const READ_WAIT: Duration = Duration::from_secs(10);
+
+impl DbCommand for ReadOrders {
+    type Output = OrderRows;
+
+    async fn run(self, conn: &mut Conn) -> Result<OrderRows, DbError> {
+        orders::get_many(&**conn, &self.0).await
+    }
+}
+
+/// A job's mail as its payload names it: the event, the order, the merchant.
+type Named = (String, Uuid, Uuid);
+
+fn parse(job: &ClaimedJob) -> Result<Named, JobFailure> {
+    let merchant = job
+        .merchant_id
+        .ok_or_else(|| JobFailure::Permanent("email job without merchant".into()))?;
+    Ok((field(job, "event")?, field(job, "order_id")?, merchant))
+}
+
+impl OrderEmail {
+    /// The batch's orders in one read and each mail composed; then, through SMTP, one send per
+    /// mail to be made, or, to the outbox, every file written at once (settled: a file written
+    /// whole again is the same file).
+    fn prepare(&self, jobs: &[ClaimedJob]) -> LocalBoxFuture<'static, Vec<Effect>> {
+        let parsed: Vec<(Uuid, Result<Named, JobFailure>)> =
+            jobs.iter().map(|job| (job.id, parse(job))).collect();
+        let (db, smtp) = (self.ctx.db.clone(), self.smtp.clone());
+        let (from, outbox) = (
+            self.ctx.settings.email.from.clone(),
+            self.ctx.settings.email.outbox_dir.clone(),
+        );
         Box::pin(async move {
-            let parsed: Vec<Result<(String, Uuid, Uuid), JobFailure>> = jobs
-                .iter()
-                .map(|job| {
-                    let merchant = job.merchant_id.ok_or_else(|| {
-                        JobFailure::Permanent("email job without merchant".into())
-                    })?;
-                    Ok((field(job, "event")?, field(job, "order_id")?, merchant))
-                })
-                .collect();
+            let n = parsed.len();
             let ids: Vec<Uuid> = parsed
                 .iter()
-                .filter_map(|p| p.as_ref().ok())
+                .filter_map(|(_, p)| p.as_ref().ok())
                 .map(|p| p.1)
                 .collect();
-            let rows = orders::get_many(tx, &ids).await?;
-            let from = self.ctx.settings.email.from.clone();
-            let n = parsed.len();
+            let rows = match db.run_within(ReadOrders(ids), READ_WAIT).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let failure = retry(e);
+                    return (0..n)
+                        .map(|_| Effect::Settled(Err(failure.clone())))
+                        .collect();
+                }
+            };
             let compose_all = move || -> Vec<Result<(String, Message), JobFailure>> {
                 // Once a batch: a malformed sender fails each of its mails alike.
                 let from: Result<Mailbox, JobFailure> = from
@@ -103,7 +210,7 @@ impl ClaimRunner for OrderEmail {
                 };
                 parsed
                     .into_iter()
-                    .map(|job| {
+                    .map(|(job_id, job)| {
                         let (event, order_id, merchant) = job?;
                         let Some((_, store, order)) =
                             orders.get(&order_id).filter(|o| o.0 == merchant)
@@ -112,51 +219,47 @@ impl ClaimRunner for OrderEmail {
                                 "order {order_id} not found"
                             )));
                         };
-                        let id = format!("{}.{order_id}@rampart", event.replace('.', "-"));
-                        let message = compose(from.clone()?, store, order, &event, &id)?;
-                        Ok((id, message))
+                        let message = compose(from.clone()?, store, order, &event, job_id)?;
+                        Ok((job_id.to_string(), message))
                     })
                     .collect()
             };
-            let Some((transport, circuit)) = self.smtp.as_ref() else {
-                let outbox = self.ctx.settings.email.outbox_dir.clone();
-                return Ok(off_the_db_thread(n, move || write_emls(&outbox, compose_all())).await);
+            let Some(smtp) = smtp else {
+                let written =
+                    on_the_blocking_pool(n, move || write_emls(&outbox, compose_all())).await;
+                return written.into_iter().map(Effect::Settled).collect();
             };
-            let composed = off_the_db_thread(n, compose_all).await;
-            let mut results = Vec::with_capacity(composed.len());
-            for mail in composed {
-                results.push(match mail {
-                    Ok((_, message)) => send(transport, circuit, message).await,
-                    Err(e) => Err(e),
-                });
-            }
-            Ok(results)
+            on_the_blocking_pool(n, compose_all)
+                .await
+                .into_iter()
+                .map(|mail| match mail {
+                    Ok((_, message)) => Effect::Pending(Box::pin(smtp.clone().send(message))),
+                    Err(e) => Effect::Settled(Err(e)),
+                })
+                .collect()
         })
     }
 }
 
-/// Sends `message` through SMTP behind its circuit.
-async fn send(
-    transport: &AsyncSmtpTransport<Tokio1Executor>,
-    circuit: &Circuit,
-    message: Message,
-) -> Result<(), JobFailure> {
-    let call = circuit.try_call().map_err(|open| {
-        JobFailure::Deferred(open.retry_after, "the SMTP circuit is open".into())
-    })?;
-    match transport.send(message).await {
-        Ok(_) => {
-            call.succeeded();
-            Ok(())
-        }
-        Err(e) if e.is_permanent() => {
-            call.succeeded();
-            Err(JobFailure::Permanent(format!("SMTP refused the mail: {e}")))
-        }
-        Err(e) => {
-            call.failed();
-            Err(JobFailure::Retry(format!("SMTP: {e}")))
-        }
+impl JobRunner for OrderEmail {
+    /// One mail alone (the dispatcher makes a batch's through [`JobRunner::effects`]).
+    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
+        let prepared = self.prepare(std::slice::from_ref(&job));
+        Box::pin(async move {
+            match prepared.await.pop() {
+                Some(Effect::Settled(result)) => result,
+                Some(Effect::Pending(send)) => send.await,
+                None => Err(JobFailure::Retry("no mail was prepared".into())),
+            }
+        })
+    }
+
+    fn batch(&self) -> usize {
+        BATCH
+    }
+
+    fn effects(&self, jobs: &[ClaimedJob]) -> Option<LocalBoxFuture<'static, Vec<Effect>>> {
+        Some(self.prepare(jobs))
     }
 }
 
@@ -165,7 +268,7 @@ fn compose(
     store: &str,
     order: &Order,
     event: &str,
-    message_id: &str,
+    job_id: Uuid,
 ) -> Result<Message, JobFailure> {
     let to: Mailbox = order
         .customer_email
@@ -202,11 +305,16 @@ fn compose(
     Message::builder()
         .from(from)
         .to(to)
-        .message_id(Some(format!("<{message_id}>")))
+        .message_id(Some(message_id(job_id)))
         .subject(format!("Order #{} at {store} {what}", order.number))
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| JobFailure::Permanent(format!("composing the mail: {e}")))
+}
+
+/// A mail's Message-ID: its job's, the same on every run of the job.
+fn message_id(job_id: Uuid) -> String {
+    format!("<{job_id}@rampart>")
 }
 
 fn cents(v: i64) -> String {
@@ -215,9 +323,9 @@ fn cents(v: i64) -> String {
 
 /// Runs `work`, one result per mail of a batch of `n`, in one trip to the blocking pool (each
 /// a retry if the pool could not run it). Composing and writing mails there keeps them off the
-/// database actor's thread, which drives every request's statements (a batch of mails held it
-/// for milliseconds); one trip rather than one per mail spares a thread wake-up each.
-async fn off_the_db_thread<T: Send + 'static>(
+/// jobs' thread, which drives every run's sends and leases; one trip rather than one per mail
+/// spares a thread wake-up each.
+async fn on_the_blocking_pool<T: Send + 'static>(
     n: usize,
     work: impl FnOnce() -> Vec<Result<T, JobFailure>> + Send + 'static,
 ) -> Vec<Result<T, JobFailure>> {
@@ -230,7 +338,7 @@ async fn off_the_db_thread<T: Send + 'static>(
         })
 }
 
-/// Writes the batch's composed mails to the outbox: one result per mail.
+/// Writes the batch's composed mails to the outbox (`<job id>.eml`): one result per mail.
 fn write_emls(
     dir: &Path,
     mails: Vec<Result<(String, Message), JobFailure>>,
@@ -242,27 +350,8 @@ fn write_emls(
             let (id, message) = mail?;
             made.clone()
                 .map_err(std::io::Error::other)
-                .and_then(|()| {
-                    write_whole(
-                        dir,
-                        &format!("{}.eml", file_name(&id)),
-                        &message.formatted(),
-                    )
-                })
+                .and_then(|()| write_whole(dir, &format!("{id}.eml"), &message.formatted()))
                 .map_err(|e| JobFailure::Retry(format!("writing the .eml file: {e}")))
-        })
-        .collect()
-}
-
-/// The file name of a Message-ID: letters, digits, `-` and `.` kept, anything else `_`.
-fn file_name(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
         })
         .collect()
 }

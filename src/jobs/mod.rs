@@ -6,7 +6,7 @@
 //!
 //! | kind              | queue       | attempts             | why running twice is harmless                                  |
 //! |-------------------|-------------|----------------------|----------------------------------------------------------------|
-//! | `order_email`     | `email`     | `jobs.max_attempts`  | one Message-ID per event and order (the same `.eml` file)      |
+//! | `order_email`     | `email`     | `jobs.max_attempts`  | the job id is the Message-ID and the `.eml` file's name        |
 //! | `webhook`         | `webhooks`  | `jobs.max_attempts`  | one event id per event, kept across retries: receivers dedupe  |
 //! | `order_sms`       | `sms`       | `jobs.max_attempts`  | the job id is the message's: one file name, `Idempotency-Key`  |
 //! | `sales_report`    | `reports`   | 3                    | rebuilds the same report row from the same orders              |
@@ -16,9 +16,12 @@
 //!
 //! An order's email, webhook and analytics jobs share its id as ordering key: they follow the
 //! order's events in order. Analytics and audit run in batches (up to [`context::BATCH`] jobs in one
-//! statement): a job each was as much database work as the checkout that wrote it. Mail,
-//! analytics and audit run in their claim ([`InClaim`]): claim, work and outcome are one
-//! transaction, their database work is done exactly once, and a job done leaves the table.
+//! statement): a job each was as much database work as the checkout that wrote it. Analytics
+//! and audit run in their claim ([`InClaim`]): claim, work and outcome are one transaction,
+//! their database work is done exactly once, and a job done leaves the table. Mail is an
+//! external effect, never made inside a transaction that can roll back: its jobs are claimed in
+//! batches under a committed lease, and each mail sent and its outcome recorded before the next
+//! ([`rampart_actors::Effect`]).
 //! Webhooks (slow receivers behind their hosts' circuits), SMS (a provider behind its circuit,
 //! or files; an order's SMS share its id as ordering key too) and reports (long, their progress
 //! shown) run apart.
@@ -48,10 +51,7 @@ pub fn runners(ctx: JobContext) -> Runners {
     let mut add = |kind: &Kind, runner: Arc<dyn JobRunner>| {
         runners.insert(kind.name.to_owned(), (runner, kind.queue.to_owned()));
     };
-    add(
-        &ORDER_EMAIL,
-        Arc::new(InClaim(email::OrderEmail::new(ctx.clone()))),
-    );
+    add(&ORDER_EMAIL, Arc::new(email::OrderEmail::new(ctx.clone())));
     add(&WEBHOOK, Arc::new(webhook::Webhook::new(ctx.clone())));
     add(&ORDER_SMS, Arc::new(sms::OrderSms::new(ctx.clone())));
     add(&SALES_REPORT, Arc::new(reports::SalesReport(ctx.clone())));

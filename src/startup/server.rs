@@ -138,7 +138,11 @@ pub fn serve(
         .keep_alive(Duration::from_secs(settings.server.keep_alive_secs))
         .max_connections(settings.server.max_connections)
         .backlog(4096)
-        .shutdown_timeout(settings.server.shutdown_timeout_secs);
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        // Signals are `main`'s: actix-server's own SIGTERM handling stops the whole actix
+        // System shortly after the HTTP server, cutting off the actors' shutdown (the jobs' drain
+        // and hand-back) halfway.
+        .disable_signals();
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);
     }

@@ -376,10 +376,9 @@ async fn the_confirmation_and_status_mails_reach_a_real_smtp_server() {
     assert!(mails[1].data.contains("is now paid"), "{}", mails[1].data);
 }
 
-/// A mail runs in its claim, and a mail server slower than the transaction's idle limit does
-/// not end the run: the run renews its lease while it waits, so the mail goes out once and the
-/// job succeeds at its first attempt. The limit here is the sessions' own (1 s), shorter than
-/// the lease (60 s): the run keeps within the shorter.
+/// A mail is sent outside any transaction, under its job's committed lease: a mail server
+/// slower than the sessions' idle limit (1 s) ends nothing, the mail goes out once and the job
+/// succeeds at its first attempt.
 #[actix_rt::test]
 async fn a_mail_server_slower_than_the_idle_limit_gets_the_mail_once() {
     let sink = SmtpSink::answering_after(Duration::from_millis(2500)).await;
@@ -395,8 +394,16 @@ async fn a_mail_server_slower_than_the_idle_limit_gets_the_mail_once() {
     let merchant = app.create_merchant("Slow Mail").await;
     let product = app.create_product(&merchant, "SLOW-1", 500, 5).await;
     buy(&app, &merchant, &product, 1).await;
-    all_done_in_their_claim(&app, "order_email").await;
-    assert_eq!(sink.mails().len(), 1, "sent once, its run committed");
+    a_job_is(&app, "order_email", "succeeded").await;
+    assert_eq!(sink.mails().len(), 1, "sent once");
+    let attempts: i32 = app
+        .sql()
+        .await
+        .query_one("SELECT attempts FROM jobs WHERE kind = 'order_email'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1);
 }
 
 #[actix_rt::test]
@@ -411,11 +418,14 @@ async fn without_smtp_the_mails_are_eml_files_in_the_outbox() {
     let product = app.create_product(&merchant, "EML-1", 700, 5).await;
     let sql = app.sql().await;
     keep_copies_of_jobs(&sql).await;
-    let order = buy(&app, &merchant, &product, 1).await;
-    let file = dir.join(format!(
-        "order-created.{}_rampart.eml",
-        order["id"].as_str().unwrap()
-    ));
+    buy(&app, &merchant, &product, 1).await;
+    // Named by the job, as its Message-ID is.
+    let job: uuid::Uuid = sql
+        .query_one("SELECT id FROM jobs WHERE kind = 'order_email'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let file = dir.join(format!("{job}.eml"));
     wait_until(
         "the .eml file is written",
         Duration::from_secs(20),
@@ -425,6 +435,10 @@ async fn without_smtp_the_mails_are_eml_files_in_the_outbox() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("To: buyer@example.com"), "{text}");
     assert!(text.contains("is confirmed"), "{text}");
+    assert!(
+        text.contains(&format!("Message-ID: <{job}@rampart>")),
+        "{text}"
+    );
     // Running the job again writes the same file, not a second one.
     all_jobs_finished(&app).await;
     assert_eq!(run_again(&sql, "order_email").await, 1);
@@ -913,7 +927,7 @@ async fn two_instances_dispatching_from_one_database_run_every_job_once() {
     }
     futures_util::future::join_all(checkouts).await;
     all_jobs_finished(&first).await;
-    // The webhooks stay `succeeded`; mail, analytics and audit leave the queue with their work.
+    // Mail and webhooks stay `succeeded`; analytics and audit leave the queue with their work.
     let row = first
         .sql()
         .await
@@ -931,7 +945,11 @@ async fn two_instances_dispatching_from_one_database_run_every_job_once() {
             row.get::<_, i64>(1),
             row.get::<_, i64>(2)
         ),
-        ("webhook:succeeded=40".to_owned(), 40, 40),
+        (
+            "order_email:succeeded=40 webhook:succeeded=40".to_owned(),
+            40,
+            40
+        ),
         "every order's webhook, audit entry and analytics"
     );
     let (a, b) = (
@@ -1095,8 +1113,8 @@ async fn after_a_killed_service_and_a_crashed_postgres_every_acknowledged_orders
             "acknowledged order {id} committed"
         );
     }
-    // Every job of every committed order done, none lost, none dead: its webhook `succeeded`,
-    // and its mail (counted below), analytics and audit entry done and gone from the queue.
+    // Every job of every committed order done, none lost, none dead: its mail (its file counted
+    // below) and webhook `succeeded`, its analytics and audit entry done and gone from the queue.
     let rows = sql
         .query(
             "SELECT o.id::text,
@@ -1117,8 +1135,12 @@ async fn after_a_killed_service_and_a_crashed_postgres_every_acknowledged_orders
                 r.get::<_, i64>(2),
                 r.get::<_, i64>(3)
             ),
-            (Some("webhook:succeeded".to_owned()), 1, 1),
-            "order {id}: its webhook, analytics and audit entry"
+            (
+                Some("order_email:succeeded webhook:succeeded".to_owned()),
+                1,
+                1
+            ),
+            "order {id}: its mail, webhook, analytics and audit entry"
         );
     }
     // Nothing ran for an order that does not exist (a rolled-back checkout writes no job).
@@ -1255,4 +1277,203 @@ async fn a_redirect_is_not_followed_and_the_delivery_is_retried() {
     );
     receiver.stop().await;
     elsewhere.stop().await;
+}
+
+/// How the instance sending the mails is interrupted.
+#[derive(Clone, Copy, PartialEq)]
+enum Interruption {
+    /// SIGTERM: a graceful stop.
+    Terminate,
+    /// SIGKILL: a crash.
+    Kill,
+}
+
+/// A mail's Message-ID header.
+fn message_id(mail: &crate::receivers::Mail) -> String {
+    mail.data
+        .lines()
+        .find_map(|line| line.strip_prefix("Message-ID: "))
+        .unwrap_or_else(|| panic!("a Message-ID in {}", mail.data))
+        .trim()
+        .to_owned()
+}
+
+/// What a run of mails through a slow relay came to when its instance was interrupted after the
+/// relay had taken three of them, and another instance was started.
+struct Interrupted {
+    /// Per customer, the Message-ID of each mail the relay took, in order.
+    mails: BTreeMap<String, Vec<String>>,
+    /// Per customer, the Message-ID their mail's job gives it.
+    expected: BTreeMap<String, String>,
+    /// The Message-IDs the relay had taken whose job was not recorded done when the first
+    /// instance was gone: the mails in flight.
+    in_flight: std::collections::BTreeSet<String>,
+    /// How many the relay had taken by then.
+    before: usize,
+}
+
+/// 24 orders, each a customer of its own, their mails waiting; an instance of its own (a real
+/// process) sends them through a relay that takes 0.25 s to accept each message; after the
+/// relay has taken the third it is interrupted, and another instance starts and sends the rest.
+async fn mails_interrupted_by(interruption: Interruption) -> Interrupted {
+    let sink = SmtpSink::answering_after(Duration::from_millis(250)).await;
+    // The in-process instance sets up and reads; it dispatches nothing.
+    let app = TestApp::builder()
+        .configure(|s| s.jobs.enabled = false)
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("Relay Shop").await;
+    let product = app.create_product(&merchant, "RELAY-1", 100, 100).await;
+    for n in 0..24 {
+        let body = json!({"customer_email": format!("customer{n}@example.com"),
+            "items": [{"product_id": product["id"], "quantity": 1}]});
+        let reply = app.checkout(&merchant.id, &body, None).await;
+        assert_eq!(reply.status, 201);
+    }
+    let sql = app.sql().await;
+    let expected: BTreeMap<String, String> = sql
+        .query(
+            "SELECT '<' || o.customer_email || '>', '<' || j.id || '@rampart>' FROM jobs j
+             JOIN orders o ON o.id::text = j.payload->>'order_id' WHERE j.kind = 'order_email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(expected.len(), 24);
+    let log = std::env::temp_dir().join(format!("rampart-relay-{}.log", uuid::Uuid::new_v4()));
+    let env = [
+        ("RAMPART__JOBS__ENABLED", "true"),
+        ("RAMPART__JOBS__POLL_INTERVAL_MS", "100"),
+        ("RAMPART__JOBS__LEASE_SECS", "2"),
+        ("RAMPART__JOBS__BACKOFF_BASE_MS", "50"),
+        ("RAMPART__JOBS__BACKOFF_MAX_MS", "300"),
+        ("RAMPART__EMAIL__SMTP_URL", sink.url.as_str()),
+    ];
+    let mut first = OtherProcess::logging_to(&app, &env, &log).await;
+    wait_until(
+        "the relay has taken three mails",
+        Duration::from_secs(30),
+        async || sink.mails().len() >= 3,
+    )
+    .await;
+    match interruption {
+        Interruption::Terminate => first.terminate().await,
+        Interruption::Kill => first.kill(),
+    }
+    // Everything the instance wrote before it went is read.
+    wait_until(
+        "the relay's connections from the first instance are closed",
+        Duration::from_secs(30),
+        async || sink.connections() == 0,
+    )
+    .await;
+    let taken: std::collections::BTreeSet<String> = sink.mails().iter().map(message_id).collect();
+    let recorded: std::collections::BTreeSet<String> = sql
+        .query(
+            "SELECT '<' || id || '@rampart>' FROM jobs
+             WHERE kind = 'order_email' AND status = 'succeeded'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let in_flight = taken.difference(&recorded).cloned().collect();
+    let before = sink.mails().len();
+    if interruption == Interruption::Terminate {
+        // What it had not sent it handed back, attempt unspent, for the next start at once.
+        let held = sql
+            .query(
+                "SELECT status, attempts FROM jobs
+                 WHERE kind = 'order_email' AND status <> 'succeeded'",
+                &[],
+            )
+            .await
+            .unwrap();
+        for row in &held {
+            let (status, attempts): (String, i32) = (row.get(0), row.get(1));
+            assert_eq!((status.as_str(), attempts), ("queued", 0), "handed back");
+        }
+    }
+
+    let second = OtherProcess::logging_to(&app, &env, &log).await;
+    wait_until("every mail job done", Duration::from_secs(60), async || {
+        let open: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM jobs
+                 WHERE kind = 'order_email' AND status NOT IN ('succeeded', 'dead')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        open == 0
+    })
+    .await;
+    drop(second);
+    let mut mails: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for mail in sink.mails() {
+        assert_eq!(mail.to.len(), 1, "{mail:?}");
+        mails
+            .entry(mail.to[0].clone())
+            .or_default()
+            .push(message_id(&mail));
+    }
+    Interrupted {
+        mails,
+        expected,
+        in_flight,
+        before,
+    }
+}
+
+/// API.md, Background work: an instance stopping on SIGTERM finishes or hands back what it
+/// started, and a mail the mail server accepted is not sent again.
+#[actix_rt::test]
+async fn a_graceful_restart_in_the_middle_of_the_mails_sends_each_customer_exactly_one() {
+    let run = mails_interrupted_by(Interruption::Terminate).await;
+    assert!(
+        run.before < 24,
+        "the second instance had mails left to send ({} sent before)",
+        run.before
+    );
+    let once: BTreeMap<String, Vec<String>> = run
+        .expected
+        .iter()
+        .map(|(customer, id)| (customer.clone(), vec![id.clone()]))
+        .collect();
+    assert_eq!(run.mails, once, "each customer's one mail, once");
+}
+
+/// API.md, Background work: after a crash at most the mails in flight are sent again, each with
+/// the Message-ID of the first.
+#[actix_rt::test]
+async fn after_a_crash_in_the_middle_of_the_mails_only_those_in_flight_repeat_with_their_message_id(
+) {
+    let run = mails_interrupted_by(Interruption::Kill).await;
+    // At most one mail in flight per run: the email queue runs two at once.
+    assert!(
+        run.in_flight.len() <= 2,
+        "mails taken by the relay but not recorded when the instance died: {:?}",
+        run.in_flight
+    );
+    for (customer, id) in &run.expected {
+        let got = run.mails.get(customer).cloned().unwrap_or_default();
+        assert!(!got.is_empty(), "{customer} got no mail");
+        assert!(
+            got.iter().all(|m| m == id),
+            "{customer}'s mails carry its job's Message-ID {id}: {got:?}"
+        );
+        if got.len() > 1 {
+            assert!(
+                got.len() == 2 && run.in_flight.contains(id),
+                "only a mail in flight is sent again, once: {customer} got {got:?}"
+            );
+        }
+    }
+    assert_eq!(run.mails.len(), 24, "no mail to anyone else");
 }

@@ -156,6 +156,8 @@ pub struct Mail {
 pub struct SmtpSink {
     pub url: String,
     mails: Arc<Mutex<Vec<Mail>>>,
+    /// Connections open now.
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpSink {
@@ -170,23 +172,32 @@ impl SmtpSink {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let mails: Arc<Mutex<Vec<Mail>>> = Arc::default();
-        let store = Arc::clone(&mails);
+        let open: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (store, sessions) = (Arc::clone(&mails), Arc::clone(&open));
         actix_rt::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                let store = Arc::clone(&store);
+                let (store, sessions) = (Arc::clone(&store), Arc::clone(&sessions));
+                sessions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 actix_rt::spawn(async move {
                     let _ = session(socket, store, delay).await;
+                    sessions.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
         SmtpSink {
             url: format!("smtp://127.0.0.1:{port}"),
             mails,
+            open,
         }
     }
 
     pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().expect("lock").clone()
+    }
+
+    /// Connections open now (a client gone, every byte it sent has been read once this is 0).
+    pub fn connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -604,6 +604,19 @@ impl OtherProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM: the instance stops gracefully, as an orchestrator stops it; returns once it has
+    /// exited.
+    pub async fn terminate(&mut self) {
+        self.signal("-TERM");
+        let child = &mut self.child;
+        wait_until(
+            "the instance has exited after SIGTERM",
+            Duration::from_secs(30),
+            async || matches!(child.try_wait(), Ok(Some(_))),
+        )
+        .await;
+    }
+
     /// SIGSTOP: the instance stops dead, its connections open, as a stalled machine would.
     pub fn freeze(&self) {
         self.signal("-STOP");

@@ -58,6 +58,8 @@ pub struct JobsBoard {
     pub(super) listening: Arc<AtomicBool>,
     /// Outcomes finished here and not written yet.
     pub(super) unrecorded: Arc<AtomicU64>,
+    /// Claims of runs apart under way (a stop waits for them: their jobs are handed back).
+    pub(super) claims: Arc<AtomicU64>,
 }
 
 impl JobsBoard {

@@ -17,6 +17,7 @@ use crate::supervision::{Resilient, Stop, Supervision};
 use actix::fut::WrapFuture;
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,8 @@ pub struct Jobs {
     recording: bool,
     /// A claim was skipped because too many outcomes waited to be written.
     held_back: bool,
+    /// Set at [`Stop`]: runs of effects start no more (`effects`).
+    halt: Arc<AtomicBool>,
     supervision: Supervision,
 }
 
@@ -111,6 +114,7 @@ impl Jobs {
             outcomes: Vec::new(),
             recording: false,
             held_back: false,
+            halt: Arc::default(),
             supervision,
         }
     }
@@ -267,8 +271,13 @@ impl Handler<Finished> for Jobs {
 impl Handler<Stop> for Jobs {
     type Result = actix::ResponseActFuture<Self, ()>;
 
+    /// Stops claiming and starting effects; waits (up to the drain) until the runs here have
+    /// ended, the claims under way have come back and every outcome is written, so that the
+    /// release below gives back only jobs not done: an outcome still being written when the
+    /// release ran would be lost, and its job (a mail accepted already) run again.
     fn handle(&mut self, _: Stop, _ctx: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
+        self.halt.store(true, SeqCst);
         self.listener = None;
         let (db, settings, board) = (
             self.db.clone(),
@@ -278,8 +287,12 @@ impl Handler<Stop> for Jobs {
         Box::pin(
             async move {
                 let until = Instant::now() + settings.drain;
-                let running = || -> u64 { board.snapshot().iter().map(|q| q.running_here).sum() };
-                while running() > 0 && Instant::now() < until {
+                let busy = || -> bool {
+                    board.snapshot().iter().map(|q| q.running_here).sum::<u64>() > 0
+                        || board.unrecorded.load(Relaxed) > 0
+                        || board.claims.load(Relaxed) > 0
+                };
+                while busy() && Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let released = db

@@ -1,8 +1,9 @@
 //! Jobs run in their claim: one transaction locks a batch of a kind's due jobs with
 //! `FOR UPDATE SKIP LOCKED`, does their work, deletes the jobs that succeeded (a failure is
 //! written back as any other) and commits. For kinds whose work is writes to this database
-//! (analytics, audit) or short and harmless to repeat outside it (a mail: one Message-ID per
-//! event, so a repeat is the same message).
+//! (analytics, audit), and only those: an effect outside it (a mail) made here would stay made
+//! when the transaction rolls back (a drain, a session PostgreSQL ended, a killed instance),
+//! with no attempt counted, and be made again (such kinds run apart: `effects`).
 //!
 //! Why: a job run apart is three transactions (claim, work, outcome) and two new versions of its
 //! row, each with entries in the job table's indexes. Those writes land on the same hot pages as
@@ -10,15 +11,15 @@
 //! much as its own statements did (`make bench SCENARIO=jobs`, BENCHMARKS.md "Durable jobs").
 //! In its claim a job is one transaction, its row is locked and deleted rather than rewritten
 //! (no new version, no index entry), and its database work is done exactly once: a run that
-//! fails or whose instance dies leaves nothing behind, neither its writes nor its outcome (work
-//! outside the database, a mail sent, may be done again). What such a job did is its record
-//! (the audit entry, the `analytics_applied` row, the mail); its id is never given to a client.
+//! fails or whose instance dies leaves nothing behind, neither its writes nor its outcome. What
+//! such a job did is its record (the audit entry, the `analytics_applied` row); its id is never
+//! given to a client.
 //!
 //! The lease of such a run is its transaction: its row locks keep other claims off the jobs,
 //! the connection's end (a killed instance) rolls it back, and a frozen instance's transaction
 //! is ended by PostgreSQL once idle for the lease (`idle_in_transaction_session_timeout`, or the
 //! session's own if shorter); a statement may run no longer either. A run waiting on something
-//! else (a mail server) renews it with a statement every third of that limit. Such a job is never
+//! else (the blocking pool) renews it with a statement every third of that limit. Such a job is never
 //! seen `running`: it is `queued` until the commit that removes it. One run at a time per queue
 //! and instance, each holding a pooled connection while it runs: the batch is the unit of work,
 //! and more runs at once would only contend for the same rows.
@@ -167,12 +168,11 @@ impl DbCommand for RunInClaim {
 }
 
 /// How long the dispatcher waits for a run in its claim. The run lasts as long as its work (a
-/// batch of mails through a slow server, each send bounded by its own timeout); past this its
-/// caller is gone and the run rolls back rather than commit. `DB_WAIT` was too short for that:
-/// a batch of mails that outlasted it would be sent, rolled back and sent again.
+/// batch's statements, behind the requests' on a busy pool); past this its caller is gone and
+/// the run rolls back rather than commit, which undoes its work and its claim alike.
 pub(super) const IN_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// Renews the lease of a run whose work waits on something else (a mail server, a file): the
+/// Renews the lease of a run whose work waits on something else (the blocking pool): the
 /// transaction is idle meanwhile, and PostgreSQL would end it after `idle` of that. A frozen
 /// instance renews nothing.
 async fn keep_alive(tx: &Transaction<'_>, idle: std::time::Duration) {

@@ -9,6 +9,7 @@ use super::settings::JobsSettings;
 use crate::admission::Handle;
 use crate::db::{Conn, Db, DbCommand, DbError};
 use futures_util::future::LocalBoxFuture;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -62,7 +63,8 @@ pub(super) async fn execute(
                         lease: settings.lease,
                         instance: settings.instance.clone(),
                     };
-                    if let Ok(lost) = db.run_within(renew, DB_WAIT).await {
+                    if let Ok(renewed) = db.run_within(renew, DB_WAIT).await {
+                        let lost = held.len().saturating_sub(renewed.len());
                         if lost > 0 {
                             tracing::warn!(jobs = lost, "job leases lost while running");
                         }
@@ -83,27 +85,29 @@ pub(super) async fn execute(
         .collect()
 }
 
-/// Extends the leases of a run's jobs; how many are no longer this run's.
-struct Renew {
-    held: Vec<(Uuid, i32)>,
-    lease: Duration,
-    instance: String,
+/// Extends the leases of a run's jobs (held: each job and its attempt); the jobs still this
+/// run's.
+pub(super) struct Renew {
+    pub(super) held: Vec<(Uuid, i32)>,
+    pub(super) lease: Duration,
+    pub(super) instance: String,
 }
 
 impl DbCommand for Renew {
-    type Output = usize;
+    type Output = HashSet<Uuid>;
 
-    async fn run(self, conn: &mut Conn) -> Result<usize, DbError> {
+    async fn run(self, conn: &mut Conn) -> Result<HashSet<Uuid>, DbError> {
         let (ids, attempts): (Vec<Uuid>, Vec<i32>) = self.held.iter().copied().unzip();
-        let n = conn
-            .execute(
+        let rows = conn
+            .query(
                 "UPDATE jobs j SET locked_until = now() + $4 * interval '1 millisecond'
                  FROM unnest($1::uuid[], $3::int[]) AS h(id, attempt)
-                 WHERE j.id = h.id AND j.locked_by = $2 AND j.attempts = h.attempt",
+                 WHERE j.id = h.id AND j.locked_by = $2 AND j.attempts = h.attempt
+                 RETURNING j.id",
                 &[&ids, &self.instance, &attempts, &millis(self.lease)],
             )
             .await?;
-        Ok(self.held.len().saturating_sub(n as usize))
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
 

@@ -35,6 +35,16 @@ pub enum JobFailure {
     Deferred(Duration, String),
 }
 
+/// One job's external effect (a mail), prepared with its batch by [`JobRunner::effects`].
+pub enum Effect {
+    /// Settled while preparing: a malformed payload, a missing order, or an effect as cheap and
+    /// harmless to repeat as a local file written whole. Recorded with the others settled.
+    Settled(Result<(), JobFailure>),
+    /// To be made outside any transaction, after the previous job's outcome is recorded; bounded
+    /// by the runner (past its bound, a failure that spends the attempt).
+    Pending(LocalBoxFuture<'static, Result<(), JobFailure>>),
+}
+
 /// Runs the jobs of one kind. Runs may repeat: a runner must be idempotent.
 pub trait JobRunner: Send + Sync + 'static {
     fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>>;
@@ -46,6 +56,16 @@ pub trait JobRunner: Send + Sync + 'static {
 
     /// Set for a kind that runs inside the transaction that claims its jobs ([`super::in_claim`]).
     fn in_claim(&self) -> Option<&dyn ClaimRunner> {
+        None
+    }
+
+    /// Set for a kind whose work is one external effect per job (a mail): prepares a batch's
+    /// effects, one per job in order (what they share read once). The dispatcher makes them one
+    /// at a time under the jobs' committed lease, records each outcome before the next starts
+    /// (after a crash at most the effect in flight is made again), and starts none once the
+    /// instance stops or the lease is no longer surely held (the rest are handed back).
+    /// `None`: the jobs run through [`JobRunner::run`] and [`JobRunner::run_batch`].
+    fn effects(&self, _jobs: &[ClaimedJob]) -> Option<LocalBoxFuture<'static, Vec<Effect>>> {
         None
     }
 

@@ -5,6 +5,7 @@
 use super::recording::UNRECORDED_AT_MOST;
 use super::{Finished, Jobs};
 use crate::jobs::claim::Claim;
+use crate::jobs::effects::EffectRun;
 use crate::jobs::in_claim::{RunInClaim, IN_CLAIM_WAIT, SETTLE_WHILE_BUSY};
 use crate::jobs::lease::{execute, DB_WAIT};
 use crate::jobs::runner::{ClaimedJob, JobRunner};
@@ -86,10 +87,12 @@ impl Jobs {
         };
         let db = self.db.clone();
         let queue = queue.to_owned();
+        self.board.claims.fetch_add(1, Relaxed);
         ctx.spawn(
             async move { db.run_within(command, DB_WAIT).await }
                 .into_actor(self)
                 .map(move |claimed, act, ctx| {
+                    act.board.claims.fetch_sub(1, Relaxed);
                     let again = act.claiming.remove(&queue).unwrap_or(false);
                     match claimed {
                         Ok(jobs) => act.start_jobs(jobs, ctx),
@@ -104,15 +107,26 @@ impl Jobs {
         );
     }
 
-    /// Starts the claimed jobs: each run (one job, or a batch of one kind) takes one place.
+    /// Starts the claimed jobs: each run (one job, or a batch of one kind) takes one place. A
+    /// claim took at most what the free places can run; its batches are shared out among them
+    /// (a batch of effects is made one at a time, so one run of all would leave places idle).
     fn start_jobs(&mut self, jobs: Vec<ClaimedJob>, ctx: &mut Context<Self>) {
+        let places = jobs.first().map_or(1, |j| {
+            let queue = &j.queue;
+            let concurrency = self.settings.queues.get(queue).copied().unwrap_or(1);
+            let running = self.running.get(queue).copied().unwrap_or(0);
+            concurrency.saturating_sub(running).max(1)
+        });
         let mut by_kind: BTreeMap<String, Vec<ClaimedJob>> = BTreeMap::new();
         for job in jobs {
             by_kind.entry(job.kind.clone()).or_default().push(job);
         }
         for (kind, mut jobs) in by_kind {
             let runner = self.runners.get(&kind).map(|r| Arc::clone(&r.0));
-            let size = runner.as_ref().map_or(1, |r| r.batch().max(1));
+            let size = runner
+                .as_ref()
+                .map_or(1, |r| r.batch().max(1))
+                .min(jobs.len().div_ceil(places).max(1));
             while !jobs.is_empty() {
                 let rest = jobs.split_off(size.min(jobs.len()));
                 self.start_run(std::mem::replace(&mut jobs, rest), runner.clone(), ctx);
@@ -128,13 +142,31 @@ impl Jobs {
     ) {
         let queue = jobs[0].queue.clone();
         self.place_taken(&queue);
-        if let Some(counters) = self.board.counters(&queue) {
-            counters.started.fetch_add(jobs.len() as u64, Relaxed);
+        let counters = self.board.counters(&queue).cloned();
+        // A run of effects counts each as it starts, and records each itself.
+        let effects = runner.as_ref().and_then(|r| r.effects(&jobs));
+        if let (Some(c), None) = (&counters, &effects) {
+            c.started.fetch_add(jobs.len() as u64, Relaxed);
         }
         let (db, settings, addr) = (self.db.clone(), Arc::clone(&self.settings), ctx.address());
+        let halt = Arc::clone(&self.halt);
         let span =
             tracing::info_span!("jobs", kind = %jobs[0].kind, first = %jobs[0].id, n = jobs.len());
         let work = async move {
+            if let Some(prepared) = effects {
+                let run = EffectRun {
+                    db: &db,
+                    settings: &settings,
+                    halt: &halt,
+                    counters,
+                };
+                run.make(jobs, prepared).await;
+                addr.do_send(Finished {
+                    queue,
+                    outcomes: Vec::new(),
+                });
+                return;
+            }
             let done: Vec<(Uuid, i32)> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
             let outcomes = execute(&db, &settings, runner, jobs).await;
             addr.do_send(Finished {
