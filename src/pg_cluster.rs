@@ -106,8 +106,10 @@ impl Cluster {
             cluster.write_owner()?;
             return Ok(cluster);
         }
+        // Room for many instances at once: the integration tests run one service per test
+        // against one cluster, and a test's service lets go of its connections lazily.
         let mut options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=1000",
             cluster.data.display()
         );
         if durability == Durability::Ephemeral {
@@ -187,7 +189,7 @@ impl Cluster {
                 .map_err(|e| step("keeping the password", e))?;
         }
         standby.options_file(&format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c hot_standby_feedback=on",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=1000 -c fsync=off -c hot_standby_feedback=on",
             data.display()
         ))?;
         standby.start_again()?;
