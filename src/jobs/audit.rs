@@ -1,5 +1,6 @@
-//! `audit`: one row of the merchant's audit trail per change (who, what, which entity, when).
-//! The row's id is the job's, so a second run inserts nothing.
+//! `audit`: one row of the merchant's audit trail per change (who, what, which entity, when,
+//! and for an update the fields it changed). The row's id is the job's, so a second run inserts
+//! nothing.
 
 use crate::jobs::context::{batch_of, field, BATCH};
 use chrono::{DateTime, Utc};
@@ -37,6 +38,8 @@ fn row(job: &ClaimedJob) -> Result<Row, JobFailure> {
         entity_type: field(job, "entity_type")?,
         entity_id: field(job, "entity_id")?,
         at: job.created_at.into(),
+        // Absent (an entry that is not an update, or a job queued before updates carried it): null.
+        changes: job.payload.get("changes").filter(|c| !c.is_null()).cloned(),
     })
 }
 
@@ -49,6 +52,7 @@ struct Row {
     entity_type: String,
     entity_id: String,
     at: DateTime<Utc>,
+    changes: Option<serde_json::Value>,
 }
 
 async fn insert(tx: &Transaction<'_>, rows: Vec<Row>) -> Result<(), DbError> {
@@ -59,16 +63,20 @@ async fn insert(tx: &Transaction<'_>, rows: Vec<Row>) -> Result<(), DbError> {
     let types: Vec<&str> = rows.iter().map(|r| r.entity_type.as_str()).collect();
     let entities: Vec<&str> = rows.iter().map(|r| r.entity_id.as_str()).collect();
     let ats: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
+    let changes: Vec<Option<&serde_json::Value>> =
+        rows.iter().map(|r| r.changes.as_ref()).collect();
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO audit_log (id, merchant_id, actor, action, entity_type, entity_id, at)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+            "INSERT INTO audit_log (id, merchant_id, actor, action, entity_type, entity_id, at, changes)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::jsonb[])
              ON CONFLICT (id) DO NOTHING",
         )
         .await?;
     tx.execute(
         &stmt,
-        &[&ids, &merchants, &actors, &actions, &types, &entities, &ats],
+        &[
+            &ids, &merchants, &actors, &actions, &types, &entities, &ats, &changes,
+        ],
     )
     .await?;
     Ok(())

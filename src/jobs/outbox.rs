@@ -11,16 +11,31 @@ pub fn outbox(settings: &Settings) -> Outbox {
     Outbox {
         order_jobs: for_order_event,
         sms_job: sms_for_order_event,
-        audit_job: audit,
+        audit_job: audit_of_change,
         default_attempts: settings.jobs.max_attempts as i32,
     }
 }
 
 /// The audit job of a change made by `actor` to an entity.
 pub fn audit(action: &str, actor: &str, entity_type: &str, entity_id: &str) -> NewJob {
+    audit_of_change(action, actor, entity_type, entity_id, None)
+}
+
+/// The audit job of a change, with the fields an update changed (`None`: not an update).
+pub fn audit_of_change(
+    action: &str,
+    actor: &str,
+    entity_type: &str,
+    entity_id: &str,
+    changes: Option<serde_json::Value>,
+) -> NewJob {
+    let mut payload = serde_json::json!({"action": action, "actor": actor, "entity_type": entity_type, "entity_id": entity_id});
+    if let Some(changes) = changes {
+        payload["changes"] = changes;
+    }
     NewJob {
         kind: &AUDIT,
-        payload: serde_json::json!({"action": action, "actor": actor, "entity_type": entity_type, "entity_id": entity_id}),
+        payload,
         dedup_key: Uuid::now_v7().to_string(),
         ordering_key: None,
     }

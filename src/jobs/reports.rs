@@ -86,8 +86,8 @@ pub fn to_csv(lines: &[Line]) -> Vec<u8> {
         out.push_str(&format!(
             "{},{},{},{},{}\n",
             l.day,
-            quote(&l.sku),
-            quote(&l.name),
+            cell(&l.sku),
+            cell(&l.name),
             l.units,
             l.revenue_cents
         ));
@@ -95,12 +95,22 @@ pub fn to_csv(lines: &[Line]) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// RFC 4180: a field with a comma, quote or line break is quoted, its quotes doubled.
-fn quote(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
+/// A text cell: neutralised, then quoted.
+///
+/// OWASP CSV injection: a spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a
+/// formula (tab and carriage return lead to one too), so such a cell gets a leading apostrophe
+/// and is shown as text. Then RFC 4180: a field with a comma, quote or line break is quoted, its
+/// quotes doubled. (Units and revenue are numbers, never negative: they are written as they are.)
+fn cell(field: &str) -> String {
+    let neutral = if field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{field}")
     } else {
         field.to_owned()
+    };
+    if neutral.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", neutral.replace('"', "\"\""))
+    } else {
+        neutral
     }
 }
 
@@ -294,5 +304,48 @@ impl DbCommand for Content {
             )
             .await?
             .map(|r| r.get(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cell, to_csv, Line, HEADER};
+
+    #[test]
+    fn a_cell_that_would_start_a_formula_starts_with_an_apostrophe() {
+        for (raw, written) in [
+            ("=1+2", "'=1+2"),
+            ("+1", "'+1"),
+            ("-5", "'-5"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "\"'\rx\""),
+            (
+                "=HYPERLINK(\"http://x\")",
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+            ),
+            ("=a,b", "\"'=a,b\""),
+            ("Lamp", "Lamp"),
+            ("a=b", "a=b"),
+            ("a,\"b\"", "\"a,\"\"b\"\"\""),
+            ("", ""),
+        ] {
+            assert_eq!(cell(raw), written, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_they_are() {
+        let csv = to_csv(&[Line {
+            day: chrono::NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
+            sku: "+1".into(),
+            name: "-x".into(),
+            units: 3,
+            revenue_cents: 1500,
+        }]);
+        assert_eq!(
+            String::from_utf8(csv).unwrap(),
+            format!("{HEADER}2026-01-02,'+1,'-x,3,1500\n")
+        );
     }
 }

@@ -28,11 +28,24 @@ fn day(field: &str, raw: &str) -> Result<NaiveDate, FieldError> {
         .ok_or_else(|| FieldError::new(field, "must be a date YYYY-MM-DD from 1970 to 2199"))
 }
 
-/// `from` and `to` as an inclusive range of UTC days; `to` before `from` is the empty range.
+/// `from` and `to` as an inclusive range of UTC days (malformed: the fields that are).
 fn range(from: &str, to: &str) -> Result<(NaiveDate, NaiveDate), Vec<FieldError>> {
     match (day("from", from), day("to", to)) {
         (Ok(f), Ok(t)) => Ok((f, t)),
         (f, t) => Err([f.err(), t.err()].into_iter().flatten().collect()),
+    }
+}
+
+/// Well-formed days in order: `from` after `to` names both fields (a 422, for reports and
+/// analytics alike).
+fn ordered((from, to): (NaiveDate, NaiveDate)) -> Result<(NaiveDate, NaiveDate), Vec<FieldError>> {
+    if from > to {
+        Err(vec![
+            FieldError::new("from", format!("must not be after to ({to})")),
+            FieldError::new("to", format!("must not be before from ({from})")),
+        ])
+    } else {
+        Ok((from, to))
     }
 }
 
@@ -45,7 +58,7 @@ pub struct ReportBody {
     /// First day (UTC, inclusive), 1970 to 2199.
     #[schema(value_type = String, format = Date, pattern = r"^(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     from: String,
-    /// Last day (UTC, inclusive), 1970 to 2199; before `from`, the report is empty.
+    /// Last day (UTC, inclusive), 1970 to 2199; before `from` is 422.
     #[schema(value_type = String, format = Date, pattern = r"^(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     to: String,
     /// Only `csv` (the default).
@@ -76,6 +89,7 @@ pub async fn create_report(
         errors.push(FieldError::new("format", "must be csv"));
     }
     let dates = range(&body.from, &body.to)
+        .and_then(ordered)
         .map_err(|e| errors.extend(e))
         .ok();
     let Some((from, to)) = dates.filter(|_| errors.is_empty()) else {
@@ -165,7 +179,7 @@ pub struct SalesParams {
     /// First day (UTC, inclusive), `YYYY-MM-DD`, 1970 to 2199.
     #[param(value_type = String, format = Date, required, pattern = r"^(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     from: Option<String>,
-    /// Last day (UTC, inclusive), `YYYY-MM-DD`, 1970 to 2199; before `from`, no day.
+    /// Last day (UTC, inclusive), `YYYY-MM-DD`, 1970 to 2199; before `from` is 422.
     #[param(value_type = String, format = Date, required, pattern = r"^(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     to: Option<String>,
 }
@@ -179,7 +193,8 @@ pub struct SalesBody {
 #[utoipa::path(get, path = "/api/v1/analytics/sales", tag = "background", operation_id = "salesAnalytics",
     params(SalesParams),
     responses((status = 200, body = SalesBody), (status = 400, response = crate::routes::responses::BadRequest),
-        (status = 401, response = crate::routes::responses::Unauthorized), (status = 503, response = crate::routes::responses::Unavailable)),
+        (status = 401, response = crate::routes::responses::Unauthorized),
+        (status = 422, response = crate::routes::responses::Unprocessable), (status = 503, response = crate::routes::responses::Unavailable)),
     security(("api_key" = [])))]
 pub async fn sales(
     auth: MerchantAuth,
@@ -197,6 +212,7 @@ pub async fn sales(
             .join("; "),
         errors,
     })?;
+    let (from, to) = ordered((from, to)).map_err(ApiError::Validation)?;
     let data = state
         .db
         .run(Sales {

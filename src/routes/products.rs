@@ -5,6 +5,8 @@ use crate::domain::listing::Listing;
 use crate::domain::product::{NewProductBody, ProductListParams, ProductPatchBody, StockDeltaBody};
 use crate::error::ApiError;
 use crate::http::{Json, MerchantAuth};
+use crate::jobs::kinds::AUDIT;
+use crate::jobs::outbox::outbox;
 use crate::routes::support::{not_modified, path_id, IfMatch};
 use crate::state::AppState;
 use crate::store::products::{self, Product, Write};
@@ -66,9 +68,11 @@ pub async fn create(
         .run(products::Insert {
             merchant_id: auth.merchant_id,
             product,
+            outbox: outbox(&state.settings),
         })
         .await
         .map_err(duplicate_sku)?;
+    state.wake_jobs(&[&AUDIT]);
     // Its key too: a storefront read of this id may have been remembered as absent.
     state.cache.invalidate(auth.merchant_id, [created.id]).await;
     let response = HttpResponse::Created()
@@ -157,10 +161,12 @@ pub async fn update(
             id,
             patch,
             if_versions: if_match.versions(),
+            outbox: outbox(&state.settings),
         })
         .await
         .map_err(duplicate_sku)?;
     if let Write::Done(_) = outcome {
+        state.wake_jobs(&[&AUDIT]);
         state.cache.invalidate(auth.merchant_id, [id]).await;
     }
     written(outcome)
@@ -180,9 +186,11 @@ pub async fn archive(
         .run(products::Archive {
             merchant_id: auth.merchant_id,
             id,
+            outbox: outbox(&state.settings),
         })
         .await?
     {
+        state.wake_jobs(&[&AUDIT]);
         state.cache.invalidate(auth.merchant_id, [id]).await;
         Ok(HttpResponse::NoContent().finish())
     } else {
@@ -210,6 +218,7 @@ pub async fn adjust_stock(
             merchant_id: auth.merchant_id,
             id,
             delta,
+            outbox: outbox(&state.settings),
         })
         .await
         .map_err(|e| match e {
@@ -219,6 +228,7 @@ pub async fn adjust_stock(
             other => other.into(),
         })?;
     if let Write::Done(_) = outcome {
+        state.wake_jobs(&[&AUDIT]);
         state.cache.invalidate(auth.merchant_id, [id]).await;
     }
     written(outcome)

@@ -1,12 +1,53 @@
-//! The merchant's audit trail, newest first, written by the `audit` jobs.
+//! The merchant's audit trail, newest first, written by the `audit` jobs, and what an update
+//! hands its audit job: the fields it changed ([`Changes`]).
 
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::store::paging::{self, page_tail, ListSql, PageOf, Param};
 use chrono::{DateTime, Utc};
 use rampart_actors::{Conn, DbCommand, DbError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use tokio_postgres::Row;
 use uuid::Uuid;
+
+/// One field an update changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Change {
+    /// Its value before (`null` when it had none).
+    pub old: Value,
+    /// Its value after (`null` when it has none).
+    pub new: Value,
+}
+
+/// The fields an update changed, by name: those whose old and new values differ.
+#[derive(Debug, Default)]
+pub struct Changes(BTreeMap<String, Change>);
+
+impl Changes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `name` when `old` and `new` differ.
+    pub fn field<T: Serialize + PartialEq>(mut self, name: &str, old: &T, new: &T) -> Self {
+        if old != new {
+            self.0.insert(
+                name.to_owned(),
+                Change {
+                    old: serde_json::to_value(old).unwrap_or(Value::Null),
+                    new: serde_json::to_value(new).unwrap_or(Value::Null),
+                },
+            );
+        }
+        self
+    }
+
+    /// As the audit job carries it: `{"field": {"old": ..., "new": ...}}`.
+    pub fn into_value(self) -> Value {
+        serde_json::to_value(self.0).unwrap_or(Value::Null)
+    }
+}
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
@@ -19,6 +60,9 @@ pub struct AuditEntry {
     pub entity_id: String,
     /// When the change was committed.
     pub at: DateTime<Utc>,
+    /// The fields an update changed, each with its old and new value; `null` where it does not
+    /// apply (a creation, a checkout, an order event, a report request).
+    pub changes: Option<BTreeMap<String, Change>>,
 }
 
 impl AuditEntry {
@@ -30,6 +74,11 @@ impl AuditEntry {
             entity_type: r.get(3),
             entity_id: r.get(4),
             at: r.get(5),
+            changes: r
+                .get::<_, Option<Value>>(6)
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| DbError::Other(format!("audit entry changes: {e}")))?,
         })
     }
 
@@ -65,7 +114,7 @@ fn list_sql(q: &List) -> Result<ListSql, DbError> {
         &mut params,
     );
     let sql = format!(
-        "SELECT a.id, a.actor, a.action, a.entity_type, a.entity_id, a.at FROM audit_log a
+        "SELECT a.id, a.actor, a.action, a.entity_type, a.entity_id, a.at, a.changes FROM audit_log a
          WHERE {} ORDER BY a.at DESC, a.id DESC {tail}",
         conditions.join(" AND ")
     );

@@ -38,8 +38,9 @@ pub struct Outbox {
     pub order_jobs: fn(&str, Uuid, bool, &str) -> Vec<NewJob>,
     /// The SMS job of an order event, for an order with a phone number: `(event, order_id)`.
     pub sms_job: fn(&str, Uuid) -> NewJob,
-    /// The audit job of a change: `(action, actor, entity_type, entity_id)`.
-    pub audit_job: fn(&str, &str, &str, &str) -> NewJob,
+    /// The audit job of a change: `(action, actor, entity_type, entity_id, changes)`
+    /// (`changes`: the fields an update changed, `store::audit::Changes`; `None` for others).
+    pub audit_job: fn(&str, &str, &str, &str, Option<Value>) -> NewJob,
     /// The attempts of a kind that names none (`jobs.max_attempts`).
     pub default_attempts: i32,
 }

@@ -1,6 +1,7 @@
 //! Merchants: creation (with their order-number sequence) and API-key lookup.
 
 use crate::domain::merchant::{new_webhook_secret, NewApiKey, NewMerchant};
+use crate::store::audit::Changes;
 use crate::store::jobs::{enqueue, Outbox};
 use crate::store::transaction::in_transaction;
 use chrono::{DateTime, Utc};
@@ -136,11 +137,14 @@ impl DbCommand for Update {
 
     async fn run(self, conn: &mut Conn) -> Result<Option<Merchant>, DbError> {
         in_transaction(conn, async |tx| {
+            // The row locked first, so its old values are the ones this update replaces.
             let row = tx
                 .query_opt(
-                    "UPDATE merchants SET name = coalesce($2, name),
-                        webhook_url = CASE WHEN $3 THEN $4 ELSE webhook_url END, updated_at = now()
-                     WHERE id = $1 RETURNING id, name, webhook_url, created_at",
+                    "WITH old AS (SELECT id, name, webhook_url FROM merchants WHERE id = $1 FOR NO KEY UPDATE)
+                     UPDATE merchants m SET name = coalesce($2, m.name),
+                        webhook_url = CASE WHEN $3 THEN $4 ELSE m.webhook_url END, updated_at = now()
+                     FROM old WHERE m.id = old.id
+                     RETURNING m.id, m.name, m.webhook_url, m.created_at, old.name, old.webhook_url",
                     &[
                         &self.merchant_id,
                         &self.name,
@@ -152,11 +156,22 @@ impl DbCommand for Update {
             let Some(row) = row else {
                 return Ok((None, false));
             };
+            let merchant = Merchant {
+                id: row.get(0),
+                name: row.get(1),
+                webhook_url: row.get(2),
+                created_at: row.get(3),
+            };
+            let (old_name, old_url): (String, Option<String>) = (row.get(4), row.get(5));
+            let changes = Changes::new()
+                .field("name", &old_name, &merchant.name)
+                .field("webhook_url", &old_url, &merchant.webhook_url);
             let audit = (self.outbox.audit_job)(
                 "merchant.updated",
                 "merchant",
                 "merchant",
                 &self.merchant_id.to_string(),
+                Some(changes.into_value()),
             );
             enqueue(
                 tx,
@@ -165,15 +180,7 @@ impl DbCommand for Update {
                 self.outbox.default_attempts,
             )
             .await?;
-            Ok((
-                Some(Merchant {
-                    id: row.get(0),
-                    name: row.get(1),
-                    webhook_url: row.get(2),
-                    created_at: row.get(3),
-                }),
-                true,
-            ))
+            Ok((Some(merchant), true))
         })
         .await
     }

@@ -3,6 +3,8 @@
 
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::domain::product::{NewProduct, ProductFilter, ProductPatch, Sort};
+use crate::store::audit::Changes;
+use crate::store::jobs::{enqueue, Outbox};
 use crate::store::paging::{self, page_tail, ListSql, PageOf, Param};
 use crate::store::transaction::in_transaction;
 use chrono::{DateTime, Utc};
@@ -33,20 +35,38 @@ pub struct Product {
 
 impl Product {
     pub fn from_row(row: &Row) -> Self {
+        Self::from_row_at(row, 0)
+    }
+
+    /// The product whose [`COLUMNS`] start at column `at`.
+    fn from_row_at(row: &Row, at: usize) -> Self {
         Self {
-            id: row.get(0),
-            sku: row.get(1),
-            name: row.get(2),
-            description: row.get(3),
-            price_cents: row.get(4),
-            currency: row.get(5),
-            stock: row.get(6),
-            category: row.get(7),
-            status: row.get(8),
-            version: row.get(9),
-            created_at: row.get(10),
-            updated_at: row.get(11),
+            id: row.get(at),
+            sku: row.get(at + 1),
+            name: row.get(at + 2),
+            description: row.get(at + 3),
+            price_cents: row.get(at + 4),
+            currency: row.get(at + 5),
+            stock: row.get(at + 6),
+            category: row.get(at + 7),
+            status: row.get(at + 8),
+            version: row.get(at + 9),
+            created_at: row.get(at + 10),
+            updated_at: row.get(at + 11),
         }
+    }
+
+    /// The fields a merchant sets that differ from `old`'s, for the audit trail.
+    fn changes_since(&self, old: &Product) -> Changes {
+        Changes::new()
+            .field("sku", &old.sku, &self.sku)
+            .field("name", &old.name, &self.name)
+            .field("description", &old.description, &self.description)
+            .field("price_cents", &old.price_cents, &self.price_cents)
+            .field("currency", &old.currency, &self.currency)
+            .field("stock", &old.stock, &self.stock)
+            .field("category", &old.category, &self.category)
+            .field("status", &old.status, &self.status)
     }
 
     /// The strong entity tag: the version changes with every write, stock included.
@@ -64,9 +84,31 @@ impl Product {
     }
 }
 
+/// The audit job of a catalog change by the merchant, written in the change's transaction.
+async fn audit(
+    client: &deadpool_postgres::Transaction<'_>,
+    outbox: &Outbox,
+    merchant_id: Uuid,
+    action: &str,
+    product_id: Uuid,
+    changes: Option<Changes>,
+) -> Result<(), DbError> {
+    let job = (outbox.audit_job)(
+        action,
+        "merchant",
+        "product",
+        &product_id.to_string(),
+        changes.map(Changes::into_value),
+    );
+    enqueue(client, merchant_id, vec![job], outbox.default_attempts).await?;
+    Ok(())
+}
+
+/// A new product, with its audit job (`product.created`).
 pub struct Insert {
     pub merchant_id: Uuid,
     pub product: NewProduct,
+    pub outbox: Outbox,
 }
 
 impl DbCommand for Insert {
@@ -97,6 +139,8 @@ impl DbCommand for Insert {
                     &p.category,
                 ],
             )
+            .await?;
+        audit(client, &self.outbox, self.merchant_id, "product.created", id, None)
             .await?;
         Ok((Product::from_row(&row), true))
         })
@@ -150,12 +194,23 @@ async fn exists(client: &impl GenericClient, merchant_id: Uuid, id: Uuid) -> Res
         .is_some())
 }
 
+/// A patch, with its audit job (`product.updated`, the fields it changed).
 pub struct Update {
     pub merchant_id: Uuid,
     pub id: Uuid,
     pub patch: ProductPatch,
     /// `If-Match`: the write happens only at one of these versions (`None`: any).
     pub if_versions: Option<Vec<i64>>,
+    pub outbox: Outbox,
+}
+
+/// [`COLUMNS`] of the table named `alias`.
+fn columns_of(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl DbCommand for Update {
@@ -164,18 +219,23 @@ impl DbCommand for Update {
     async fn run(self, conn: &mut Conn) -> Result<Write, DbError> {
         let p = &self.patch;
         in_transaction(conn, async |client| {
+        // The row is locked first (`old`), so its old values are the ones this update replaces.
         let stmt = client
             .prepare_cached(&format!(
-                "UPDATE products SET
-                    sku = coalesce($3, sku), name = coalesce($4, name),
-                    description = CASE WHEN $5 THEN $6 ELSE description END,
-                    price_cents = coalesce($7, price_cents), currency = coalesce($8, currency),
-                    stock = coalesce($9, stock),
-                    category = CASE WHEN $10 THEN $11 ELSE category END,
-                    status = coalesce($12, status),
-                    version = version + 1, updated_at = now()
-                 WHERE id = $1 AND merchant_id = $2 AND ($13::bigint[] IS NULL OR version = ANY($13))
-                 RETURNING {COLUMNS}"
+                "WITH old AS (SELECT {COLUMNS} FROM products WHERE id = $1 AND merchant_id = $2 FOR NO KEY UPDATE)
+                 UPDATE products p SET
+                    sku = coalesce($3, p.sku), name = coalesce($4, p.name),
+                    description = CASE WHEN $5 THEN $6 ELSE p.description END,
+                    price_cents = coalesce($7, p.price_cents), currency = coalesce($8, p.currency),
+                    stock = coalesce($9, p.stock),
+                    category = CASE WHEN $10 THEN $11 ELSE p.category END,
+                    status = coalesce($12, p.status),
+                    version = p.version + 1, updated_at = now()
+                 FROM old
+                 WHERE p.id = old.id AND ($13::bigint[] IS NULL OR p.version = ANY($13))
+                 RETURNING {}, {}",
+                columns_of("p"),
+                columns_of("old"),
             ))
             .await?;
         let description = p.description.clone().flatten();
@@ -201,7 +261,14 @@ impl DbCommand for Update {
             )
             .await?;
         Ok(match row {
-            Some(row) => (Write::Done(Box::new(Product::from_row(&row))), true),
+            Some(row) => {
+                let new = Product::from_row(&row);
+                let old = Product::from_row_at(&row, COLUMNS.split(", ").count());
+                let changes = Some(new.changes_since(&old));
+                audit(client, &self.outbox, self.merchant_id, "product.updated", self.id, changes)
+                    .await?;
+                (Write::Done(Box::new(new)), true)
+            }
             None if exists(client, self.merchant_id, self.id).await? => (Write::Stale, false),
             None => (Write::NotFound, false),
         })
@@ -210,9 +277,12 @@ impl DbCommand for Update {
     }
 }
 
+/// Archives a product (found: `true`), with its audit job (`product.archived`) when it was
+/// active; archiving an archived product changes nothing.
 pub struct Archive {
     pub merchant_id: Uuid,
     pub id: Uuid,
+    pub outbox: Outbox,
 }
 
 impl DbCommand for Archive {
@@ -222,26 +292,37 @@ impl DbCommand for Archive {
         in_transaction(conn, async |client| {
             let stmt = client
                 .prepare_cached(
-                    "UPDATE products SET status = 'archived',
-                    version = version + CASE WHEN status = 'archived' THEN 0 ELSE 1 END,
-                    updated_at = CASE WHEN status = 'archived' THEN updated_at ELSE now() END
-                 WHERE id = $1 AND merchant_id = $2",
+                    "WITH old AS (SELECT id, status FROM products WHERE id = $1 AND merchant_id = $2 FOR NO KEY UPDATE)
+                 UPDATE products p SET status = 'archived',
+                    version = p.version + CASE WHEN p.status = 'archived' THEN 0 ELSE 1 END,
+                    updated_at = CASE WHEN p.status = 'archived' THEN p.updated_at ELSE now() END
+                 FROM old WHERE p.id = old.id RETURNING old.status",
                 )
                 .await?;
-            let found = client
-                .execute(&stmt, &[&self.id, &self.merchant_id])
+            let Some(row) = client
+                .query_opt(&stmt, &[&self.id, &self.merchant_id])
                 .await?
-                == 1;
-            Ok((found, found))
+            else {
+                return Ok((false, false));
+            };
+            let old: String = row.get(0);
+            if old != "archived" {
+                let changes = Some(Changes::new().field("status", &old, &"archived".to_owned()));
+                let action = "product.archived";
+                audit(client, &self.outbox, self.merchant_id, action, self.id, changes).await?;
+            }
+            Ok((true, true))
         })
         .await
     }
 }
 
+/// A stock delta, with its audit job (`product.stock_adjusted`, the stock's old and new value).
 pub struct AdjustStock {
     pub merchant_id: Uuid,
     pub id: Uuid,
     pub delta: i64,
+    pub outbox: Outbox,
 }
 
 impl DbCommand for AdjustStock {
@@ -259,7 +340,22 @@ impl DbCommand for AdjustStock {
                 .query_opt(&stmt, &[&self.id, &self.merchant_id, &self.delta])
                 .await?;
             Ok(match row {
-                Some(row) => (Write::Done(Box::new(Product::from_row(&row))), true),
+                Some(row) => {
+                    let product = Product::from_row(&row);
+                    let old = product.stock - self.delta;
+                    let changes = Some(Changes::new().field("stock", &old, &product.stock));
+                    let action = "product.stock_adjusted";
+                    audit(
+                        client,
+                        &self.outbox,
+                        self.merchant_id,
+                        action,
+                        self.id,
+                        changes,
+                    )
+                    .await?;
+                    (Write::Done(Box::new(product)), true)
+                }
                 None if exists(client, self.merchant_id, self.id).await? => {
                     (Write::Insufficient, false)
                 }

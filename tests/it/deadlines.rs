@@ -9,7 +9,8 @@ async fn counts(app: &TestApp, product_id: &str) -> (i64, i64, i64) {
     let sql = app.sql().await;
     let row = sql
         .query_one(
-            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM jobs),
+            "SELECT (SELECT count(*) FROM orders),
+                    (SELECT count(*) FROM jobs WHERE payload->>'entity_type' IS DISTINCT FROM 'product'),
                     (SELECT stock FROM products WHERE id = $1::text::uuid)",
             &[&product_id],
         )

@@ -26,6 +26,7 @@ mod overload;
 mod pagination;
 mod receivers;
 mod replicas;
+mod reports_and_audit;
 mod scale_out;
 mod shared_cache;
 mod sms;
