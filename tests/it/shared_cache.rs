@@ -215,7 +215,26 @@ async fn redis_frozen_with_sigstop_costs_no_storefront_read_beyond_the_command_t
 #[actix_rt::test]
 async fn a_product_restored_on_one_instance_is_visible_on_another_that_remembered_it_absent() {
     let redis = TestRedis::start();
-    let (a, b, m, id, product) = two_instances(&redis).await;
+    // Absences remembered far longer than the test runs: what makes the restore visible within
+    // 1 s can only be the invalidation, never the entry running out.
+    let remember = |s: &mut rampart::settings::Settings| s.cache.not_found_ttl_secs = 300;
+    let a = TestApp::builder()
+        .with_redis(&redis)
+        .configure(remember)
+        .spawn()
+        .await;
+    let b = TestApp::builder()
+        .with_redis(&redis)
+        .configure(remember)
+        .beside(&a)
+        .spawn()
+        .await;
+    let m = a.create_merchant("Two instances").await;
+    let id = a.create_product(&m, "TWO-1", 100, 10).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let product = format!("/api/v1/stores/{}/products/{id}", m.id);
     assert_eq!(a.archive_product(&m, &id).await.status, 204);
     wait_until(
         "the other instance sees the archive",
