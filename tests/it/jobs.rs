@@ -4,7 +4,8 @@
 
 use crate::receivers::{Behaviour, SmtpSink, WebhookReceiver};
 use crate::support::{
-    jobs_started, wait_until, Merchant, OtherProcess, TestApp, TestAppBuilder, TestPg, ADMIN_TOKEN,
+    all_jobs_finished, jobs_started, set_status, wait_until, Merchant, OtherProcess, TestApp,
+    TestAppBuilder, TestPg, ADMIN_TOKEN,
 };
 use hmac::{Hmac, Mac};
 use rampart::settings::{Secret, Settings};
@@ -74,19 +75,6 @@ async fn buy(app: &TestApp, merchant: &Merchant, product: &Value, quantity: i64)
         String::from_utf8_lossy(&reply.body)
     );
     reply.json()
-}
-
-async fn set_status(app: &TestApp, merchant: &Merchant, order: &Value, to: &str) {
-    let path = format!("/api/v1/orders/{}/status", order["id"].as_str().unwrap());
-    let reply = app
-        .post_json(&path, Some(&merchant.api_key), &json!({"status": to}))
-        .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
 }
 
 /// Jobs by status, from the table.
@@ -166,23 +154,6 @@ async fn run_again(sql: &tokio_postgres::Client, kind: &str) -> u64 {
     )
     .await
     .unwrap()
-}
-
-/// Waits until every job is finished (succeeded or dead).
-async fn all_jobs_finished(app: &TestApp) {
-    let sql = app.sql().await;
-    wait_until("every job finished", Duration::from_secs(30), async || {
-        let open: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'dead')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        open == 0
-    })
-    .await;
 }
 
 /// The merchant's only webhook job, as `GET /api/v1/jobs/{id}` shows it.

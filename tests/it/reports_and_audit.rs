@@ -2,7 +2,7 @@
 //! for reports and analytics alike, the sales CSV neutralises cells a spreadsheet would run as
 //! formulas, and every merchant change leaves an audit entry with the fields an update changed.
 
-use crate::support::{wait_until, Merchant, TestApp, TestAppBuilder};
+use crate::support::{all_jobs_finished, wait_until, Merchant, TestApp, TestAppBuilder};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -349,19 +349,7 @@ async fn every_catalog_change_is_audited_with_the_fields_it_changed_and_only_onc
     );
     assert!(entries.iter().all(|e| e["entity_type"] == "product"));
     // Nothing else is on its way.
-    let sql = app.sql().await;
-    wait_until("every job finished", Duration::from_secs(20), async || {
-        let open: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'dead')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        open == 0
-    })
-    .await;
+    all_jobs_finished(&app).await;
     assert_eq!(trail(&app, &merchant, 5).await.len(), 5);
 }
 

@@ -3,7 +3,7 @@
 //! HTTP receiver on loopback) behind its own circuit, or written as files without one.
 
 use crate::receivers::{Behaviour, WebhookReceiver};
-use crate::support::{wait_until, Merchant, TestApp, TestAppBuilder};
+use crate::support::{set_status, wait_until, Merchant, TestApp, TestAppBuilder};
 use base64::Engine;
 use rampart::settings::{Secret, Settings};
 use serde_json::{json, Value};
@@ -56,19 +56,6 @@ async fn buy(app: &TestApp, merchant: &Merchant, product: &Value, phone: Option<
         String::from_utf8_lossy(&reply.body)
     );
     reply.json()
-}
-
-async fn set_status(app: &TestApp, merchant: &Merchant, order: &Value, to: &str) {
-    let path = format!("/api/v1/orders/{}/status", order["id"].as_str().unwrap());
-    let reply = app
-        .post_json(&path, Some(&merchant.api_key), &json!({"status": to}))
-        .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
 }
 
 /// The SMS jobs, oldest first: id, event, status.

@@ -663,3 +663,34 @@ impl Drop for OtherProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Moves an order to `to` through the merchant API, expecting 200.
+pub async fn set_status(app: &TestApp, merchant: &Merchant, order: &Value, to: &str) {
+    let path = format!("/api/v1/orders/{}/status", order["id"].as_str().unwrap());
+    let reply = app
+        .post_json(&path, Some(&merchant.api_key), &json!({"status": to}))
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
+/// Waits until every job is finished (succeeded or dead).
+pub async fn all_jobs_finished(app: &TestApp) {
+    let sql = app.sql().await;
+    wait_until("every job finished", Duration::from_secs(30), async || {
+        let open: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'dead')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        open == 0
+    })
+    .await;
+}
