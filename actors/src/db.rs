@@ -53,7 +53,7 @@ mod error;
 mod pool;
 mod probe;
 
-pub use command::{commit, Conn, DbCommand, Exec};
+pub use command::{commit, Conn, DbCommand, Exec, Tx};
 pub use error::{ConstraintKind, DbError};
 pub use pool::{DbGauge, DbSettings, PoolSnapshot};
 pub use probe::{DbProbe, Ping, Probe, ProbeQuery};

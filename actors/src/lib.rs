@@ -66,7 +66,7 @@ pub use concurrency::{ConcurrencyLimit, Criticality, LimitSettings, LimitSnapsho
 pub use crash::Crash;
 pub use db::{
     commit, Conn, Db, DbCommand, DbError, DbGauge, DbProbe, DbSettings, Exec, Ping, Probe,
-    ProbeQuery,
+    ProbeQuery, Tx,
 };
 pub use gcra::{Decision, Gcra};
 pub use jobs::{

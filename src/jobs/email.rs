@@ -35,15 +35,11 @@ pub struct OrderEmail {
 /// graceful stop hands back the ones it has not started.
 const BATCH: usize = 32;
 
-/// How long connecting to the relay may take, and a whole send (a pooled connection's check,
-/// the envelope, the message and its answer): past it the send is a failure that spends an
-/// attempt (lettre bounds only the connect).
-const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl OrderEmail {
     pub fn new(ctx: JobContext) -> Self {
         let smtp = ctx.settings.email.smtp_url.as_ref().and_then(|url| {
-            let builder = transport(url.expose())
+            let timeout = Duration::from_millis(ctx.settings.email.timeout_ms);
+            let builder = transport(url.expose(), timeout)
                 .map_err(|e| tracing::error!(error = %e, "email.smtp_url is unusable: mails wait"))
                 .ok()?;
             let circuit = ctx
@@ -60,6 +56,7 @@ impl OrderEmail {
                 .unwrap_or(1)
                 .max(1);
             Some(Smtp {
+                timeout,
                 builder: builder.pool_config(PoolConfig::new().max_size(connections)),
                 transport: Arc::default(),
                 circuit,
@@ -74,7 +71,7 @@ fn breaker(ctx: &JobContext) -> BreakerSettings {
 }
 
 /// `smtp://[user:password@]host[:port]` (plain SMTP, port 25 by default).
-fn transport(url: &str) -> Result<AsyncSmtpTransportBuilder, String> {
+fn transport(url: &str, timeout: Duration) -> Result<AsyncSmtpTransportBuilder, String> {
     let url = url::Url::parse(url).map_err(|e| e.to_string())?;
     if url.scheme() != "smtp" {
         return Err(format!("scheme {} (expected smtp)", url.scheme()));
@@ -82,7 +79,7 @@ fn transport(url: &str) -> Result<AsyncSmtpTransportBuilder, String> {
     let host = url.host_str().ok_or("no host")?;
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
         .port(url.port().unwrap_or(25))
-        .timeout(Some(SMTP_TIMEOUT));
+        .timeout(Some(timeout));
     if !url.username().is_empty() {
         builder = builder.credentials(Credentials::new(
             url.username().to_owned(),
@@ -98,6 +95,10 @@ fn transport(url: &str) -> Result<AsyncSmtpTransportBuilder, String> {
 /// back into use).
 #[derive(Clone)]
 struct Smtp {
+    /// How long connecting may take, and a whole send (a pooled connection's check, the
+    /// envelope, the message and its answer): past it the send is a failure that spends an
+    /// attempt (lettre bounds only the connect). `email.timeout_ms`.
+    timeout: Duration,
     builder: AsyncSmtpTransportBuilder,
     transport: Arc<Mutex<Option<Arc<AsyncSmtpTransport<Tokio1Executor>>>>>,
     circuit: Circuit,
@@ -117,13 +118,13 @@ impl Smtp {
         }
     }
 
-    /// Sends `message` behind the circuit, within [`SMTP_TIMEOUT`].
+    /// Sends `message` behind the circuit, within its timeout.
     async fn send(self, message: Message) -> Result<(), JobFailure> {
         let call = self.circuit.try_call().map_err(|open| {
             JobFailure::Deferred(open.retry_after, "the SMTP circuit is open".into())
         })?;
         let transport = self.transport();
-        match tokio::time::timeout(SMTP_TIMEOUT, transport.send(message)).await {
+        match tokio::time::timeout(self.timeout, transport.send(message)).await {
             Ok(Ok(_)) => {
                 call.succeeded();
                 Ok(())
@@ -140,7 +141,8 @@ impl Smtp {
                 call.failed();
                 self.retire(&transport);
                 Err(JobFailure::Retry(format!(
-                    "SMTP: no answer within {SMTP_TIMEOUT:?}"
+                    "SMTP: no answer within {:?}",
+                    self.timeout
                 )))
             }
         }

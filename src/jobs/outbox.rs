@@ -42,8 +42,15 @@ pub fn audit_of_change(
 }
 
 /// The jobs that follow an order event: the customer's email, the merchant's webhook (when it
-/// has a URL), analytics and the audit trail.
-pub fn for_order_event(event: &str, order_id: Uuid, has_webhook: bool, actor: &str) -> Vec<NewJob> {
+/// has a URL), analytics and the audit trail (with `changes`, the fields a status change
+/// changed).
+pub fn for_order_event(
+    event: &str,
+    order_id: Uuid,
+    has_webhook: bool,
+    actor: &str,
+    changes: Option<serde_json::Value>,
+) -> Vec<NewJob> {
     let order = || Some(order_id.to_string());
     let mut jobs = vec![NewJob {
         kind: &ORDER_EMAIL,
@@ -69,7 +76,7 @@ pub fn for_order_event(event: &str, order_id: Uuid, has_webhook: bool, actor: &s
     }
     jobs.push(NewJob {
         dedup_key: format!("{event}:{order_id}"),
-        ..audit(event, actor, "order", &order_id.to_string())
+        ..audit_of_change(event, actor, "order", &order_id.to_string(), changes)
     });
     jobs
 }

@@ -252,6 +252,9 @@ pub struct EmailSettings {
     pub smtp_url: Option<Secret>,
     pub from: String,
     pub outbox_dir: PathBuf,
+    /// How long connecting to the relay and a whole send may take; past it the send is a
+    /// failed attempt.
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -196,6 +196,7 @@ impl Settings {
         at_most("jobs.lease_secs", self.jobs.lease_secs, 86_400)?;
         positive("jobs.lease_secs", self.jobs.lease_secs)?;
         positive("jobs.poll_interval_ms", self.jobs.poll_interval_ms)?;
+        positive("email.timeout_ms", self.email.timeout_ms)?;
         at_most(
             "jobs.poll_interval_ms",
             self.jobs.poll_interval_ms,

@@ -45,9 +45,25 @@ pub struct Backend {
     /// Every actor's handle, for tests and tools.
     pub handles: Handles,
     pub tree: Arc<Tree>,
-    db_arbiter: Arbiter,
-    jobs_arbiter: Option<Arbiter>,
+    threads: Threads,
     cluster: Option<Cluster>,
+}
+
+/// The backend's own threads, stopped when dropped, so that a backend dropped without
+/// `shutdown` (a start that failed halfway, a test whose runtime ended) ends them and, with
+/// them, the pool's connections, whatever else still holds a handle to them.
+struct Threads {
+    db: Arbiter,
+    jobs: Option<Arbiter>,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        if let Some(jobs) = &self.jobs {
+            jobs.stop();
+        }
+        self.db.stop();
+    }
 }
 
 impl Backend {
@@ -99,28 +115,28 @@ impl Backend {
         };
         let gauge = DbGauge::new(&db_settings);
         // The pool coordinates every worker's queries, so it runs once, on a thread of its own.
-        let db_arbiter = Arbiter::new();
+        let mut threads = Threads {
+            db: Arbiter::new(),
+            jobs: None,
+        };
+        let db_arbiter = threads.db.handle();
         let db_gauge = gauge.clone();
         let slow_query =
             (settings.log.slow_query_ms > 0).then(|| Settings::ms(settings.log.slow_query_ms));
-        let db = tree.start(
-            &spec("db", actors.db),
-            Some(&db_arbiter.handle()),
-            move |sup| {
-                let db = Db::new(db_settings, db_gauge, sup).with_circuit(pg_circuit);
-                match slow_query {
-                    Some(at_least) => db.with_slow_query(at_least),
-                    None => db,
-                }
-            },
-        );
+        let db = tree.start(&spec("db", actors.db), Some(&db_arbiter), move |sup| {
+            let db = Db::new(db_settings, db_gauge, sup).with_circuit(pg_circuit);
+            match slow_query {
+                Some(at_least) => db.with_slow_query(at_least),
+                None => db,
+            }
+        });
         // Beside Db, with its own connection and mailbox: a Db busy with traffic must not make
         // the instance look unready.
         let probe_spec = ActorSpec::new("db_probe")
             .mailbox(16)
             .call_deadline(Settings::ms(settings.health.ready_timeout_ms));
         let listen = pg.clone();
-        let probe = tree.start(&probe_spec, Some(&db_arbiter.handle()), move |sup| {
+        let probe = tree.start(&probe_spec, Some(&db_arbiter), move |sup| {
             DbProbe::new(pg, sup)
         });
         let mut replicas = Vec::new();
@@ -137,7 +153,7 @@ impl Backend {
             let for_actor = circuit.clone();
             let handle = tree.start(
                 &spec(actor_name, actors.db),
-                Some(&db_arbiter.handle()),
+                Some(&db_arbiter),
                 move |sup| Db::new(replica_settings, replica_gauge, sup).with_circuit(for_actor),
             );
             replicas.push(Replica::new(name, handle, circuit));
@@ -162,7 +178,7 @@ impl Backend {
         let (tier, shared_for_actor) = (reader.clone(), shared.clone());
         let cache = tree.start(
             &spec("cache", actors.cache),
-            Some(&db_arbiter.handle()),
+            Some(&db_arbiter),
             move |sup| Cache::new(cache_settings, tier, shared_for_actor, sup),
         );
         let cache = StoreCache::new(cache, reader.clone(), shared, settings);
@@ -185,7 +201,7 @@ impl Backend {
         let board_for_monitor = memory_board.clone();
         let limits_for_monitor = vec![concurrency.reads.clone(), concurrency.writes.clone()];
         let cache_for_monitor = Some(cache.handle.shrinker());
-        let db_thread = db_arbiter.handle();
+        let db_thread = db_arbiter.clone();
         let memory = tree.start(&spec("memory", actors.memory), None, move |sup| {
             MemoryMonitor::new(
                 memory_settings,
@@ -214,7 +230,7 @@ impl Backend {
             .collect();
         let none = std::collections::BTreeMap::new();
         let jobs_board = JobsBoard::new(if dispatch { &queues } else { &none });
-        let (jobs, jobs_arbiter) = if dispatch {
+        let jobs = if dispatch {
             let j = &settings.jobs;
             let jobs_settings = JobsSettings {
                 instance: format!(
@@ -247,16 +263,14 @@ impl Backend {
                 circuits: circuits.clone(),
             });
             // Job runs (deliveries, report reads) never share a thread with requests or the pool.
-            let arbiter = Arbiter::new();
+            let arbiter = threads.jobs.insert(Arbiter::new()).handle();
             let (db_for_jobs, board_for_jobs) = (db.clone(), jobs_board.clone());
-            let handle = tree.start(
-                &spec("jobs", actors.jobs),
-                Some(&arbiter.handle()),
-                move |sup| Jobs::new(db_for_jobs, jobs_settings, runners, board_for_jobs, sup),
-            );
-            (Some(handle), Some(arbiter))
+            let handle = tree.start(&spec("jobs", actors.jobs), Some(&arbiter), move |sup| {
+                Jobs::new(db_for_jobs, jobs_settings, runners, board_for_jobs, sup)
+            });
+            Some(handle)
         } else {
-            (None, None)
+            None
         };
         let handles = Handles {
             db: db.clone(),
@@ -281,8 +295,7 @@ impl Backend {
             memory: memory_board,
             jobs: jobs_board,
             tree: Arc::new(tree),
-            db_arbiter,
-            jobs_arbiter,
+            threads,
             cluster,
         })
     }
@@ -290,10 +303,7 @@ impl Backend {
     /// Stops the actors (last started first), their arbiter, then the local cluster.
     pub async fn shutdown(self) {
         self.tree.stop().await;
-        if let Some(jobs) = self.jobs_arbiter {
-            jobs.stop();
-        }
-        self.db_arbiter.stop();
+        drop(self.threads);
         let Some(cluster) = self.cluster.filter(Cluster::is_owned) else {
             return;
         };

@@ -243,7 +243,7 @@ impl Checkout {
         ];
         let sms = self.request.customer_phone.is_some();
         let mut jobs =
-            (self.outbox.order_jobs)("order.created", order_id, has_webhook, "storefront");
+            (self.outbox.order_jobs)("order.created", order_id, has_webhook, "storefront", None);
         if sms {
             jobs.push((self.outbox.sms_job)("order.created", order_id));
         }

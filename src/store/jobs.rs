@@ -34,8 +34,8 @@ pub struct NewJob {
 /// transaction: the jobs layer's recipes (`jobs::outbox`), with the kinds they name.
 #[derive(Clone, Copy)]
 pub struct Outbox {
-    /// The jobs that follow an order event: `(event, order_id, has_webhook, actor)`.
-    pub order_jobs: fn(&str, Uuid, bool, &str) -> Vec<NewJob>,
+    /// The jobs that follow an order event: `(event, order_id, has_webhook, actor, changes)`.
+    pub order_jobs: fn(&str, Uuid, bool, &str, Option<Value>) -> Vec<NewJob>,
     /// The SMS job of an order event, for an order with a phone number: `(event, order_id)`.
     pub sms_job: fn(&str, Uuid) -> NewJob,
     /// The audit job of a change: `(action, actor, entity_type, entity_id, changes)`

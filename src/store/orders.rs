@@ -2,6 +2,7 @@
 
 use crate::domain::listing::{KeyValue, Page, Position};
 use crate::domain::order::{OrderFilter, OrderStatus};
+use crate::store::audit::Changes;
 use crate::store::jobs::{enqueue, Outbox};
 use crate::store::paging::{self, page_tail, ListSql, PageOf, Param};
 use crate::store::transaction::in_transaction;
@@ -253,7 +254,10 @@ impl ChangeStatus {
         )
         .await?;
         let event = format!("order.{}", self.to.as_str());
-        let mut jobs = (self.outbox.order_jobs)(&event, self.id, has_webhook, "merchant");
+        let to = self.to.as_str().to_owned();
+        let changes = Changes::new().field("status", &from, &to).into_value();
+        let mut jobs =
+            (self.outbox.order_jobs)(&event, self.id, has_webhook, "merchant", Some(changes));
         if has_phone {
             jobs.push((self.outbox.sms_job)(&event, self.id));
         }

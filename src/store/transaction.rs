@@ -1,5 +1,6 @@
 //! The transaction every writing command runs in: bounded by its caller's deadline, committed
-//! only while the caller waits, retried after a deadlock or serialization failure.
+//! only while the caller waits, retried after a deadlock or serialization failure, and its
+//! outcome looked up when the connection breaks as it commits (`rampart_actors::commit`).
 
 use deadpool_postgres::Transaction;
 use rampart_actors::{commit, Conn, DbError};
@@ -16,7 +17,7 @@ pub async fn in_transaction<T>(
     loop {
         tries += 1;
         let tx = conn.begin().await?;
-        match attempt(&tx).await {
+        match attempt(&*tx).await {
             Ok((value, true)) => match commit(tx, &caller).await {
                 Ok(()) => return Ok(value),
                 Err(e) if e.is_retryable() && tries < 4 => continue,

@@ -333,3 +333,42 @@ async fn sessions_carry_the_idle_transaction_timeout_and_tcp_keepalives() {
     assert!(pg.get_keepalives());
     assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(9));
 }
+
+/// A service whose runtime ends without a graceful stop (a test returning, a start failing
+/// halfway) keeps none of its pool's connections: the suite runs one service per test against
+/// one cluster, whose `max_connections` must not fill with sessions nobody will use.
+#[actix_rt::test]
+async fn a_service_dropped_without_a_graceful_stop_closes_its_database_connections() {
+    let url = TestPg::shared().fresh_database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let for_service = url.clone();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let app = TestApp::builder().database(&for_service).spawn().await;
+            let reply = app.get("/health/ready").await;
+            assert_eq!(reply.status, 200);
+            app.db.run(Select1).await.expect("a command through Db");
+            // The runtime ends here with the service still running.
+        })
+    })
+    .join()
+    .expect("the service's thread");
+
+    let admin = crate::support::connect(&TestPg::shared().cluster.url("postgres")).await;
+    let open = async || -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&database],
+            )
+            .await
+            .expect("count sessions")
+            .get(0)
+    };
+    wait_until(
+        "the dropped service's sessions are closed",
+        Duration::from_secs(10),
+        async || open().await == 0,
+    )
+    .await;
+}

@@ -377,6 +377,47 @@ async fn a_mail_server_slower_than_the_idle_limit_gets_the_mail_once() {
     assert_eq!(attempts, 1);
 }
 
+/// A relay that takes each message and never answers: every send ends at `email.timeout_ms`
+/// as a failed attempt, counted, and the job goes dead once its attempts are spent, rather than
+/// holding its lease (and a connection) forever.
+#[actix_rt::test]
+async fn a_relay_that_never_answers_costs_an_attempt_per_send_and_the_mail_goes_dead() {
+    let sink = SmtpSink::answering_after(Duration::from_secs(3600)).await;
+    let url = sink.url.clone();
+    let app = jobs_app()
+        .configure(move |s| {
+            s.email.smtp_url = Some(Secret::new(url));
+            s.email.timeout_ms = 300;
+            s.jobs.max_attempts = 2;
+            s.jobs.lease_secs = 60;
+            // The relay's silence must not open the circuit before the attempts are spent.
+            s.breakers.minimum_calls = 100;
+        })
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("Silent Relay").await;
+    let product = app.create_product(&merchant, "HANG-1", 500, 5).await;
+    buy(&app, &merchant, &product, 1).await;
+    a_job_is(&app, "order_email", "dead").await;
+    let row = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT attempts, last_error FROM jobs WHERE kind = 'order_email'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "each silent send spent an attempt");
+    let error: String = row.get(1);
+    assert!(error.contains("no answer within"), "{error}");
+    assert_eq!(
+        sink.mails().len(),
+        2,
+        "the relay took the message at each attempt"
+    );
+}
+
 #[actix_rt::test]
 async fn without_smtp_the_mails_are_eml_files_in_the_outbox() {
     let dir = std::env::temp_dir().join(format!("rampart-eml-{}", uuid::Uuid::new_v4()));
@@ -898,8 +939,16 @@ async fn webhook_urls_reaching_internal_addresses_are_refused_at_creation_update
 #[actix_rt::test]
 async fn two_instances_dispatching_from_one_database_run_every_job_once() {
     let receiver = WebhookReceiver::start(Behaviour::Accept);
-    let first = jobs_app().spawn().await;
-    let second = jobs_app().beside(&first).spawn().await;
+    // The subject is the claim: one instance's claim keeps the other off a job. A run that
+    // outlives its lease is given to the other instance by design, and the quick 2 s lease can
+    // run out on a loaded test machine, so here the lease is long.
+    let long_lease = |s: &mut Settings| s.jobs.lease_secs = 60;
+    let first = jobs_app().configure(long_lease).spawn().await;
+    let second = jobs_app()
+        .configure(long_lease)
+        .beside(&first)
+        .spawn()
+        .await;
     let (merchant, _) = merchant_with_webhook(&first, &receiver.url).await;
     let product = first.create_product(&merchant, "TWO-1", 100, 1000).await;
     // The product's creation is audited too: one audit job beside the orders'.

@@ -9,6 +9,7 @@ mod cache;
 mod catalog;
 mod checkout;
 mod cli;
+mod commit_outcome;
 mod contract;
 mod credentials;
 mod db_actor;

@@ -400,7 +400,8 @@ async fn merchant_settings_and_orders_are_audited_settings_with_old_and_new_valu
     );
     assert!(entries.iter().all(|e| e["entity_type"] == "merchant"));
 
-    // Checkouts and status changes are audited too; neither is a field update.
+    // Checkouts and status changes are audited too: a status change with its old and new status,
+    // a checkout with no changes (it creates).
     let product = app.create_product(&merchant, "ORD-A", 100, 5).await;
     let order = app
         .checkout(
@@ -440,7 +441,12 @@ async fn merchant_settings_and_orders_are_audited_settings_with_old_and_new_valu
                 order_id.as_str(),
                 &Value::Null
             ),
-            ("order.paid", "merchant", order_id.as_str(), &Value::Null),
+            (
+                "order.paid",
+                "merchant",
+                order_id.as_str(),
+                &json!({"status": {"old": "pending", "new": "paid"}})
+            ),
         ]
     );
 }

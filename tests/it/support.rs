@@ -31,7 +31,7 @@ impl TestPg {
     }
 
     fn with(durability: Durability) -> TestPg {
-        let dir = std::env::temp_dir().join(format!(
+        let dir = scratch_dir().join(format!(
             "rampart-it-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
@@ -84,6 +84,35 @@ impl TestPg {
             .expect("clone the template");
         self.cluster.url(&name)
     }
+}
+
+/// Where test clusters keep their data: in memory (`/dev/shm`) when it has room, else the
+/// temporary directory. The suite clones a database per test (150 and more, 8 MB each) and
+/// starts a dozen clusters: on a machine short of disk, PostgreSQL once stopped being able to
+/// write and the suite's last tests all failed.
+fn scratch_dir() -> std::path::PathBuf {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        const ROOM: u64 = 4 << 30;
+        let shm = std::path::PathBuf::from("/dev/shm");
+        let free = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&shm)
+            .output()
+            .ok()
+            .and_then(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .nth(1)
+                    .and_then(|l| l.trim().parse::<u64>().ok())
+            });
+        if free.is_some_and(|free| free >= ROOM) {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    })
+    .clone()
 }
 
 /// `SELECT 1` through `Db`: the smallest command, to see that its lane serves.

@@ -4,9 +4,11 @@
 
 use super::error::DbError;
 use crate::admission::{Caller, Request};
-use deadpool_postgres::{Client, Transaction};
+use deadpool_postgres::{Client, Pool, Transaction};
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+use tokio_postgres::SimpleQueryMessage;
 
 /// A typed unit of database work, run on one pooled connection within its caller's deadline.
 pub trait DbCommand: Send + 'static {
@@ -51,27 +53,119 @@ impl Conn {
     }
 
     /// Begins a transaction that may run only for the time its caller has left: statements and
-    /// lock waits past the deadline fail with [`DbError::Timeout`] and roll it back.
-    pub async fn begin(&mut self) -> Result<Transaction<'_>, DbError> {
+    /// lock waits past the deadline fail with [`DbError::Timeout`] and roll it back. Its id is
+    /// taken in the same round trip, so that a commit whose answer is lost can be looked up.
+    pub async fn begin(&mut self) -> Result<Tx<'_>, DbError> {
         let left = self.caller.remaining().as_millis();
         if left == 0 || !self.caller.is_live() {
             return Err(DbError::Timeout);
         }
+        let pool = Client::pool(&self.client);
         let tx = self.client.transaction().await?;
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {left}; SET LOCAL lock_timeout = {left}"
-        ))
-        .await?;
-        Ok(tx)
+        let answers = tx
+            .simple_query(&format!(
+                "SET LOCAL statement_timeout = {left}; SET LOCAL lock_timeout = {left}; SELECT txid_current()"
+            ))
+            .await?;
+        let xid = answers.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse::<i64>().ok()),
+            _ => None,
+        });
+        Ok(Tx { tx, xid, pool })
+    }
+}
+
+/// A transaction begun by [`Conn::begin`]: its id, and the pool to ask about it on another
+/// connection if its own breaks while COMMIT is in flight.
+pub struct Tx<'a> {
+    tx: Transaction<'a>,
+    xid: Option<i64>,
+    pool: Option<Pool>,
+}
+
+impl<'a> Deref for Tx<'a> {
+    type Target = Transaction<'a>;
+    fn deref(&self) -> &Transaction<'a> {
+        &self.tx
+    }
+}
+
+/// A transaction begun elsewhere (the jobs' claims): no id was taken, so a lost COMMIT answer
+/// stays an error.
+impl<'a> From<Transaction<'a>> for Tx<'a> {
+    fn from(tx: Transaction<'a>) -> Self {
+        Tx {
+            tx,
+            xid: None,
+            pool: None,
+        }
+    }
+}
+
+impl Tx<'_> {
+    pub async fn rollback(self) -> Result<(), DbError> {
+        self.tx.rollback().await.map_err(DbError::from)
     }
 }
 
 /// Commits `tx` if its caller still waits (the point of no return), else rolls it back and
-/// reports [`DbError::Timeout`]. Once COMMIT is sent its outcome is what the caller hears.
-pub async fn commit(tx: Transaction<'_>, caller: &Caller) -> Result<(), DbError> {
+/// reports [`DbError::Timeout`]. Once COMMIT is sent its outcome is what the caller hears: when
+/// the connection breaks before COMMIT's answer arrives, the transaction's status is read on
+/// another connection (`txid_status`), so a write that happened is reported as done and an
+/// error means nothing was written.
+pub async fn commit<'a>(tx: impl Into<Tx<'a>>, caller: &Caller) -> Result<(), DbError> {
+    let Tx { tx, xid, pool } = tx.into();
     if !caller.commit() {
         let _ = tx.rollback().await;
         return Err(DbError::Timeout);
     }
-    tx.commit().await.map_err(DbError::from)
+    let lost = match tx.commit().await.map_err(DbError::from) {
+        Err(lost @ DbError::Unavailable(_)) => lost,
+        answered => return answered,
+    };
+    let (Some(xid), Some(pool)) = (xid, pool) else {
+        return Err(lost);
+    };
+    match outcome(&pool, xid).await {
+        Some(true) => {
+            tracing::warn!(xid, "the connection broke as COMMIT was sent; it committed");
+            Ok(())
+        }
+        Some(false) => Err(lost),
+        // The database cannot be asked either (it is down): the outage is what the caller
+        // hears, and a retry with its idempotency key finds the write if it happened.
+        None => {
+            tracing::error!(
+                xid,
+                "the connection broke as COMMIT was sent; outcome unknown"
+            );
+            Err(lost)
+        }
+    }
+}
+
+/// How long the outcome of a commit whose answer was lost is looked for.
+const OUTCOME_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether transaction `xid` committed (`Some(false)`: aborted, or never reached the server),
+/// asked on another connection until it is no longer in progress; `None` if that cannot be
+/// learnt within [`OUTCOME_WAIT`].
+async fn outcome(pool: &Pool, xid: i64) -> Option<bool> {
+    let ask = async {
+        let client = pool.get().await.ok()?;
+        loop {
+            let row = client
+                .query_one("SELECT txid_status($1)", &[&xid])
+                .await
+                .ok()?;
+            match row.get::<_, Option<String>>(0).as_deref() {
+                Some("committed") => return Some(true),
+                Some("aborted") => return Some(false),
+                // The old session is still finishing its COMMIT (or its rollback).
+                Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                None => return None,
+            }
+        }
+    };
+    tokio::time::timeout(OUTCOME_WAIT, ask).await.ok().flatten()
 }
