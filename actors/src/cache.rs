@@ -12,10 +12,17 @@
 //! - [`Load`] → `Result<Option<Arc<Entry>>, LoadError>`: a miss. Concurrent loads of one key run
 //!   once (the Redis tier, then the loader) and share the outcome, error included (the next miss
 //!   loads again). A load that overlapped an invalidation of its key or scope answers its callers
-//!   but is not stored.
+//!   but is not stored here, and Redis refuses it too (its lease moved on): an older body never
+//!   replaces a newer one in either tier.
 //! - [`Invalidate`] → `()`: drops keys and bumps scope generations here and in Redis, and
 //!   broadcasts it; a writer awaits it before answering, so its next read on this instance sees
-//!   the write, and other instances drop their copies when the broadcast arrives.
+//!   the write, and other instances drop their copies when the broadcast arrives. What Redis
+//!   does not take (a timeout, a broken connection, an open circuit) is sent again every
+//!   100 ms until it does, and what this instance loaded meanwhile is dropped again then.
+//!
+//! What cannot be heard cannot be vouched for: when the channel is subscribed again (after a
+//! break, or three heartbeats not heard back), the whole in-process tier is dropped and the
+//! scopes' generations are read again from Redis.
 //! - [`Shrink`] → `u64` (entries dropped): the memory monitor's request to keep a fraction.
 //! - [`crate::Stop`].
 //!
@@ -34,12 +41,12 @@
 
 use crate::admission::{serve, serve_call, CallError, Envelope, Handle, Reply, Request};
 use crate::crash::crashable;
-use crate::shared_tier::{Broadcast, SharedTier};
+use crate::shared_tier::{Broadcast, Lease, SharedTier};
 use crate::supervision::{Resilient, Stop, Supervision};
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use futures_util::future::LocalBoxFuture;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +56,7 @@ use tokio::sync::oneshot;
 mod tests;
 mod tier;
 
+use tier::Generation;
 pub use tier::{
     CacheReader, CacheSettings, CacheSnapshot, CacheStats, Entry, LoadError, Loaded, Loader, Lookup,
 };
@@ -59,16 +67,29 @@ pub struct Cache {
     settings: CacheSettings,
     reader: CacheReader,
     shared: Option<SharedTier>,
-    /// Keys this instance stored in the shared tier lately: if another instance's invalidation
-    /// arrives for one of them, the shared copy may predate it and is dropped again.
-    recently_shared: HashMap<Arc<str>, Instant>,
     /// Waiters of each load in flight, and the epoch it started at.
     inflight: HashMap<Arc<str>, (u64, Vec<Waiter>)>,
     /// A counter of changes; the epoch of each key's (and scope's) latest invalidation.
     epoch: u64,
     invalidated: HashMap<String, u64>,
+    /// The epoch of the last flush of the whole tier: loads started before it are not stored.
+    flushed: u64,
+    /// This instance's invalidations that Redis has not taken yet, retried until it does.
+    pending: Pending,
+    /// Per scope, this instance's bumps Redis has not acknowledged yet.
+    unsynced: HashMap<String, u32>,
     supervision: Supervision,
 }
+
+#[derive(Default)]
+struct Pending {
+    keys: BTreeSet<String>,
+    scopes: BTreeSet<String>,
+    retrying: bool,
+}
+
+/// How soon an invalidation Redis did not take is sent again.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 impl Cache {
     pub fn new(
@@ -81,10 +102,12 @@ impl Cache {
             settings,
             reader,
             shared,
-            recently_shared: HashMap::new(),
             inflight: HashMap::new(),
             epoch: 0,
             invalidated: HashMap::new(),
+            flushed: 0,
+            pending: Pending::default(),
+            unsynced: HashMap::new(),
             supervision,
         }
     }
@@ -96,7 +119,7 @@ impl Cache {
 
     fn changed_since(&self, key: &str, scope: Option<&str>, since: u64) -> bool {
         let after = |k: &str| self.invalidated.get(k).is_some_and(|e| *e > since);
-        after(key) || scope.is_some_and(after)
+        since < self.flushed || after(key) || scope.is_some_and(after)
     }
 
     /// Invalidation epochs older than any load still in flight no longer matter.
@@ -116,26 +139,17 @@ impl Actor for Cache {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(shared) = self.shared.clone() {
-            let addr = ctx.address();
+            let (addr, again) = (ctx.address(), ctx.address());
             // Off the request path: every other instance's invalidations, as they come.
-            let reader = self.reader.clone();
             ctx.spawn(
                 shared
                     .listen(
                         move |broadcast| addr.do_send(Remote(broadcast)),
-                        // Broadcasts sent while the channel was down are lost: the absences
-                        // they would have voided go now (values expire with their freshness).
-                        move || {
-                            reader.drop_absent();
-                        },
+                        move || again.do_send(Resubscribed),
                     )
                     .into_actor(self),
             );
         }
-        ctx.run_interval(Duration::from_secs(5), |cache, _| {
-            let horizon = Instant::now() - Duration::from_secs(5);
-            cache.recently_shared.retain(|_, at| *at > horizon);
-        });
     }
 }
 
@@ -144,10 +158,13 @@ impl Resilient for Cache {
         &mut self.supervision
     }
 
-    fn rebuild(&mut self, _ctx: &mut Context<Self>) {
+    fn rebuild(&mut self, ctx: &mut Context<Self>) {
         self.reader.tier.invalidate_all();
         self.inflight.clear();
         self.invalidated.clear();
+        // The retry timer went with the old context; what was pending is still owed.
+        self.pending.retrying = false;
+        self.retry_soon(ctx);
     }
 }
 
@@ -195,25 +212,26 @@ impl Handler<Envelope<Load>> for Cache {
                 let shared = cache.shared.clone();
                 let lookup_key = Arc::clone(&key);
                 let fetch = async move {
+                    let mut lease = Lease::default();
                     if let Some(shared) = shared {
-                        if let Some((tag, body, fresh_for)) = shared.get(&lookup_key).await {
-                            return (
-                                Ok(Some(Loaded {
-                                    body,
-                                    tag,
-                                    fresh_for,
-                                    negative: false,
-                                })),
-                                true,
-                            );
+                        let found = shared.get(&lookup_key).await;
+                        if let Some((tag, body, fresh_for)) = found.entry {
+                            let loaded = Loaded {
+                                body,
+                                tag,
+                                fresh_for,
+                                negative: false,
+                            };
+                            return (Ok(Some(loaded)), true, lease);
                         }
+                        lease = found.lease;
                     }
-                    (loader().await, false)
+                    (loader().await, false, lease)
                 };
                 // In the first waiter's span: what the load logs names that request.
                 let fetch = tracing::Instrument::instrument(fetch, tracing::Span::current());
                 ctx.spawn(fetch.into_actor(cache).map(
-                    move |(outcome, from_shared), cache: &mut Cache, _| {
+                    move |(outcome, from_shared, lease), cache: &mut Cache, _| {
                         let negative = matches!(&outcome, Ok(Some(l)) if l.negative);
                         let outcome = outcome.map(|loaded| {
                             loaded.map(|l| {
@@ -243,14 +261,13 @@ impl Handler<Envelope<Load>> for Cache {
                                 if let (Some(shared), false) =
                                     (cache.shared.clone(), from_shared || negative)
                                 {
-                                    cache
-                                        .recently_shared
-                                        .insert(Arc::clone(&key), Instant::now());
                                     let (key, entry) = (Arc::clone(&key), Arc::clone(entry));
                                     let fresh_for =
                                         entry.fresh_until.saturating_duration_since(Instant::now());
                                     actix_rt::spawn(async move {
-                                        shared.set(&key, &entry.tag, &entry.body, fresh_for).await;
+                                        shared
+                                            .set(&key, lease, &entry.tag, &entry.body, fresh_for)
+                                            .await;
                                     });
                                 }
                             }
@@ -291,19 +308,13 @@ impl Request for Invalidate {
 }
 
 impl Cache {
-    /// Drops `keys` here and bumps the generation of `scopes` (at least to `at_least`).
-    fn invalidate_here(&mut self, keys: &[String], scopes: &[(String, u64)]) {
+    /// Drops `keys` and the lists of `scopes` here; loads of them in flight are not stored.
+    fn drop_here<'a>(&mut self, keys: &[String], scopes: impl IntoIterator<Item = &'a String>) {
         self.epoch += 1;
         let epoch = self.epoch;
-        if let Ok(mut generations) = self.reader.generations.write() {
-            for (scope, at_least) in scopes {
-                let generation = generations.entry(scope.clone()).or_insert(0);
-                *generation = (*generation + 1).max(*at_least);
-            }
-        }
-        self.reader
-            .mark_changed(scopes.iter().map(|(s, _)| s.as_str()));
-        for key in keys.iter().chain(scopes.iter().map(|(s, _)| s)) {
+        let scopes: Vec<&String> = scopes.into_iter().collect();
+        self.reader.mark_changed(scopes.iter().map(|s| s.as_str()));
+        for key in keys.iter().chain(scopes.iter().copied()) {
             self.reader.tier.invalidate(key.as_str());
             self.invalidated.insert(key.clone(), epoch);
         }
@@ -311,6 +322,107 @@ impl Cache {
             .stats
             .invalidations
             .fetch_add((keys.len() + scopes.len()) as u64, Relaxed);
+    }
+
+    /// A write of this instance changed `scopes`: their lists get new keys at once. Without
+    /// Redis the count is this instance's own; with it, a random generation of this instance
+    /// stands until Redis acknowledges the bump ([`Cache::acknowledged`]).
+    fn bump_own(&mut self, scopes: &[String]) {
+        let Ok(mut generations) = self.reader.generations.write() else {
+            return;
+        };
+        for scope in scopes {
+            let generation = generations.entry(scope.clone()).or_default();
+            if self.shared.is_some() {
+                generation.local = rand::random::<u64>() | 1 << 63;
+                *self.unsynced.entry(scope.clone()).or_default() += 1;
+            } else {
+                generation.shared += 1;
+            }
+        }
+    }
+
+    /// Takes the shared generations Redis answered (another instance's broadcast, or this
+    /// instance's own bump): they only move forward.
+    fn adopt(&mut self, generations: &[(String, u64)]) {
+        if let Ok(mut held) = self.reader.generations.write() {
+            for (scope, shared) in generations {
+                let mine = held
+                    .entry(scope.clone())
+                    .or_insert_with(Generation::default);
+                mine.shared = mine.shared.max(*shared);
+            }
+        }
+    }
+
+    /// Redis took this instance's bumps of these scopes: once none is outstanding, the scope's
+    /// lists are keyed by the shared generation again.
+    fn acknowledged(&mut self, generations: &[(String, u64)], all: bool) {
+        self.adopt(generations);
+        let Ok(mut held) = self.reader.generations.write() else {
+            return;
+        };
+        for (scope, _) in generations {
+            let left = self.unsynced.get_mut(scope).map(|n| {
+                *n = if all { 0 } else { n.saturating_sub(1) };
+                *n
+            });
+            if left.unwrap_or(0) == 0 {
+                self.unsynced.remove(scope);
+                if let Some(g) = held.get_mut(scope) {
+                    g.local = 0;
+                }
+            }
+        }
+    }
+
+    /// Keeps an invalidation Redis did not take, to send again soon.
+    fn owe(&mut self, keys: Vec<String>, scopes: Vec<String>, ctx: &mut Context<Self>) {
+        self.pending.keys.extend(keys);
+        self.pending.scopes.extend(scopes);
+        self.retry_soon(ctx);
+    }
+
+    fn retry_soon(&mut self, ctx: &mut Context<Self>) {
+        let owed = !self.pending.keys.is_empty() || !self.pending.scopes.is_empty();
+        if self.pending.retrying || !owed {
+            return;
+        }
+        self.pending.retrying = true;
+        ctx.run_later(RETRY_EVERY, |cache, ctx| cache.retry(ctx));
+    }
+
+    /// Sends what is owed again. Once Redis takes it, what this instance loaded meanwhile (from
+    /// a Redis that still held the old body) is dropped here too.
+    fn retry(&mut self, ctx: &mut Context<Self>) {
+        self.pending.retrying = false;
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let keys: Vec<String> = std::mem::take(&mut self.pending.keys).into_iter().collect();
+        let scopes: Vec<String> = std::mem::take(&mut self.pending.scopes)
+            .into_iter()
+            .collect();
+        if keys.is_empty() && scopes.is_empty() {
+            return;
+        }
+        self.pending.retrying = true;
+        let sent = (keys.clone(), scopes.clone());
+        ctx.spawn(
+            async move { shared.invalidate(sent.0, sent.1).await }
+                .into_actor(self)
+                .map(move |outcome, cache: &mut Cache, ctx| {
+                    cache.pending.retrying = false;
+                    match outcome {
+                        Some(generations) => {
+                            cache.drop_here(&keys, &scopes);
+                            cache.acknowledged(&generations, true);
+                            cache.retry_soon(ctx);
+                        }
+                        None => cache.owe(keys, scopes, ctx),
+                    }
+                }),
+        );
     }
 }
 
@@ -323,23 +435,21 @@ impl Handler<Envelope<Invalidate>> for Cache {
             ctx,
             envelope,
             |cache, Invalidate { keys, scopes }, _| {
-                let local: Vec<(String, u64)> = scopes.iter().map(|s| (s.clone(), 0)).collect();
-                cache.invalidate_here(&keys, &local);
+                cache.drop_here(&keys, &scopes);
+                cache.bump_own(&scopes);
                 let Some(shared) = cache.shared.clone() else {
                     return Reply::Ready(());
                 };
                 // The shared copies go before the writer is answered: its next read here must not
-                // find the old value in Redis. Bounded by the command timeout and the breaker.
+                // find the old value in Redis. Bounded by the command timeout and the breaker;
+                // what Redis does not take is sent again until it does.
+                let sent = (keys.clone(), scopes.clone());
                 Reply::Spawn(Box::pin(
-                    async move { shared.invalidate(keys, scopes).await }
+                    async move { shared.invalidate(sent.0, sent.1).await }
                         .into_actor(cache)
-                        .map(|generations, cache: &mut Cache, _| {
-                            if let Ok(mut held) = cache.reader.generations.write() {
-                                for (scope, generation) in generations {
-                                    let mine = held.entry(scope).or_insert(0);
-                                    *mine = (*mine).max(generation);
-                                }
-                            }
+                        .map(move |outcome, cache: &mut Cache, ctx| match outcome {
+                            Some(generations) => cache.acknowledged(&generations, false),
+                            None => cache.owe(keys, scopes, ctx),
                         }),
                 ))
             },
@@ -358,17 +468,45 @@ impl Handler<Remote> for Cache {
     type Result = ();
 
     fn handle(&mut self, Remote(broadcast): Remote, _ctx: &mut Context<Self>) {
-        self.invalidate_here(&broadcast.keys, &broadcast.scopes);
-        // A copy this instance shared just before the write may have reached Redis after the
-        // writer's DEL: drop it again.
-        let again: Vec<String> = broadcast
-            .keys
-            .into_iter()
-            .filter(|k| self.recently_shared.contains_key(k.as_str()))
-            .collect();
-        if let (Some(shared), false) = (self.shared.clone(), again.is_empty()) {
-            actix_rt::spawn(async move { shared.delete(again).await });
-        }
+        self.drop_here(&broadcast.keys, broadcast.scopes.iter().map(|(s, _)| s));
+        self.adopt(&broadcast.scopes);
+    }
+}
+
+/// The channel was subscribed again after a break or a silence: whatever was broadcast
+/// meanwhile is lost, so nothing held here can be vouched for. The whole tier goes (loads in
+/// flight are not stored), and the scopes' generations are read again from Redis.
+struct Resubscribed;
+
+impl actix::Message for Resubscribed {
+    type Result = ();
+}
+
+impl Handler<Resubscribed> for Cache {
+    type Result = ();
+
+    fn handle(&mut self, _: Resubscribed, ctx: &mut Context<Self>) {
+        self.reader.tier.invalidate_all();
+        self.epoch += 1;
+        self.flushed = self.epoch;
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let scopes: Vec<String> = self
+            .reader
+            .generations
+            .read()
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default();
+        ctx.spawn(
+            async move { shared.generations(scopes).await }
+                .into_actor(self)
+                .map(|generations, cache: &mut Cache, _| {
+                    if let Some(generations) = generations {
+                        cache.adopt(&generations);
+                    }
+                }),
+        );
     }
 }
 

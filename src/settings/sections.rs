@@ -125,6 +125,9 @@ pub struct RedisSettings {
     pub breaker_failures: u32,
     /// ...for this long, before one command probes it again.
     pub breaker_open_ms: u64,
+    /// How often an instance sends itself a heartbeat through the invalidation channel; three
+    /// not heard back and it subscribes again (flushing what it could not hear meanwhile).
+    pub keepalive_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -187,6 +187,7 @@ impl Settings {
             u64::from(self.redis.breaker_failures),
         )?;
         positive("redis.breaker_open_ms", self.redis.breaker_open_ms)?;
+        positive("redis.keepalive_ms", self.redis.keepalive_ms)?;
         positive("cache.max_bytes", self.cache.max_bytes)?;
         at_most(
             "jobs.backoff_base_ms",

@@ -171,6 +171,7 @@ impl Backend {
                 SharedTierSettings {
                     channel: "rampart:invalidations".to_owned(),
                     resubscribe_after: Settings::ms(settings.redis.breaker_open_ms),
+                    keepalive: Settings::ms(settings.redis.keepalive_ms),
                 },
                 &uuid::Uuid::new_v4().simple().to_string(),
             )

@@ -25,6 +25,7 @@ mod ops;
 mod orders;
 mod overload;
 mod pagination;
+mod proxy;
 mod receivers;
 mod replicas;
 mod reports_and_audit;

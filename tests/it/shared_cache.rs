@@ -1,6 +1,7 @@
 //! The Redis tier: several instances see each other's writes within a second; Redis stopped or
 //! frozen costs no request its answer, readiness says "degraded", and the tier comes back.
 
+use crate::proxy::{Cut, Proxy};
 use crate::support::{wait_until, Merchant, OtherProcess, TestApp, TestRedis};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -265,4 +266,184 @@ async fn a_product_restored_on_one_instance_is_visible_on_another_that_remembere
     )
     .await;
     assert!(written.elapsed() < Duration::from_secs(1));
+}
+
+/// Two instances on one database and one Redis, `a` reaching Redis through `proxy`; a merchant
+/// and its product (price 100) cached by both.
+async fn two_instances_one_behind(
+    redis: &TestRedis,
+    proxy: &Proxy,
+    configure: impl FnOnce(&mut rampart::settings::Settings),
+) -> (TestApp, TestApp, Merchant, String, String) {
+    let through = proxy.url(&redis.url(), redis.port);
+    let a = TestApp::builder()
+        .configure(|s| {
+            s.redis.url = Some(rampart::settings::Secret::new(through));
+            configure(s);
+        })
+        .spawn()
+        .await;
+    let b = TestApp::builder()
+        .with_redis(redis)
+        .beside(&a)
+        .spawn()
+        .await;
+    let m = a.create_merchant("Lossy").await;
+    let p = a.create_product(&m, "LOSSY-1", 100, 10).await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    let product = format!("/api/v1/stores/{}/products/{id}", m.id);
+    for app in [&a, &b] {
+        assert_eq!(app.get(&product).await.json()["price_cents"], 100);
+    }
+    (a, b, m, id, product)
+}
+
+async fn set_price(app: &TestApp, m: &Merchant, id: &str, price: i64) {
+    let reply = app
+        .json_request(
+            awc::http::Method::PATCH,
+            &format!("/api/v1/products/{id}"),
+            Some(&m.api_key),
+            &json!({"price_cents": price}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
+/// The writer's invalidation (the tombstone, the generation and the broadcast, one pipeline)
+/// is lost with its connection to Redis: it is sent again until Redis takes it, so neither
+/// instance serves the older body for more than a second after the write answered.
+#[actix_rt::test]
+async fn an_invalidation_lost_with_its_redis_connection_is_sent_again_within_a_second() {
+    let redis = TestRedis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let (a, b, m, id, product) = two_instances_one_behind(&redis, &proxy, |_| {}).await;
+
+    proxy.arm(b"HINCRBY", Cut::Instead);
+    set_price(&a, &m, &id, 250).await;
+    let written = Instant::now();
+    assert_eq!(proxy.cuts(), 1, "the invalidation met the cut");
+    wait_until(
+        "both instances serve the new price",
+        Duration::from_secs(1),
+        async || {
+            a.get(&product).await.json()["price_cents"] == 250
+                && b.get(&product).await.json()["price_cents"] == 250
+        },
+    )
+    .await;
+    assert!(written.elapsed() < Duration::from_secs(1));
+    // And it stays so: nothing older comes back from either tier.
+    for app in [&a, &b, &a, &b] {
+        assert_eq!(app.get(&product).await.json()["price_cents"], 250);
+    }
+}
+
+/// A load on `b` reads the product, then is held while `a` commits a new price and invalidates
+/// it; `b` never hears of it (its subscription silenced), so it keeps what the load brings, but
+/// Redis refuses the older body (the key's lease moved on): no other instance is served it.
+#[actix_rt::test]
+async fn a_load_that_read_before_a_commit_and_finishes_after_it_never_replaces_the_newer_body() {
+    let redis = TestRedis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let (b, a, m, id, product) = two_instances_one_behind(&redis, &proxy, |_| {}).await;
+    let key = format!("product:{}:{id}", m.id);
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let url = b.database_url.clone();
+    let product_id: uuid::Uuid = id.parse().expect("uuid");
+    let loader: rampart_actors::Loader = Box::new(move || {
+        Box::pin(async move {
+            let sql = crate::support::connect(&url).await;
+            let price: i64 = sql
+                .query_one(
+                    "SELECT price_cents FROM products WHERE id = $1",
+                    &[&product_id],
+                )
+                .await
+                .expect("read the product")
+                .get(0);
+            let _ = read_tx.send(());
+            let _ = go_rx.await;
+            Ok(Some(rampart_actors::Loaded {
+                body: serde_json::to_vec(&json!({"price_cents": price, "late": true}))
+                    .expect("json")
+                    .into(),
+                tag: std::sync::Arc::from("\"late\""),
+                fresh_for: Duration::from_secs(60),
+                negative: false,
+            }))
+        })
+    });
+    // b's memory and Redis hold the product: drop both, so b's next miss is this slow load.
+    b.cache.reader.evict(&key);
+    redis.run(&["DEL", &format!("e:{key}")]).await;
+    let handle = b.cache.handle.clone();
+    let scope = rampart::catalog::scope(m.id.parse().expect("uuid"));
+    let late = actix_rt::spawn(async move { handle.load(key.into(), Some(scope), loader).await });
+    read_rx.await.expect("the load read the product");
+
+    assert_eq!(proxy.silence_subscriptions(), 1, "b's subscription");
+    set_price(&a, &m, &id, 300).await;
+    go_tx.send(()).expect("the load waits");
+    let loaded = late.await.expect("the load's task").expect("the load");
+    let body: serde_json::Value =
+        serde_json::from_slice(&loaded.expect("an entry").body).expect("json");
+    assert_eq!(
+        body["price_cents"], 100,
+        "the held load read before the commit"
+    );
+    let shared = b.cache.shared.clone().expect("redis tier");
+    wait_until(
+        "Redis refuses the late load",
+        Duration::from_secs(5),
+        async || shared.snapshot().stale_loads_refused == 1,
+    )
+    .await;
+    // A third instance, whose memory is empty, reads through Redis.
+    let c = TestApp::builder()
+        .with_redis(&redis)
+        .beside(&a)
+        .spawn()
+        .await;
+    let body = c.get(&product).await.json();
+    assert_eq!(body["price_cents"], 300, "{body}");
+    assert!(
+        body.get("late").is_none(),
+        "the late load reached Redis: {body}"
+    );
+    assert_eq!(a.get(&product).await.json()["price_cents"], 300);
+}
+
+/// The subscription's connection goes silent without breaking (a middlebox dropped it): the
+/// instance's heartbeats stop coming back, it subscribes again and drops what it holds, so
+/// another instance's write reaches it though the broadcast was never heard.
+#[actix_rt::test]
+async fn a_subscription_gone_silent_is_noticed_by_its_keepalive_and_the_instance_catches_up() {
+    let redis = TestRedis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let (a, b, m, id, product) = two_instances_one_behind(&redis, &proxy, |s| {
+        s.redis.keepalive_ms = 200;
+        s.redis.breaker_open_ms = 200;
+    })
+    .await;
+    assert_eq!(proxy.silence_subscriptions(), 1, "a's subscription");
+    set_price(&b, &m, &id, 400).await;
+    wait_until(
+        "the silent instance catches up",
+        Duration::from_secs(5),
+        async || a.get(&product).await.json()["price_cents"] == 400,
+    )
+    .await;
+    let shared = a.cache.shared.as_ref().expect("redis tier").snapshot();
+    assert!(shared.resubscribed >= 1, "{shared:?}");
+    assert_eq!(
+        shared.invalidations_received, 0,
+        "the broadcast was never heard"
+    );
 }

@@ -478,7 +478,7 @@ impl TestApp {
 /// A temporary Redis on a free loopback port, killed when the test process ends. Tests stop,
 /// restart and freeze (SIGSTOP) it.
 pub struct TestRedis {
-    port: u16,
+    pub port: u16,
     pid: std::sync::Mutex<Option<u32>>,
 }
 
@@ -490,6 +490,20 @@ impl TestRedis {
         };
         redis.start_again();
         redis
+    }
+
+    /// Runs one command on this Redis directly (not through any instance).
+    pub async fn run(&self, args: &[&str]) -> redis::Value {
+        let mut conn = redis::Client::open(self.url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query_async(&mut conn).await.expect("command")
     }
 
     pub fn url(&self) -> String {

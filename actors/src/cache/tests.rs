@@ -1,4 +1,4 @@
-//! The cache's tier, tested without an actor.
+//! The cache's tier and generations, tested without an actor.
 
 use super::*;
 use bytes::Bytes;
@@ -31,4 +31,74 @@ fn dropping_the_absences_keeps_every_value() {
     assert!(matches!(reader.lookup("product:a"), Lookup::Missing));
     assert!(matches!(reader.lookup("product:b"), Lookup::Fresh(e) if !e.is_negative()));
     assert!(matches!(reader.lookup("list:a"), Lookup::Fresh(_)));
+}
+
+/// A cache with a Redis tier that is never reached: enough to see how generations move.
+fn cache_with_a_shared_tier() -> Cache {
+    use crate::breaker::BreakerSettings;
+    use crate::shared_tier::SharedTierSettings;
+    let circuit =
+        crate::breakers::BreakerBoard::new().register("redis", BreakerSettings::default());
+    let link = crate::redis_link::RedisLink::new(
+        "redis://127.0.0.1:1",
+        Duration::from_millis(10),
+        circuit,
+    )
+    .expect("a link");
+    let shared = SharedTier::new(
+        link,
+        SharedTierSettings {
+            channel: "c".into(),
+            resubscribe_after: Duration::from_secs(1),
+            keepalive: Duration::from_secs(1),
+        },
+        "me",
+    );
+    let settings = CacheSettings {
+        max_entries: 100,
+        max_bytes: 1 << 20,
+        stale_for: Duration::ZERO,
+    };
+    let supervision = Supervision::new(
+        Arc::new(crate::stats::ActorStats::new("cache", 16)),
+        crate::supervision::RestartPolicy::default(),
+    );
+    Cache::new(
+        settings,
+        Cache::reader(&settings),
+        Some(shared),
+        supervision,
+    )
+}
+
+#[test]
+fn a_bump_redis_has_not_acknowledged_keys_lists_apart_from_every_shared_generation() {
+    let mut cache = cache_with_a_shared_tier();
+    let scope = || vec!["merchant:m".to_owned()];
+    let at = |g: u64| vec![("merchant:m".to_owned(), g)];
+    cache.adopt(&at(5));
+    assert_eq!(cache.reader.generation("merchant:m"), 5);
+
+    cache.bump_own(&scope());
+    let first = cache.reader.generation("merchant:m");
+    assert!(first >= 1 << 63, "never a counter's value: {first}");
+    cache.bump_own(&scope());
+    let second = cache.reader.generation("merchant:m");
+    assert!(second >= 1 << 63 && second != first);
+
+    // Another instance's bump moves the shared count, but this instance's own write is not in
+    // Redis yet: its lists stay keyed apart.
+    cache.adopt(&at(6));
+    assert_eq!(cache.reader.generation("merchant:m"), second);
+    cache.acknowledged(&at(7), false);
+    assert_eq!(
+        cache.reader.generation("merchant:m"),
+        second,
+        "one bump still owed"
+    );
+    cache.acknowledged(&at(8), false);
+    assert_eq!(cache.reader.generation("merchant:m"), 8);
+    // Older news never moves it back.
+    cache.adopt(&at(7));
+    assert_eq!(cache.reader.generation("merchant:m"), 8);
 }

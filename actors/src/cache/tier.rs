@@ -104,6 +104,26 @@ pub struct CacheSnapshot {
     pub bytes: u64,
 }
 
+/// A scope's generation: the shared counter (Redis's `gen:<scope>`, or this instance's own
+/// count without Redis) and, while a bump of this instance's is not yet acknowledged by Redis,
+/// a random one of its own, top bit set so that it is never a counter's value: two instances
+/// can never key different lists alike, however their bumps interleave.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Generation {
+    pub shared: u64,
+    pub local: u64,
+}
+
+impl Generation {
+    pub fn current(&self) -> u64 {
+        if self.local != 0 {
+            self.local
+        } else {
+            self.shared
+        }
+    }
+}
+
 /// What a lookup found.
 pub enum Lookup {
     Fresh(Arc<Entry>),
@@ -116,7 +136,7 @@ pub enum Lookup {
 #[derive(Clone)]
 pub struct CacheReader {
     pub(super) tier: Tier<Arc<str>, Arc<Entry>>,
-    pub(super) generations: Arc<RwLock<HashMap<String, u64>>>,
+    pub(super) generations: Arc<RwLock<HashMap<String, Generation>>>,
     /// When each scope last changed here (a local write or another instance's broadcast): the
     /// read replicas serve a scope only once they have replayed past it.
     changed: Arc<RwLock<HashMap<String, Instant>>>,
@@ -156,7 +176,7 @@ impl CacheReader {
     pub fn generation(&self, scope: &str) -> u64 {
         self.generations
             .read()
-            .map(|g| g.get(scope).copied().unwrap_or(0))
+            .map(|g| g.get(scope).map_or(0, Generation::current))
             .unwrap_or(0)
     }
 
