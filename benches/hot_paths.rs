@@ -1,6 +1,8 @@
 //! Hot functions on the request path: cursor encode and decode, one GCRA step, one rate limit
 //! decision in process, a closed circuit's admit and report, a concurrency limit's admit and
-//! report.
+//! report; and one mail to a relay on loopback, over a pooled connection (as the mail jobs send)
+//! against a connection of its own (as they sent before).
+#![allow(clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rampart::domain::listing::{CursorKey, CursorScope, KeyValue, Position};
@@ -75,5 +77,77 @@ fn guardians(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cursors, gcra, guardians);
+/// A relay on loopback that takes every mail (RFC 5321's happy path), one task per connection.
+async fn relay() -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 relay\r\n").await?;
+                let mut in_data = false;
+                while let Some(line) = lines.next_line().await? {
+                    let reply: &[u8] = if in_data {
+                        if line != "." {
+                            continue;
+                        }
+                        in_data = false;
+                        b"250 queued\r\n"
+                    } else if line.starts_with("EHLO") {
+                        b"250-relay\r\n250 8BITMIME\r\n"
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go on\r\n"
+                    } else if line.starts_with("QUIT") {
+                        write.write_all(b"221 bye\r\n").await?;
+                        break;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    write.write_all(reply).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    port
+}
+
+fn mail(c: &mut Criterion) {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = rt.block_on(relay());
+    let transport = || {
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(port)
+            .build()
+    };
+    let message = || {
+        Message::builder()
+            .from("Rampart <no-reply@rampart.local>".parse().expect("from"))
+            .to("buyer@example.com".parse().expect("to"))
+            .subject("Order #1 at Bench Shop is confirmed")
+            .body("Thank you for your order.".to_owned())
+            .expect("message")
+    };
+    let mut group = c.benchmark_group("mail to a relay on loopback");
+    let pooled = transport();
+    group.bench_function("pooled connection (as shipped)", |b| {
+        b.iter(|| rt.block_on(pooled.send(message())).expect("sent"))
+    });
+    group.bench_function("a connection per mail (before)", |b| {
+        b.iter(|| rt.block_on(transport().send(message())).expect("sent"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, cursors, gcra, guardians, mail);
 criterion_main!(benches);
