@@ -488,7 +488,8 @@ class Suite:
         self.seed()
         self.ceiling_port = free_port()
         cenv = {"CEILING_PORT": str(self.ceiling_port), "CEILING_WORKERS": "2", "CEILING_DATABASE_URL": self.pg.url(),
-                "CEILING_BODY_FILE": str(self.work / "product.json"), "CEILING_POOL_SIZE": "32"}
+                "CEILING_BODY_FILE": str(self.work / "product.json"), "CEILING_PAGE_FILE": str(self.work / "page.json"),
+                "CEILING_POOL_SIZE": "32"}
         self.ceiling = Process("ceiling", [str(ROOT / "target/release/rampart-ceiling")], cenv, self.ceiling_port, self.out / "ceiling.log")
         self.ceiling.start("/static")
         self.started.append(self.ceiling)
@@ -528,6 +529,9 @@ class Suite:
         (self.work / "product.json").write_bytes(product)
         (self.work / "static.txt").write_text("/static\n")
         self.results["product_body_bytes"] = len(product)
+        page = self.api("GET", f"{store}/products?limit=20&category=cat3")
+        (self.work / "page.json").write_bytes(page)
+        self.results["page_body_bytes"] = len(page)
         urls = []
         for category in ("cat3", "cat7", "cat11"):
             path = f"{store}/products?limit=20&category={category}"
@@ -692,7 +696,16 @@ class Suite:
     def list(self, d):
         lst = str(self.work / "list.txt")
         self.warm(self.base(), "bench/lua/list.lua", ["", lst])
-        r = {"service": self.measure("list", lambda: wrk(self.base(), "bench/lua/list.lua", ["", lst], d))}
+        ceiling = f"http://127.0.0.1:{self.ceiling_port}"
+        # Side by side: a bare endpoint answering a page's body to the very same requests (the
+        # ceiling serves it on any path, so it parses the same request lines), then the service.
+        r = {"ceiling_page": self.measure("HTTP ceiling (a list page's body)", lambda: wrk(ceiling, "bench/lua/list.lua", ["", lst], d), self.ceiling.pid)}
+        profiler = self.start_profile(d, "list") if os.environ.get("PROFILE") else None
+        r["service"] = self.measure("list", lambda: wrk(self.base(), "bench/lua/list.lua", ["", lst], d))
+        if profiler:
+            r["profile"] = self.finish_profile(profiler)
+        r["ratio_to_page_ceiling"] = round(r["service"]["rps"] / r["ceiling_page"]["rps"], 3)
+        log(f"list pages / a bare endpoint serving a page's body: {r['ratio_to_page_ceiling']}")
         ceiling = getattr(self, "static_ceiling", None)
         if ceiling:
             r["ratio_to_http_ceiling"] = round(r["service"]["rps"] / ceiling["rps"], 3)

@@ -1,12 +1,15 @@
 //! The ceilings the load benchmarks are measured against, in one process:
 //! - `GET /static`: a bare actix-web endpoint answering a fixed body the size of a product
 //!   (the HTTP ceiling: no middleware, no database);
+//! - `GET /static-page`, and any other path (the storefront list URLs, cursors and all, so the
+//!   request lines parsed are the service's own): the same, answering a storefront list page's
+//!   body (the ceiling of the list pages, whose bodies are twenty products long);
 //! - `GET /direct/stores/{merchant_id}/products/{id}`: the storefront product read done directly
 //!   on a deadpool pool in the handler, with the service's own middleware, SQL and response
 //!   headers, but no actor hop (the actor tax is the service's figure over this one).
 //!
 //! Configured by environment: `CEILING_PORT`, `CEILING_WORKERS`, `CEILING_DATABASE_URL`,
-//! `CEILING_BODY_FILE` (the static body), `CEILING_POOL_SIZE`.
+//! `CEILING_BODY_FILE` (the static body), `CEILING_PAGE_FILE` (the static page), `CEILING_POOL_SIZE`.
 
 use actix_web::http::header;
 use actix_web::middleware::from_fn;
@@ -22,10 +25,22 @@ fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-async fn static_body(body: web::Data<web::Bytes>) -> HttpResponse {
+/// The static bodies: a product's, and a list page's.
+struct Bodies {
+    product: web::Bytes,
+    page: web::Bytes,
+}
+
+async fn static_body(bodies: web::Data<Bodies>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(body.get_ref().clone())
+        .body(bodies.product.clone())
+}
+
+async fn static_page(bodies: web::Data<Bodies>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(bodies.page.clone())
 }
 
 async fn direct(
@@ -86,10 +101,13 @@ fn main() -> std::io::Result<()> {
     let pool_size: usize = env("CEILING_POOL_SIZE", "16")
         .parse()
         .map_err(std::io::Error::other)?;
-    let body = web::Bytes::from(std::fs::read(env(
-        "CEILING_BODY_FILE",
-        "bench/product.json",
-    ))?);
+    let bodies = Bodies {
+        product: web::Bytes::from(std::fs::read(env(
+            "CEILING_BODY_FILE",
+            "bench/product.json",
+        ))?),
+        page: web::Bytes::from(std::fs::read(env("CEILING_PAGE_FILE", "bench/page.json"))?),
+    };
     let pg = tokio_postgres::Config::from_str(&env(
         "CEILING_DATABASE_URL",
         "postgres://rampart@127.0.0.1/rampart",
@@ -110,13 +128,15 @@ fn main() -> std::io::Result<()> {
             .map_err(std::io::Error::other)?;
         let metrics = web::Data::new(Metrics::new().map_err(std::io::Error::other)?);
         let pool = web::Data::new(pool);
-        let body = web::Data::new(body);
+        let bodies = web::Data::new(bodies);
         HttpServer::new(move || {
             App::new()
                 .app_data(pool.clone())
-                .app_data(body.clone())
+                .app_data(bodies.clone())
                 .app_data(metrics.clone())
                 .route("/static", web::get().to(static_body))
+                .route("/static-page", web::get().to(static_page))
+                .default_service(web::get().to(static_page))
                 .service(
                     web::scope("/direct")
                         .route("/stores/{merchant_id}/products/{id}", web::get().to(direct))

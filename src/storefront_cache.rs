@@ -115,21 +115,27 @@ impl StoreCache {
     }
 
     /// A storefront list page, serialized: from the tier when fresh, else loaded once. The key
-    /// carries the merchant's generation, which every write to the merchant bumps. `None`: no
-    /// such store.
+    /// carries the merchant's generation, which every write to the merchant bumps, and the
+    /// request's query string as sent: a hit answers without parsing it (its parameters and
+    /// cursor were checked when the page was loaded, and the same string always names the same
+    /// page); only a miss runs `parse`. `None`: no such store.
     pub async fn list(
         &self,
         reads: &Reads,
-        listing: ProductListing,
+        merchant_id: Uuid,
+        query: &str,
+        parse: impl FnOnce() -> Result<ProductListing, ApiError>,
         cursor_key: CursorKey,
     ) -> Result<Option<Arc<Entry>>, ApiError> {
-        let merchant_id = listing.query.merchant_id;
         let scope = scope(merchant_id);
         let key = format!(
-            "list:{merchant_id}:{}:{}",
-            self.reader.generation(&scope),
-            listing.fingerprint()
+            "list:{merchant_id}:{}:{query}",
+            self.reader.generation(&scope)
         );
+        if let Lookup::Fresh(entry) = self.reader.lookup(&key) {
+            return Ok(Some(entry));
+        }
+        let listing = parse()?;
         let reads = reads.clone();
         let load = async move || {
             let result = reads

@@ -29,22 +29,28 @@ fn cache_headers(response: &mut HttpResponse, etag: &str, cache_control: &Header
     responses((status = 200, body = Listing<Product>, description = "active products"),
         (status = 400, description = "bad filter, sort or cursor; `status` is not a storefront filter; an offset page past `pagination.max_offset`", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, response = crate::routes::responses::NotFound), (status = 503, response = crate::routes::responses::Unavailable)))]
-pub async fn list(
-    state: &AppState,
-    merchant: &str,
-    params: ProductListParams,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list(state: &AppState, merchant: &str, query: &str) -> Result<HttpResponse, ApiError> {
     let merchant_id = path_id(merchant)?;
-    let listing = ProductListing::parse(
-        &state.cursor_key,
-        merchant_id,
-        true,
-        &params,
-        &state.settings.pagination,
-    )?;
+    let parse = || {
+        let params = web::Query::<ProductListParams>::from_query(query)
+            .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+        ProductListing::parse(
+            &state.cursor_key,
+            merchant_id,
+            true,
+            &params,
+            &state.settings.pagination,
+        )
+    };
     let page = state
         .cache
-        .list(&state.reads, listing, state.cursor_key.clone())
+        .list(
+            &state.reads,
+            merchant_id,
+            query,
+            parse,
+            state.cursor_key.clone(),
+        )
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok()
@@ -109,9 +115,7 @@ pub async fn route(
         }
         (Some(merchant), Some("products"), None, None) => {
             allow(&req, "GET", "/api/v1/stores/{merchant_id}/products")?;
-            let params = web::Query::<ProductListParams>::from_query(req.query_string())
-                .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
-            list(&state, merchant, params.into_inner()).await
+            list(&state, merchant, req.query_string()).await
         }
         (Some(merchant), Some("orders"), None, None) => {
             allow(&req, "POST", "/api/v1/stores/{merchant_id}/orders")?;
