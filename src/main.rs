@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    rampart::telemetry::init(&settings.log);
+    let telemetry = rampart::telemetry::init(&settings.log, &settings.telemetry);
     let result = actix_web::rt::System::new().block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(settings).await,
@@ -27,6 +27,8 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Outside the runtime: the exporter's last batch is sent on the SDK's own thread.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -216,6 +216,7 @@ impl Handler<Envelope<Load>> for Cache {
                     if let Some(shared) = shared {
                         let found = shared.get(&lookup_key).await;
                         if let Some((tag, body, fresh_for)) = found.entry {
+                            tracing::Span::current().record("cache.tier", "redis");
                             let loaded = Loaded {
                                 body,
                                 tag,
@@ -226,10 +227,17 @@ impl Handler<Envelope<Load>> for Cache {
                         }
                         lease = found.lease;
                     }
+                    tracing::Span::current().record("cache.tier", "database");
                     (loader().await, false, lease)
                 };
                 // In the first waiter's span: what the load logs names that request.
-                let fetch = tracing::Instrument::instrument(fetch, tracing::Span::current());
+                let span = tracing::info_span!(
+                    "cache",
+                    otel.name = "cache load",
+                    cache.key = %key,
+                    cache.tier = tracing::field::Empty,
+                );
+                let fetch = tracing::Instrument::instrument(fetch, span);
                 ctx.spawn(fetch.into_actor(cache).map(
                     move |(outcome, from_shared, lease), cache: &mut Cache, _| {
                         let negative = matches!(&outcome, Ok(Some(l)) if l.negative);

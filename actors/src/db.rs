@@ -111,6 +111,7 @@ async fn run_in_task<C: DbCommand>(
     slow_query: Option<Duration>,
 ) -> Result<C::Output, DbError> {
     let span = tracing::Span::current();
+    let since_sent = std::time::Instant::now();
     let task = actix_rt::spawn(tracing::Instrument::instrument(
         async move {
             let _slot = slot;
@@ -137,6 +138,8 @@ async fn run_in_task<C: DbCommand>(
             }
             let unanswered_at = caller.deadline() + UNANSWERED_GRACE;
             let started = std::time::Instant::now();
+            let traced = tracing::Span::current();
+            traced.record("wait_ms", since_sent.elapsed().as_secs_f64() * 1000.0);
             let mut conn = Conn::new(client, caller);
             let mut call = call;
             let outcome = {
@@ -158,6 +161,11 @@ async fn run_in_task<C: DbCommand>(
                 call.finish(matches!(outcome, Ok(Err(DbError::Unavailable(_)))));
             }
             let took = started.elapsed();
+            traced.record("work_ms", took.as_secs_f64() * 1000.0);
+            if let Ok(Err(e)) = &outcome {
+                traced.record("otel.status_code", "ERROR");
+                traced.record("error", tracing::field::display(e));
+            }
             if slow_query.is_some_and(|slow| took >= slow) {
                 tracing::warn!(
                     command = std::any::type_name::<C>(),
@@ -262,7 +270,8 @@ impl Handler<Stop> for Db {
 impl Handle<Db> {
     /// Runs `command` through admission, flattening admission failures into [`DbError`].
     pub async fn run<C: DbCommand>(&self, command: C) -> Result<C::Output, DbError> {
-        self.call(Exec(command)).await?
+        let span = self.command_span::<C>();
+        tracing::Instrument::instrument(self.call(Exec(command)), span).await?
     }
 
     pub async fn run_within<C: DbCommand>(
@@ -270,7 +279,35 @@ impl Handle<Db> {
         command: C,
         within: Duration,
     ) -> Result<C::Output, DbError> {
-        self.call_within(Exec(command), within).await?
+        let span = self.command_span::<C>();
+        tracing::Instrument::instrument(self.call_within(Exec(command), within), span).await?
+    }
+
+    /// A command's span (`db <Command>`, on the actor it ran on: `db` or `db_replica_<n>`): its
+    /// wait for a connection and its work are recorded apart when it runs; the rest of the span
+    /// is its wait in the mailbox and for a slot.
+    /// Created only when a subscriber wants INFO spans of this crate (traces exported).
+    fn command_span<C>(&self) -> tracing::Span {
+        let command = std::any::type_name::<C>();
+        // `rampart::store::products::Get` → `products::Get`: the module says which table.
+        let short = command
+            .rsplitn(3, "::")
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("::");
+        tracing::info_span!(
+            "db",
+            otel.name = %format_args!("db {short}"),
+            db.command = command,
+            db.actor = self.stats().name(),
+            wait_ms = tracing::field::Empty,
+            work_ms = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        )
     }
 }
 

@@ -6,6 +6,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::HttpMessage;
 use tracing::Instrument;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,11 +29,36 @@ pub async fn middleware(
         .filter(|v| sane(v))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     // At ERROR level so the span is on whatever the filter lets through: every line logged
-    // for the request (a slow query on the Db thread included) carries its id.
-    let span = tracing::error_span!("request", request_id = %id, method = %req.method(), path = %req.path());
+    // for the request (a slow query on the Db thread included) carries its id. Its trace name
+    // is the route template, known once the request is routed.
+    let span = tracing::error_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.path(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, req.headers());
+    let method = req.method().clone();
     let mut response = REQUEST_ID
-        .scope(id.clone(), next.call(req).instrument(span))
+        .scope(id.clone(), next.call(req).instrument(span.clone()))
         .await?;
+    if crate::telemetry::exporting() {
+        let route = response
+            .request()
+            .extensions()
+            .get::<crate::http::metrics::RouteLabel>()
+            .map_or("unmatched", |r| r.0);
+        let status = response.status();
+        crate::telemetry::rename(&span, format!("{method} {route}"));
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }

@@ -42,14 +42,15 @@ use crate::jobs::kinds::{
 };
 use crate::store::jobs::Kind;
 use futures_util::future::LocalBoxFuture;
-use rampart_actors::{ClaimedJob, InClaim, JobFailure, JobRunner, Runners};
+use rampart_actors::{ClaimedJob, Effect, InClaim, JobFailure, JobRunner, Runners};
 use std::sync::Arc;
 
 /// Every kind's runner, by kind name.
 pub fn runners(ctx: JobContext) -> Runners {
     let mut runners = Runners::new();
     let mut add = |kind: &Kind, runner: Arc<dyn JobRunner>| {
-        runners.insert(kind.name.to_owned(), (runner, kind.queue.to_owned()));
+        let traced: Arc<dyn JobRunner> = Arc::new(Traced(runner));
+        runners.insert(kind.name.to_owned(), (traced, kind.queue.to_owned()));
     };
     add(&ORDER_EMAIL, Arc::new(email::OrderEmail::new(ctx.clone())));
     add(&WEBHOOK, Arc::new(webhook::Webhook::new(ctx.clone())));
@@ -62,6 +63,55 @@ pub fn runners(ctx: JobContext) -> Runners {
     add(&AUDIT, Arc::new(InClaim(audit::Audit)));
     add(&NOOP, Arc::new(Noop));
     runners
+}
+
+/// A runner whose runs continue the trace of the request that enqueued each job: a `job <kind>`
+/// span, child of the context stored with the job's row, around the run (or the mail sent).
+struct Traced(Arc<dyn JobRunner>);
+
+fn job_span(job: &ClaimedJob) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job",
+        otel.name = %format_args!("job {}", job.kind),
+        job.id = %job.id,
+        job.attempt = job.attempt,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_stored(&span, job.trace_context.as_deref());
+    span
+}
+
+impl JobRunner for Traced {
+    fn run(&self, job: ClaimedJob) -> LocalBoxFuture<'static, Result<(), JobFailure>> {
+        let span = job_span(&job);
+        Box::pin(tracing::Instrument::instrument(self.0.run(job), span))
+    }
+
+    fn batch(&self) -> usize {
+        self.0.batch()
+    }
+
+    fn in_claim(&self) -> Option<&dyn rampart_actors::ClaimRunner> {
+        self.0.in_claim()
+    }
+
+    fn effects(&self, jobs: &[ClaimedJob]) -> Option<LocalBoxFuture<'static, Vec<Effect>>> {
+        let effects = self.0.effects(jobs)?;
+        let spans: Vec<tracing::Span> = jobs.iter().map(job_span).collect();
+        Some(Box::pin(async move {
+            effects
+                .await
+                .into_iter()
+                .zip(spans)
+                .map(|(effect, span)| match effect {
+                    Effect::Pending(send) => {
+                        Effect::Pending(Box::pin(tracing::Instrument::instrument(send, span)))
+                    }
+                    settled => settled,
+                })
+                .collect()
+        }))
+    }
 }
 
 /// `noop`: succeeds at once. What is measured through it is the dispatcher itself.

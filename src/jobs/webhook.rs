@@ -147,8 +147,10 @@ impl JobRunner for Webhook {
                 .disable_redirects()
                 .finish();
             let sig = signature(&secret, Utc::now().timestamp(), &body);
-            let sent = client
-                .post(url.url().as_str())
+            let mut request = client.post(url.url().as_str());
+            // The merchant's side may continue the trace of the order that caused the event.
+            crate::telemetry::inject(request.headers_mut());
+            let sent = request
                 .insert_header(("Content-Type", "application/json"))
                 .insert_header(("Rampart-Signature", sig))
                 .insert_header(("Rampart-Event-Id", event_id.to_string()))

@@ -64,10 +64,12 @@ pub async fn enqueue(
     let ordering: Vec<Option<&str>> = jobs.iter().map(|j| j.ordering_key.as_deref()).collect();
     let payloads: Vec<Value> = jobs.iter().map(|j| j.payload.clone()).collect();
     let dedup: Vec<&str> = jobs.iter().map(|j| j.dedup_key.as_str()).collect();
+    // The runs continue the trace of the change that wrote them.
+    let trace = crate::telemetry::traceparent();
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO jobs (id, merchant_id, queue, kind, payload, max_attempts, dedup_key, ordering_key)
-             SELECT j.id, $2, j.queue, j.kind, j.payload, j.attempts, j.dedup, j.ordering
+            "INSERT INTO jobs (id, merchant_id, queue, kind, payload, max_attempts, dedup_key, ordering_key, trace_context)
+             SELECT j.id, $2, j.queue, j.kind, j.payload, j.attempts, j.dedup, j.ordering, $9
              FROM unnest($1::uuid[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::text[], $8::text[])
                  AS j(id, attempts, queue, kind, payload, dedup, ordering)
              ON CONFLICT (queue, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
@@ -84,6 +86,7 @@ pub async fn enqueue(
             &payloads,
             &dedup,
             &ordering,
+            &trace,
         ],
     )
     .await?;

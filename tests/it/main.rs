@@ -32,4 +32,5 @@ mod reports_and_audit;
 mod scale_out;
 mod shared_cache;
 mod sms;
+mod telemetry;
 mod tenancy;

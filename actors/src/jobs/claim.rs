@@ -58,7 +58,7 @@ macro_rules! claim {
             "
 FROM due WHERE jobs.id = due.id
 RETURNING jobs.id, jobs.merchant_id, jobs.queue, jobs.kind, jobs.payload, jobs.attempts,
-    jobs.max_attempts, jobs.created_at"
+    jobs.max_attempts, jobs.created_at, jobs.trace_context"
         )
     };
 }
@@ -84,6 +84,7 @@ pub(super) fn claimed(r: &tokio_postgres::Row) -> ClaimedJob {
         attempt: r.get(5),
         max_attempts: r.get(6),
         created_at: r.get(7),
+        trace_context: r.get(8),
     }
 }
 

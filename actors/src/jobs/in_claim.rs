@@ -46,7 +46,8 @@ pub(super) struct RunInClaim {
 /// Takes the jobs due `$3` milliseconds ago by locking them (no new row version); the run's
 /// attempt is the row's attempts plus one, written only if the job fails.
 const TAKE: &str = due!(
-    "j.id, j.merchant_id, j.queue, j.kind, j.payload, j.attempts + 1, j.max_attempts, j.created_at",
+    "j.id, j.merchant_id, j.queue, j.kind, j.payload, j.attempts + 1, j.max_attempts, j.created_at,
+    j.trace_context",
     "now() - $3 * interval '1 millisecond'"
 );
 

@@ -22,6 +22,8 @@ pub struct ClaimedJob {
     pub attempt: i32,
     pub max_attempts: i32,
     pub created_at: SystemTime,
+    /// The `traceparent` of the request that enqueued it (traces exported), for its run's span.
+    pub trace_context: Option<String>,
 }
 
 /// Why a run did not succeed.
