@@ -14,6 +14,7 @@ omission). Server RSS and CPU are sampled from /proc during each run.
 import argparse
 import csv
 import datetime
+import http.server
 import json
 import math
 import os
@@ -33,9 +34,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "guardians", "overload", "jobs", "soak", "scale-out"]
+SCENARIOS = ["product", "list", "checkout", "mixed", "spike", "ramp", "connections", "guardians", "overload", "jobs", "soak", "scale-out", "telemetry"]
 # Scenarios that run closed-loop wrk only: they need no fixed-rate generator (oha).
-WITHOUT_OHA = {"list", "checkout", "mixed", "jobs", "scale-out"}
+WITHOUT_OHA = {"list", "checkout", "mixed", "jobs", "scale-out", "telemetry"}
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 PRODUCTS = 10_000
 HOT = 100
@@ -926,6 +927,55 @@ class Suite:
             proc.stop()
         return {"runs": runs, "ratio_on_to_off": ratio, "local_ratio_on_to_off": local_ratio,
                 "limit_decisions": decisions, "redis_calls": redis_calls, "profile": profile}
+
+    def telemetry(self, d):
+        """Product reads and checkouts (closed loops) on three instances side by side: traces off,
+        exported at `telemetry.sample_ratio` 0.01, and at 1.0, to an OTLP/HTTP receiver on
+        loopback that takes every batch (200) and counts it; in turns, every other one reversed."""
+        received = {"batches": 0, "bytes": 0}
+
+        class Sink(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received["batches"] += 1
+                received["bytes"] += len(body)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        sink = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Sink)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{sink.server_address[1]}"
+        settings = (("off", {}),
+                    ("0.01", {"RAMPART__TELEMETRY__OTLP_ENDPOINT": endpoint, "RAMPART__TELEMETRY__SAMPLE_RATIO": "0.01"}),
+                    ("1.0", {"RAMPART__TELEMETRY__OTLP_ENDPOINT": endpoint, "RAMPART__TELEMETRY__SAMPLE_RATIO": "1.0"}))
+        procs = [(name, self.extra_service(f"telemetry-{name}", env)) for name, env in settings]
+        store = f"/api/v1/stores/{self.merchant}/products/"
+        hot = str(self.work / "hot.txt")
+        orders = f"/api/v1/stores/{self.merchant}/orders"
+        ids = str(self.work / "checkout.txt")
+        for _, proc in procs:
+            self.warm(f"http://127.0.0.1:{proc.port}", "bench/lua/product.lua", [store, hot])
+        runs = {name: {"product": [], "checkout": []} for name, _ in settings}
+        for turn in range(int(os.environ.get("TELEMETRY_TURNS", "2"))):
+            for name, proc in (procs if turn % 2 == 0 else procs[::-1]):
+                base = f"http://127.0.0.1:{proc.port}"
+                runs[name]["product"].append(self.measure(f"product, traces {name} (turn {turn + 1})",
+                                                          lambda: wrk(base, "bench/lua/product.lua", [store, hot], d), proc.pid))
+                runs[name]["checkout"].append(self.measure(f"checkout, traces {name} (turn {turn + 1})",
+                                                           lambda: wrk(base, "bench/lua/checkout.lua", [orders, ids], d, connections=16), proc.pid))
+        for _, proc in procs:
+            proc.stop()
+        sink.shutdown()
+        mean = lambda rs: sum(r["rps"] for r in rs) / len(rs)
+        figures = {name: {kind: round(mean(rs), 1) for kind, rs in kinds.items()} for name, kinds in runs.items()}
+        ratios = {name: {kind: round(figures[name][kind] / figures["off"][kind], 3) for kind in ("product", "checkout")}
+                  for name in ("0.01", "1.0")}
+        log(f"traces: req/s {figures}; against off: {ratios}; the receiver took {received}")
+        return {"runs": runs, "rps": figures, "ratio_to_off": ratios, "exported": dict(received)}
 
     def overload(self, d):
         """Checkouts (database-bound) offered at 1x, 2x, 5x and 10x the measured capacity, then

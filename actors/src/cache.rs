@@ -230,13 +230,17 @@ impl Handler<Envelope<Load>> for Cache {
                     tracing::Span::current().record("cache.tier", "database");
                     (loader().await, false, lease)
                 };
-                // In the first waiter's span: what the load logs names that request.
+                // In the first waiter's span (what the load logs names that request), under a
+                // span of its own when traces are exported.
+                let waiter = tracing::Span::current();
                 let span = tracing::info_span!(
+                    parent: &waiter,
                     "cache",
                     otel.name = "cache load",
                     cache.key = %key,
                     cache.tier = tracing::field::Empty,
                 );
+                let span = if span.is_disabled() { waiter } else { span };
                 let fetch = tracing::Instrument::instrument(fetch, span);
                 ctx.spawn(fetch.into_actor(cache).map(
                     move |(outcome, from_shared, lease), cache: &mut Cache, _| {

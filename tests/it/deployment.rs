@@ -231,3 +231,42 @@ async fn behind_the_shipped_nginx_the_public_gets_neither_metrics_nor_ops_stats(
     drop(nginx);
     app.stop().await;
 }
+
+/// Traces in the deployment: the instances export to the collector, the collector forwards to
+/// Jaeger, Grafana has Jaeger as a datasource, and the latency panel links to its traces.
+#[test]
+fn the_trace_store_is_provisioned_in_grafana_and_fed_by_the_collector() {
+    let read = |path: &str| {
+        std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).expect(path)
+    };
+    let datasource = read("docker/grafana/provisioning/datasources/jaeger.yml");
+    for line in ["type: jaeger", "uid: jaeger", "url: http://jaeger:16686"] {
+        assert!(datasource.contains(line), "{line} in {datasource}");
+    }
+    let compose = read("docker/compose.yml");
+    for line in [
+        "RAMPART__TELEMETRY__OTLP_ENDPOINT: http://otel-collector:4318",
+        "otel-collector:",
+        "jaeger:",
+    ] {
+        assert!(compose.contains(line), "{line} in docker/compose.yml");
+    }
+    let collector = read("docker/otel/collector.yaml");
+    assert!(collector.contains("endpoint: 0.0.0.0:4318"), "{collector}");
+    assert!(collector.contains("endpoint: jaeger:4317"), "{collector}");
+    let dashboard: Value =
+        serde_json::from_str(&read("docker/grafana/dashboards/rampart.json")).expect("JSON");
+    let latency = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .find(|p| p["title"] == "Latency percentiles")
+        .expect("the latency panel");
+    let link = latency["links"][0]["url"]
+        .as_str()
+        .expect("a link to traces");
+    assert!(
+        link.contains("jaeger") && link.contains("rampart"),
+        "{link}"
+    );
+}
