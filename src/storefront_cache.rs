@@ -115,10 +115,11 @@ impl StoreCache {
     }
 
     /// A storefront list page, serialized: from the tier when fresh, else loaded once. The key
-    /// carries the merchant's generation, which every write to the merchant bumps, and the
-    /// request's query string as sent: a hit answers without parsing it (its parameters and
-    /// cursor were checked when the page was loaded, and the same string always names the same
-    /// page); only a miss runs `parse`. `None`: no such store.
+    /// carries the merchant's generation, which every write to the merchant bumps. A page is
+    /// found first under the query string as the client sent it (a hit parses nothing); a miss
+    /// runs `parse` and reads through the page's parsed form (so `?a&b`, `?b&a`, `?a&b&utm=1`
+    /// share one load and one entry, and unknown parameters cannot multiply database reads),
+    /// then files the page under the query string too. `None`: no such store.
     pub async fn list(
         &self,
         reads: &Reads,
@@ -128,14 +129,13 @@ impl StoreCache {
         cursor_key: CursorKey,
     ) -> Result<Option<Arc<Entry>>, ApiError> {
         let scope = scope(merchant_id);
-        let key = format!(
-            "list:{merchant_id}:{}:{query}",
-            self.reader.generation(&scope)
-        );
-        if let Lookup::Fresh(entry) = self.reader.lookup(&key) {
+        let generation = self.reader.generation(&scope);
+        let as_sent = format!("list:{merchant_id}:{generation}:?{query}");
+        if let Lookup::Fresh(entry) = self.reader.lookup(&as_sent) {
             return Ok(Some(entry));
         }
         let listing = parse()?;
+        let key = format!("list:{merchant_id}:{generation}:{}", listing.fingerprint());
         let reads = reads.clone();
         let load = async move || {
             let result = reads
@@ -147,8 +147,18 @@ impl StoreCache {
             }
             Ok(Some((listing.body(result, &cursor_key), Arc::from(""))))
         };
-        self.read_through(key, scope, self.list_ttl, None, load)
-            .await
+        let page = self
+            .read_through(key, scope, self.list_ttl, None, load)
+            .await?;
+        if let Some(entry) = &page {
+            let alias = rampart_actors::Alias {
+                key: as_sent.into(),
+                entry: Arc::clone(entry),
+            };
+            // Only a shortcut: a page not filed so is found under its parsed form.
+            let _ = self.handle.call(alias).await;
+        }
+        Ok(page)
     }
 
     /// The read-through every kind shares: a fresh entry from the tier; else `load` (within the

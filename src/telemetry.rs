@@ -3,8 +3,9 @@
 //! `tracing` instrumentation go to that OpenTelemetry collector over OTLP/HTTP (protobuf, to
 //! `<endpoint>/v1/traces`), batched on a thread of the SDK's own, off the request path; a new
 //! trace is kept with probability `telemetry.sample_ratio`, and an incoming `traceparent` that
-//! says sampled is always kept. Unset, no OpenTelemetry layer is installed at all: the spans
-//! below `log.filter` are never created, and a request costs one relaxed atomic load more.
+//! says sampled is always kept. Unset, no OpenTelemetry layer is installed at all and the spans
+//! made only for traces (commands, cache loads, job runs) are not made: a request costs a few
+//! relaxed atomic loads more.
 //!
 //! What the spans are (their names in a trace view):
 //! - `GET /api/v1/stores/{merchant_id}/products` (the request: route template, status, request
@@ -78,6 +79,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
             )
     });
     EXPORTING.store(otel.is_some(), Relaxed);
+    rampart_actors::trace::export_spans(otel.is_some());
     let _ = tracing_subscriber::registry()
         .with(fmt)
         .with(otel)

@@ -67,8 +67,13 @@ pub struct Cache {
     settings: CacheSettings,
     reader: CacheReader,
     shared: Option<SharedTier>,
-    /// Waiters of each load in flight, and the epoch it started at.
-    inflight: HashMap<Arc<str>, (u64, Vec<Waiter>)>,
+    /// Each key's load in flight that misses may still join: the epoch it started at, its id,
+    /// its waiters.
+    inflight: HashMap<Arc<str>, (u64, u64, Vec<Waiter>)>,
+    /// The waiters of loads that misses may no longer join (their key changed since they
+    /// started: a read after a write must not be answered from before it), by load id.
+    detached: HashMap<u64, Vec<Waiter>>,
+    loads: u64,
     /// A counter of changes; the epoch of each key's (and scope's) latest invalidation.
     epoch: u64,
     invalidated: HashMap<String, u64>,
@@ -91,6 +96,9 @@ struct Pending {
 /// How soon an invalidation Redis did not take is sent again.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
+/// The most owed keys sent again in one command.
+const RETRY_BATCH: usize = 256;
+
 impl Cache {
     pub fn new(
         settings: CacheSettings,
@@ -103,6 +111,8 @@ impl Cache {
             reader,
             shared,
             inflight: HashMap::new(),
+            detached: HashMap::new(),
+            loads: 0,
             epoch: 0,
             invalidated: HashMap::new(),
             flushed: 0,
@@ -127,7 +137,7 @@ impl Cache {
         let oldest = self
             .inflight
             .values()
-            .map(|(epoch, _)| *epoch)
+            .map(|(epoch, _, _)| *epoch)
             .min()
             .unwrap_or(self.epoch);
         self.invalidated.retain(|_, epoch| *epoch > oldest);
@@ -161,6 +171,7 @@ impl Resilient for Cache {
     fn rebuild(&mut self, ctx: &mut Context<Self>) {
         self.reader.tier.invalidate_all();
         self.inflight.clear();
+        self.detached.clear();
         self.invalidated.clear();
         // The retry timer went with the old context; what was pending is still owed.
         self.pending.retrying = false;
@@ -198,18 +209,40 @@ impl Handler<Envelope<Load>> for Cache {
                 return Reply::Ready(Ok(Some(entry)));
             }
             let (tx, rx) = oneshot::channel();
-            if let Some((_, waiters)) = cache.inflight.get_mut(&load.key) {
+            let joinable = cache.inflight.get(&load.key).map(|(started, id, _)| {
+                (
+                    *id,
+                    !cache.changed_since(&load.key, load.scope.as_deref(), *started),
+                )
+            });
+            if let Some((id, false)) = joinable {
+                // Started before a write this miss must see: its callers keep it, later
+                // misses load again.
+                if let Some((_, _, waiters)) = cache.inflight.remove(&load.key) {
+                    cache.detached.insert(id, waiters);
+                }
+            }
+            if let (Some((_, true)), Some((_, _, waiters))) =
+                (joinable, cache.inflight.get_mut(&load.key))
+            {
                 cache.reader.stats.coalesced.fetch_add(1, Relaxed);
                 waiters.push(tx);
             } else {
                 cache.reader.stats.loads.fetch_add(1, Relaxed);
+                cache.loads += 1;
+                let id = cache.loads;
                 cache
                     .inflight
-                    .insert(Arc::clone(&load.key), (cache.epoch, vec![tx]));
+                    .insert(Arc::clone(&load.key), (cache.epoch, id, vec![tx]));
                 let Load { key, scope, loader } = load;
                 let started = cache.epoch;
                 let stale_for = cache.settings.stale_for;
-                let shared = cache.shared.clone();
+                // While Redis still owes this key's invalidation it may hold the old body: it is
+                // neither read nor written until the invalidation is through.
+                let shared = cache
+                    .shared
+                    .clone()
+                    .filter(|_| !cache.owes(&key, scope.as_deref()));
                 let lookup_key = Arc::clone(&key);
                 let fetch = async move {
                     let mut lease = Lease::default();
@@ -233,14 +266,17 @@ impl Handler<Envelope<Load>> for Cache {
                 // In the first waiter's span (what the load logs names that request), under a
                 // span of its own when traces are exported.
                 let waiter = tracing::Span::current();
-                let span = tracing::info_span!(
-                    parent: &waiter,
-                    "cache",
-                    otel.name = "cache load",
-                    cache.key = %key,
-                    cache.tier = tracing::field::Empty,
-                );
-                let span = if span.is_disabled() { waiter } else { span };
+                let span = if crate::trace::spans() {
+                    tracing::info_span!(
+                        parent: &waiter,
+                        "cache",
+                        otel.name = "cache load",
+                        cache.key = %key,
+                        cache.tier = tracing::field::Empty,
+                    )
+                } else {
+                    waiter
+                };
                 let fetch = tracing::Instrument::instrument(fetch, span);
                 ctx.spawn(fetch.into_actor(cache).map(
                     move |(outcome, from_shared, lease), cache: &mut Cache, _| {
@@ -270,9 +306,11 @@ impl Handler<Envelope<Load>> for Cache {
                                     .reader
                                     .tier
                                     .insert(Arc::clone(&key), Arc::clone(entry));
-                                if let (Some(shared), false) =
-                                    (cache.shared.clone(), from_shared || negative)
-                                {
+                                let shared = cache
+                                    .shared
+                                    .clone()
+                                    .filter(|_| !cache.owes(&key, scope.as_deref()));
+                                if let (Some(shared), false) = (shared, from_shared || negative) {
                                     let (key, entry) = (Arc::clone(&key), Arc::clone(entry));
                                     let fresh_for =
                                         entry.fresh_until.saturating_duration_since(Instant::now());
@@ -288,10 +326,14 @@ impl Handler<Envelope<Load>> for Cache {
                                 cache.reader.stats.load_errors.fetch_add(1, Relaxed);
                             }
                         }
-                        if let Some((_, waiters)) = cache.inflight.remove(&key) {
-                            for waiter in waiters {
-                                let _ = waiter.send(outcome.clone());
+                        let waiters = match cache.inflight.get(&key) {
+                            Some((_, current, _)) if *current == id => {
+                                cache.inflight.remove(&key).map(|(_, _, w)| w)
                             }
+                            _ => cache.detached.remove(&id),
+                        };
+                        for waiter in waiters.unwrap_or_default() {
+                            let _ = waiter.send(outcome.clone());
                         }
                         cache.forget_old_invalidations();
                     },
@@ -354,14 +396,20 @@ impl Cache {
         }
     }
 
-    /// Takes the shared generations Redis answered (another instance's broadcast, or this
-    /// instance's own bump): they only move forward.
-    fn adopt(&mut self, generations: &[(String, u64)]) {
+    /// Takes the shared generations Redis answered (`others`: another instance's broadcast, or
+    /// a fresh read; else this instance's own bump): they only move forward, and another
+    /// instance's newer one also gives a scope keyed apart a new key of its own.
+    fn adopt(&mut self, generations: &[(String, u64)], others: bool) {
         if let Ok(mut held) = self.reader.generations.write() {
             for (scope, shared) in generations {
                 let mine = held
                     .entry(scope.clone())
                     .or_insert_with(Generation::default);
+                if others && *shared > mine.shared && mine.local != 0 {
+                    // Another instance's write: this instance's lists, still keyed apart, must
+                    // not outlive it either.
+                    mine.local = rand::random::<u64>() | 1 << 63;
+                }
                 mine.shared = mine.shared.max(*shared);
             }
         }
@@ -370,7 +418,7 @@ impl Cache {
     /// Redis took this instance's bumps of these scopes: once none is outstanding, the scope's
     /// lists are keyed by the shared generation again.
     fn acknowledged(&mut self, generations: &[(String, u64)], all: bool) {
-        self.adopt(generations);
+        self.adopt(generations, false);
         let Ok(mut held) = self.reader.generations.write() else {
             return;
         };
@@ -386,6 +434,11 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// Whether Redis still owes an invalidation of `key` or its scope.
+    fn owes(&self, key: &str, scope: Option<&str>) -> bool {
+        self.pending.keys.contains(key) || scope.is_some_and(|s| self.pending.scopes.contains(s))
     }
 
     /// Keeps an invalidation Redis did not take, to send again soon.
@@ -404,17 +457,23 @@ impl Cache {
         ctx.run_later(RETRY_EVERY, |cache, ctx| cache.retry(ctx));
     }
 
-    /// Sends what is owed again. Once Redis takes it, what this instance loaded meanwhile (from
-    /// a Redis that still held the old body) is dropped here too.
+    /// Sends what is owed again, at most [`RETRY_BATCH`] keys at a time (a backlog from a long
+    /// outage must not become one command that cannot finish within the command timeout). It
+    /// stays owed until Redis takes it; then what this instance loaded meanwhile (from a Redis
+    /// that still held the old body) is dropped here too.
     fn retry(&mut self, ctx: &mut Context<Self>) {
         self.pending.retrying = false;
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let keys: Vec<String> = std::mem::take(&mut self.pending.keys).into_iter().collect();
-        let scopes: Vec<String> = std::mem::take(&mut self.pending.scopes)
-            .into_iter()
+        let keys: Vec<String> = self
+            .pending
+            .keys
+            .iter()
+            .take(RETRY_BATCH)
+            .cloned()
             .collect();
+        let scopes: Vec<String> = self.pending.scopes.iter().cloned().collect();
         if keys.is_empty() && scopes.is_empty() {
             return;
         }
@@ -425,14 +484,17 @@ impl Cache {
                 .into_actor(self)
                 .map(move |outcome, cache: &mut Cache, ctx| {
                     cache.pending.retrying = false;
-                    match outcome {
-                        Some(generations) => {
-                            cache.drop_here(&keys, &scopes);
-                            cache.acknowledged(&generations, true);
-                            cache.retry_soon(ctx);
+                    if let Some(generations) = outcome {
+                        for key in &keys {
+                            cache.pending.keys.remove(key);
                         }
-                        None => cache.owe(keys, scopes, ctx),
+                        for scope in &scopes {
+                            cache.pending.scopes.remove(scope);
+                        }
+                        cache.drop_here(&keys, &scopes);
+                        cache.acknowledged(&generations, true);
                     }
+                    cache.retry_soon(ctx);
                 }),
         );
     }
@@ -481,7 +543,7 @@ impl Handler<Remote> for Cache {
 
     fn handle(&mut self, Remote(broadcast): Remote, _ctx: &mut Context<Self>) {
         self.drop_here(&broadcast.keys, broadcast.scopes.iter().map(|(s, _)| s));
-        self.adopt(&broadcast.scopes);
+        self.adopt(&broadcast.scopes, true);
     }
 }
 
@@ -515,10 +577,35 @@ impl Handler<Resubscribed> for Cache {
                 .into_actor(self)
                 .map(|generations, cache: &mut Cache, _| {
                     if let Some(generations) = generations {
-                        cache.adopt(&generations);
+                        cache.adopt(&generations, true);
                     }
                 }),
         );
+    }
+}
+
+/// Stores `entry` under a second key, `key` (a list page under the query string a client sent,
+/// beside its parsed form): the two keys carry the same scope generation, so a write to the
+/// scope leaves both behind at once.
+pub struct Alias {
+    pub key: Arc<str>,
+    pub entry: Arc<Entry>,
+}
+
+impl Request for Alias {
+    type Reply = ();
+}
+
+impl Handler<Envelope<Alias>> for Cache {
+    type Result = ();
+
+    fn handle(&mut self, envelope: Envelope<Alias>, ctx: &mut Context<Self>) {
+        serve(self, ctx, envelope, |cache, Alias { key, entry }, _| {
+            if entry.is_fresh() {
+                cache.reader.tier.insert(key, entry);
+            }
+            Reply::Ready(())
+        });
     }
 }
 

@@ -286,8 +286,11 @@ impl Handle<Db> {
     /// A command's span (`db <Command>`, on the actor it ran on: `db` or `db_replica_<n>`): its
     /// wait for a connection and its work are recorded apart when it runs; the rest of the span
     /// is its wait in the mailbox and for a slot.
-    /// Created only when a subscriber wants INFO spans of this crate (traces exported).
+    /// Made only when traces are exported ([`crate::trace::spans`]).
     fn command_span<C>(&self) -> tracing::Span {
+        if !crate::trace::spans() {
+            return tracing::Span::none();
+        }
         let command = std::any::type_name::<C>();
         // `rampart::store::products::Get` → `products::Get`: the module says which table.
         let short = command

@@ -47,6 +47,7 @@ pub mod redis_link;
 pub mod shared_tier;
 pub mod stats;
 pub mod supervision;
+pub mod trace;
 pub mod tree;
 
 pub use admission::{
@@ -59,8 +60,8 @@ pub use breaker::{
 };
 pub use breakers::{BreakerBoard, Breakers, Change, CircuitFor};
 pub use cache::{
-    Cache, CacheReader, CacheSettings, CacheSnapshot, Entry, Invalidate, LoadError, Loaded, Loader,
-    Lookup, Shrink,
+    Alias, Cache, CacheReader, CacheSettings, CacheSnapshot, Entry, Invalidate, LoadError, Loaded,
+    Loader, Lookup, Shrink,
 };
 pub use concurrency::{ConcurrencyLimit, Criticality, LimitSettings, LimitSnapshot, Permit};
 pub use crash::Crash;

@@ -20,6 +20,8 @@
 use crate::redis_link::RedisLink;
 use bytes::Bytes;
 use serde::Serialize;
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,7 +328,8 @@ impl SharedTier {
         )
     }
 
-    async fn heartbeat(&self) {
+    /// Publishes a heartbeat; whether Redis took it.
+    async fn heartbeat(&self) -> bool {
         let (channel, message) = (
             self.settings.channel.clone(),
             Broadcast {
@@ -344,7 +347,8 @@ impl SharedTier {
                     .query_async::<()>(&mut c)
                     .await
             })
-            .await;
+            .await
+            .is_some()
     }
 
     /// Listens to the channel for as long as the process lives, reconnecting after a break, and
@@ -376,6 +380,10 @@ impl SharedTier {
                 let mut messages = pubsub.into_on_message();
                 let mut beat = tokio::time::interval(keepalive);
                 beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // Since when a heartbeat Redis took has not come back. Only those count: one
+                // not sent (Redis slow, its circuit open) says nothing about the subscription,
+                // and flushing then would send every read to PostgreSQL for nothing.
+                let unheard: Rc<Cell<Option<tokio::time::Instant>>> = Rc::default();
                 let mut heard = tokio::time::Instant::now();
                 loop {
                     tokio::select! {
@@ -393,12 +401,21 @@ impl SharedTier {
                             }
                         }
                         _ = beat.tick() => {
-                            if heard.elapsed() > keepalive * 3 {
+                            // One heard after it was sent answers it (and the ones before).
+                            if unheard.get().is_some_and(|at| heard >= at) {
+                                unheard.set(None);
+                            }
+                            if unheard.get().is_some_and(|at| at.elapsed() > keepalive * 3) {
                                 tracing::warn!("the invalidation channel went silent: subscribing again");
                                 break;
                             }
-                            let this = self.clone();
-                            actix_rt::spawn(async move { this.heartbeat().await });
+                            let (this, unheard) = (self.clone(), Rc::clone(&unheard));
+                            actix_rt::spawn(async move {
+                                let sent_at = tokio::time::Instant::now();
+                                if this.heartbeat().await && unheard.get().is_none() {
+                                    unheard.set(Some(sent_at));
+                                }
+                            });
                         }
                     }
                 }

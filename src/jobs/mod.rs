@@ -70,6 +70,9 @@ pub fn runners(ctx: JobContext) -> Runners {
 struct Traced(Arc<dyn JobRunner>);
 
 fn job_span(job: &ClaimedJob) -> tracing::Span {
+    if !crate::telemetry::exporting() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "job",
         otel.name = %format_args!("job {}", job.kind),

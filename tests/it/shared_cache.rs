@@ -328,6 +328,12 @@ async fn an_invalidation_lost_with_its_redis_connection_is_sent_again_within_a_s
     set_price(&a, &m, &id, 250).await;
     let written = Instant::now();
     assert_eq!(proxy.cuts(), 1, "the invalidation met the cut");
+    // The writer does not read Redis's old copy while Redis still owes the invalidation.
+    assert_eq!(
+        a.get(&product).await.json()["price_cents"],
+        250,
+        "at once on the writer"
+    );
     wait_until(
         "both instances serve the new price",
         Duration::from_secs(1),

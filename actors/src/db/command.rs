@@ -148,11 +148,15 @@ pub async fn commit<'a>(tx: impl Into<Tx<'a>>, caller: &Caller) -> Result<(), Db
 const OUTCOME_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether transaction `xid` committed (`Some(false)`: aborted, or never reached the server),
-/// asked on another connection until it is no longer in progress; `None` if that cannot be
-/// learnt within [`OUTCOME_WAIT`].
+/// asked until it is no longer in progress; `None` if that cannot be learnt within
+/// [`OUTCOME_WAIT`]. On a connection of its own, made by the pool's manager outside the pool:
+/// when many connections break at once (a network reset), each broken one is still checked
+/// out, and a lookup queued for a pooled connection behind them would learn nothing.
 async fn outcome(pool: &Pool, xid: i64) -> Option<bool> {
     let ask = async {
-        let client = pool.get().await.ok()?;
+        let client = deadpool::managed::Manager::create(pool.manager())
+            .await
+            .ok()?;
         loop {
             let row = client
                 .query_one("SELECT txid_status($1)", &[&xid])
