@@ -1,11 +1,11 @@
 //! Logs and traces. Logs: readable in development, JSON lines in production; `RUST_LOG`
 //! overrides `log.filter`. Traces: with `telemetry.otlp_endpoint` set, the spans of the existing
 //! `tracing` instrumentation go to that OpenTelemetry collector over OTLP/HTTP (protobuf, to
-//! `<endpoint>/v1/traces`), batched on a thread of the SDK's own, off the request path; a new
-//! trace is kept with probability `telemetry.sample_ratio`, and an incoming `traceparent` that
-//! says sampled is always kept. Unset, no OpenTelemetry layer is installed at all and the spans
-//! made only for traces (commands, cache loads, job runs) are not made: a request costs a few
-//! relaxed atomic loads more.
+//! `<endpoint>/v1/traces`), batched on a thread of the SDK's own, off the request path. The edge
+//! decides which requests are traced: one whose `traceparent` says sampled always, one without
+//! a `traceparent` with probability `telemetry.sample_ratio`; only traced work makes the spans
+//! the exporter sees ([`rampart_actors::trace`]). Unset, no OpenTelemetry layer is installed and
+//! a request costs a relaxed atomic load more.
 //!
 //! What the spans are (their names in a trace view):
 //! - `GET /api/v1/stores/{merchant_id}/products` (the request: route template, status, request
@@ -24,15 +24,18 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use rampart_actors::trace::TARGET;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-/// Whether spans are exported: set once, before the first request.
+/// Whether spans are exported, and the share of new traces kept (`f64` bits): set once,
+/// before the first request.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+static RATIO: AtomicU64 = AtomicU64::new(0);
 
 /// What must be flushed before the process exits.
 pub struct Telemetry {
@@ -64,21 +67,28 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
     }
     .with_filter(filter);
     let provider = telemetry.otlp_endpoint.as_deref().and_then(|endpoint| {
-        provider(endpoint, telemetry.sample_ratio)
+        provider(endpoint)
             .map_err(|e| eprintln!("rampart: traces are not exported: {e}"))
             .ok()
     });
-    // The service's own spans, whatever `log.filter` lets through to the logs.
+    // The traced spans only ([`TARGET`]), whatever `log.filter` lets through to the logs: the
+    // edge decides which requests are traced ([`traced_parent`]), so every span that reaches
+    // the exporter is kept.
     let otel = provider.as_ref().map(|p| {
+        // Only what a trace view needs: no source locations, thread names, targets or busy and
+        // idle timings per span, and no OpenTelemetry context made current on each poll
+        // (nothing here reads it).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("rampart"))
-            .with_filter(
-                Targets::new()
-                    .with_target("rampart", LevelFilter::INFO)
-                    .with_target("rampart_actors", LevelFilter::INFO),
-            )
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(Targets::new().with_target(TARGET, LevelFilter::TRACE))
     });
     EXPORTING.store(otel.is_some(), Relaxed);
+    RATIO.store(telemetry.sample_ratio.clamp(0.0, 1.0).to_bits(), Relaxed);
     rampart_actors::trace::export_spans(otel.is_some());
     let _ = tracing_subscriber::registry()
         .with(fmt)
@@ -87,7 +97,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
     Telemetry { provider }
 }
 
-fn provider(endpoint: &str, ratio: f64) -> Result<SdkTracerProvider, String> {
+fn provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -96,9 +106,8 @@ fn provider(endpoint: &str, ratio: f64) -> Result<SdkTracerProvider, String> {
         .map_err(|e| e.to_string())?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            ratio,
-        ))))
+        // Sampled at the edge already: what reaches the SDK is kept.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name("rampart")
@@ -137,35 +146,57 @@ impl Injector for HeadersOut<'_> {
     }
 }
 
-/// Makes the client's trace context (`traceparent`) the parent of `span`, and records the
-/// trace id on it so that every log line of the request carries it. Before `span` is entered.
-pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
+/// Whether a request is traced, and its parent: the client's context when its `traceparent`
+/// is valid (traced only if it says sampled), else a new trace kept with probability
+/// `telemetry.sample_ratio`. `None`: not traced (or nothing is exported).
+pub fn traced_parent(headers: &HeaderMap) -> Option<opentelemetry::Context> {
     if !exporting() {
-        return;
+        return None;
     }
-    let parent = TraceContextPropagator::new().extract(&Headers(headers));
-    let _ = span.set_parent(parent);
-    record_trace_id(span);
+    if headers.contains_key("traceparent") {
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let client = parent.span().span_context().clone();
+        if client.is_valid() {
+            return client.is_sampled().then_some(parent);
+        }
+    }
+    (rand::random::<f64>() < f64::from_bits(RATIO.load(Relaxed))).then(opentelemetry::Context::new)
 }
 
-fn record_trace_id(span: &tracing::Span) {
+/// Makes `parent` the parent of a traced span and records the trace id on it, so that every
+/// log line of the work carries it. Before `span` is entered.
+pub fn adopt(span: &tracing::Span, parent: opentelemetry::Context) {
+    let _ = span.set_parent(parent);
     let context = span.context();
     let trace = context.span().span_context().trace_id();
     span.record("trace_id", tracing::field::display(trace));
 }
 
-/// Names `span` in the trace (a request's, once it is routed). `otel.name` recorded late is
-/// not enough: the span has started by then (its context was read for the logs' trace id).
+/// The parent a job run continues: the `traceparent` stored with the job, when it says
+/// sampled. `None`: the run is not traced.
+pub fn stored_parent(traceparent: Option<&str>) -> Option<opentelemetry::Context> {
+    let (true, Some(traceparent)) = (exporting(), traceparent) else {
+        return None;
+    };
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    let sampled = parent.span().span_context().is_sampled();
+    sampled.then_some(parent)
+}
+
+/// Names a traced span (a request's, once it is routed). `otel.name` recorded late is not
+/// enough: the span has started by then (its context was read for the logs' trace id).
 pub fn rename(span: &tracing::Span, name: String) {
-    if exporting() {
+    if span.metadata().is_some_and(|m| m.target() == TARGET) {
         span.context().span().update_name(name);
     }
 }
 
 /// The current span's context as a `traceparent` value, to store with what continues the
-/// trace later (a job's row). `None` when nothing is exported.
+/// trace later (a job's row). `None` when the current work is not traced.
 pub fn traceparent() -> Option<String> {
-    if !exporting() {
+    if !rampart_actors::trace::traced() {
         return None;
     }
     let mut carrier = std::collections::HashMap::new();
@@ -173,24 +204,12 @@ pub fn traceparent() -> Option<String> {
     carrier.remove("traceparent")
 }
 
-/// Adds the current span's `traceparent` to an outgoing request's headers.
+/// Adds the current span's `traceparent` to an outgoing request's headers (traced work only).
 pub fn inject(headers: &mut HeaderMap) {
-    if exporting() {
+    if rampart_actors::trace::traced() {
         TraceContextPropagator::new().inject_context(
             &tracing::Span::current().context(),
             &mut HeadersOut(headers),
         );
     }
-}
-
-/// Makes the stored `traceparent` (of the request that enqueued a job) the parent of `span`.
-pub fn continue_stored(span: &tracing::Span, traceparent: Option<&str>) {
-    let (true, Some(traceparent)) = (exporting(), traceparent) else {
-        return;
-    };
-    let carrier =
-        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    let _ = span.set_parent(parent);
-    record_trace_id(span);
 }

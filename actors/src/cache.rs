@@ -264,10 +264,11 @@ impl Handler<Envelope<Load>> for Cache {
                     (loader().await, false, lease)
                 };
                 // In the first waiter's span (what the load logs names that request), under a
-                // span of its own when traces are exported.
+                // span of its own when the request is traced.
                 let waiter = tracing::Span::current();
-                let span = if crate::trace::spans() {
+                let span = if crate::trace::traced() {
                     tracing::info_span!(
+                        target: crate::trace::TARGET,
                         parent: &waiter,
                         "cache",
                         otel.name = "cache load",

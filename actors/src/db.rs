@@ -286,9 +286,9 @@ impl Handle<Db> {
     /// A command's span (`db <Command>`, on the actor it ran on: `db` or `db_replica_<n>`): its
     /// wait for a connection and its work are recorded apart when it runs; the rest of the span
     /// is its wait in the mailbox and for a slot.
-    /// Made only when traces are exported ([`crate::trace::spans`]).
+    /// Made only inside traced work ([`crate::trace::traced`]).
     fn command_span<C>(&self) -> tracing::Span {
-        if !crate::trace::spans() {
+        if !crate::trace::traced() {
             return tracing::Span::none();
         }
         let command = std::any::type_name::<C>();
@@ -302,6 +302,7 @@ impl Handle<Db> {
             .collect::<Vec<_>>()
             .join("::");
         tracing::info_span!(
+            target: crate::trace::TARGET,
             "db",
             otel.name = %format_args!("db {short}"),
             db.command = command,

@@ -29,19 +29,32 @@ pub async fn middleware(
         .filter(|v| sane(v))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     // At ERROR level so the span is on whatever the filter lets through: every line logged
-    // for the request (a slow query on the Db thread included) carries its id. Its trace name
+    // for the request (a slow query on the Db thread included) carries its id. A traced request
+    // (sampled here, or by its client) gets its span under the exported target; its trace name
     // is the route template, known once the request is routed.
-    let span = tracing::error_span!(
-        "request",
-        request_id = %id,
-        method = %req.method(),
-        path = %req.path(),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    crate::telemetry::continue_trace(&span, req.headers());
+    macro_rules! request_span {
+        ($($target:tt)*) => {
+            tracing::error_span!(
+                $($target)*
+                "request",
+                request_id = %id,
+                method = %req.method(),
+                path = %req.path(),
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+            )
+        };
+    }
+    let span = match crate::telemetry::traced_parent(req.headers()) {
+        Some(parent) => {
+            let span = request_span!(target: rampart_actors::trace::TARGET,);
+            crate::telemetry::adopt(&span, parent);
+            span
+        }
+        None => request_span!(),
+    };
     let method = req.method().clone();
     let mut response = REQUEST_ID
         .scope(id.clone(), next.call(req).instrument(span.clone()))

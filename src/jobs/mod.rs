@@ -69,18 +69,20 @@ pub fn runners(ctx: JobContext) -> Runners {
 /// span, child of the context stored with the job's row, around the run (or the mail sent).
 struct Traced(Arc<dyn JobRunner>);
 
+/// A run continues the trace of the request that enqueued it when that one was traced.
 fn job_span(job: &ClaimedJob) -> tracing::Span {
-    if !crate::telemetry::exporting() {
+    let Some(parent) = crate::telemetry::stored_parent(job.trace_context.as_deref()) else {
         return tracing::Span::none();
-    }
+    };
     let span = tracing::info_span!(
+        target: rampart_actors::trace::TARGET,
         "job",
         otel.name = %format_args!("job {}", job.kind),
         job.id = %job.id,
         job.attempt = job.attempt,
         trace_id = tracing::field::Empty,
     );
-    crate::telemetry::continue_stored(&span, job.trace_context.as_deref());
+    crate::telemetry::adopt(&span, parent);
     span
 }
 

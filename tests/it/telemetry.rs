@@ -207,3 +207,22 @@ async fn with_sampling_at_zero_and_no_incoming_context_nothing_is_exported() {
         .collect();
     assert!(others.is_empty(), "unsampled spans exported: {others:?}");
 }
+
+#[actix_rt::test]
+async fn with_sampling_at_one_a_request_without_context_starts_a_trace_of_its_own() {
+    let collector = WebhookReceiver::start(Behaviour::Accept);
+    let hooks = WebhookReceiver::start(Behaviour::Accept);
+    let (_app, instance, merchant, product) = exporting_instance(&collector, &hooks, "1").await;
+    checkout(&instance, &merchant, &product, None).await;
+    wait_until(
+        "the request's trace is exported",
+        Duration::from_secs(30),
+        async || {
+            let spans = spans(&collector);
+            spans.iter().any(|s| {
+                s.name == "POST /api/v1/stores/{merchant_id}/orders" && s.parent_span_id.is_empty()
+            }) && spans.iter().any(|s| s.name == "job webhook")
+        },
+    )
+    .await;
+}
