@@ -963,15 +963,19 @@ class Suite:
         for turn in range(int(os.environ.get("TELEMETRY_TURNS", "2"))):
             for name, proc in (procs if turn % 2 == 0 else procs[::-1]):
                 base = f"http://127.0.0.1:{proc.port}"
+                # With PROFILE=1 each instance's product run of the first turn is profiled.
+                profiler = self.start_profile(d, f"traces-{name}") if os.environ.get("PROFILE") and turn == 0 else None
                 runs[name]["product"].append(self.measure(f"product, traces {name} (turn {turn + 1})",
                                                           lambda: wrk(base, "bench/lua/product.lua", [store, hot], d), proc.pid))
+                if profiler:
+                    runs[name]["profile"] = self.finish_profile(profiler, proc.pid)
                 runs[name]["checkout"].append(self.measure(f"checkout, traces {name} (turn {turn + 1})",
                                                            lambda: wrk(base, "bench/lua/checkout.lua", [orders, ids], d, connections=16), proc.pid))
         for _, proc in procs:
             proc.stop()
         sink.shutdown()
         mean = lambda rs: sum(r["rps"] for r in rs) / len(rs)
-        figures = {name: {kind: round(mean(rs), 1) for kind, rs in kinds.items()} for name, kinds in runs.items()}
+        figures = {name: {kind: round(mean(kinds[kind]), 1) for kind in ("product", "checkout")} for name, kinds in runs.items()}
         ratios = {name: {kind: round(figures[name][kind] / figures["off"][kind], 3) for kind in ("product", "checkout")}
                   for name in ("0.01", "1.0")}
         log(f"traces: req/s {figures}; against off: {ratios}; the receiver took {received}")
