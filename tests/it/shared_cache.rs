@@ -51,9 +51,17 @@ async fn a_write_on_one_instance_is_seen_by_a_second_process_within_a_second() {
 /// Two instances in this process on one database and one Redis, a merchant and its product:
 /// the instances, the merchant, the product's id and its storefront path.
 async fn two_instances(redis: &TestRedis) -> (TestApp, TestApp, Merchant, String, String) {
-    let a = TestApp::builder().with_redis(redis).spawn().await;
+    // Redis's answers are what these tests read: a loaded test machine may take longer than
+    // the default 100 ms, and a command that timed out would be skipped.
+    let patient = |s: &mut rampart::settings::Settings| s.redis.command_timeout_ms = 2000;
+    let a = TestApp::builder()
+        .with_redis(redis)
+        .configure(patient)
+        .spawn()
+        .await;
     let b = TestApp::builder()
         .with_redis(redis)
+        .configure(patient)
         .beside(&a)
         .spawn()
         .await;
