@@ -185,12 +185,11 @@ pub fn stored_parent(traceparent: Option<&str>) -> Option<opentelemetry::Context
     sampled.then_some(parent)
 }
 
-/// Names a traced span (a request's, once it is routed). `otel.name` recorded late is not
+/// Names a traced span (a request's, once it is routed; a span that is not exported has no
+/// context, and this does nothing). `otel.name` recorded late is not
 /// enough: the span has started by then (its context was read for the logs' trace id).
 pub fn rename(span: &tracing::Span, name: String) {
-    if span.metadata().is_some_and(|m| m.target() == TARGET) {
-        span.context().span().update_name(name);
-    }
+    span.context().span().update_name(name);
 }
 
 /// The current span's context as a `traceparent` value, to store with what continues the

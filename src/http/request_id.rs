@@ -59,7 +59,12 @@ pub async fn middleware(
     let mut response = REQUEST_ID
         .scope(id.clone(), next.call(req).instrument(span.clone()))
         .await?;
-    if crate::telemetry::exporting() {
+    // Traced requests only: a field recorded on any request's span is formatted again by the
+    // JSON log layer (about a third of a storefront read's throughput at the default ratio).
+    if span
+        .metadata()
+        .is_some_and(|m| m.target() == rampart_actors::trace::TARGET)
+    {
         let route = response
             .request()
             .extensions()
