@@ -180,8 +180,21 @@ impl Resilient for Cache {
 impl Handler<Stop> for Cache {
     type Result = ();
 
+    /// Stops once what Redis still owes has been sent one last time (bounded by the command
+    /// timeout): a graceful stop does not leave an old body in Redis for its freshness.
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
+        let owed = (
+            self.pending.keys.iter().cloned().collect::<Vec<_>>(),
+            self.pending.scopes.iter().cloned().collect::<Vec<_>>(),
+        );
+        match self.shared.clone() {
+            Some(shared) if !owed.0.is_empty() || !owed.1.is_empty() => ctx.wait(
+                async move { shared.invalidate(owed.0, owed.1).await }
+                    .into_actor(self)
+                    .map(|_, _, ctx: &mut Context<Self>| ctx.stop()),
+            ),
+            _ => ctx.stop(),
+        }
     }
 }
 

@@ -46,6 +46,45 @@ async fn a_checkout_that_committed_though_its_answer_was_lost_is_answered_201() 
     assert!(order["id"].is_string(), "{order}");
 }
 
+/// The connection goes half-open as COMMIT is sent: PostgreSQL never gets it and does not
+/// notice, its session keeps the transaction (and the product's row lock). The lookup ends
+/// that session once the transaction has stayed in progress a moment, so the answer is the
+/// truth (nothing written: 503) and the next checkout of the product is not stuck behind it.
+#[actix_rt::test]
+async fn a_checkout_whose_connection_went_half_open_is_answered_503_and_frees_its_locks() {
+    let pg = TestPg::shared();
+    let upstream = pg.cluster.port();
+    let direct = pg.fresh_database().await;
+    let proxy = Proxy::start(upstream).await;
+    let app = TestApp::builder()
+        .database(&proxy.url(&direct, upstream))
+        .spawn()
+        .await;
+    let merchant = app.create_merchant("Stalled Shop").await;
+    let product = app.create_product(&merchant, "STALL-1", 500, 10).await;
+    let body = json!({"customer_email": "stall@example.com", "items": [{"product_id": product["id"], "quantity": 1}]});
+    proxy.arm(COMMIT, Cut::Stall);
+    let stalled = app.checkout(&merchant.id, &body, None).await;
+    assert_eq!(proxy.cuts(), 1, "the checkout's COMMIT was stalled");
+    assert_eq!(
+        stalled.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&stalled.body)
+    );
+    let next = app.checkout(&merchant.id, &body, None).await;
+    assert_eq!(next.status, 201, "{}", String::from_utf8_lossy(&next.body));
+    let held = crate::support::connect(&direct)
+        .await
+        .query_one(
+            "SELECT (SELECT count(*) FROM orders), (SELECT stock FROM products)",
+            &[],
+        )
+        .await
+        .expect("read the database directly");
+    assert_eq!((held.get::<_, i64>(0), held.get::<_, i64>(1)), (1, 9));
+}
+
 #[actix_rt::test]
 async fn a_checkout_whose_commit_never_arrived_is_answered_503_and_nothing_is_written() {
     let (status, problem, orders, stock) = checkout_with_its_commit_cut(Cut::Instead).await;

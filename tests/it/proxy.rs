@@ -14,6 +14,9 @@ pub enum Cut {
     After,
     /// The connection breaks instead of passing the bytes on: the server never sees them.
     Instead,
+    /// The bytes are dropped and the client's side is closed, the server's left open and
+    /// silent (a half-open connection): the server neither sees them nor notices the break.
+    Stall,
 }
 
 #[derive(Default)]
@@ -22,6 +25,8 @@ struct Shared {
     cuts: AtomicUsize,
     /// The silencing switch of each connection that subscribed (sent `SUBSCRIBE`).
     subscribers: Mutex<Vec<Arc<AtomicBool>>>,
+    /// The servers' sides of stalled connections, kept open.
+    stalled: Mutex<Vec<tokio::net::tcp::OwnedWriteHalf>>,
 }
 
 pub struct Proxy {
@@ -117,11 +122,14 @@ async fn relay(client: tokio::net::TcpStream, upstream: u16, shared: Arc<Shared>
                 _ => None,
             }
         };
-        if !matches!(cut, Some(Cut::Instead)) && to_server.write_all(chunk).await.is_err() {
+        if matches!(cut, None | Some(Cut::After)) && to_server.write_all(chunk).await.is_err() {
             break;
         }
-        if cut.is_some() {
+        if let Some(cut) = cut {
             shared.cuts.fetch_add(1, SeqCst);
+            if matches!(cut, Cut::Stall) {
+                shared.stalled.lock().expect("lock").push(to_server);
+            }
             break;
         }
     }

@@ -64,22 +64,33 @@ impl Conn {
         let tx = self.client.transaction().await?;
         let answers = tx
             .simple_query(&format!(
-                "SET LOCAL statement_timeout = {left}; SET LOCAL lock_timeout = {left}; SELECT txid_current()"
+                "SET LOCAL statement_timeout = {left}; SET LOCAL lock_timeout = {left}; \
+                 SELECT txid_current(), pg_backend_pid()"
             ))
             .await?;
-        let xid = answers.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse::<i64>().ok()),
+        let row = answers.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some((
+                row.get(0).and_then(|v| v.parse::<i64>().ok()),
+                row.get(1).and_then(|v| v.parse::<i32>().ok()),
+            )),
             _ => None,
         });
-        Ok(Tx { tx, xid, pool })
+        let (xid, backend) = row.unwrap_or_default();
+        Ok(Tx {
+            tx,
+            xid,
+            backend,
+            pool,
+        })
     }
 }
 
-/// A transaction begun by [`Conn::begin`]: its id, and the pool to ask about it on another
-/// connection if its own breaks while COMMIT is in flight.
+/// A transaction begun by [`Conn::begin`]: its id, its session's process, and the pool to ask
+/// about it on another connection if its own breaks while COMMIT is in flight.
 pub struct Tx<'a> {
     tx: Transaction<'a>,
     xid: Option<i64>,
+    backend: Option<i32>,
     pool: Option<Pool>,
 }
 
@@ -97,6 +108,7 @@ impl<'a> From<Transaction<'a>> for Tx<'a> {
         Tx {
             tx,
             xid: None,
+            backend: None,
             pool: None,
         }
     }
@@ -114,7 +126,12 @@ impl Tx<'_> {
 /// another connection (`txid_status`), so a write that happened is reported as done and an
 /// error means nothing was written.
 pub async fn commit<'a>(tx: impl Into<Tx<'a>>, caller: &Caller) -> Result<(), DbError> {
-    let Tx { tx, xid, pool } = tx.into();
+    let Tx {
+        tx,
+        xid,
+        backend,
+        pool,
+    } = tx.into();
     if !caller.commit() {
         let _ = tx.rollback().await;
         return Err(DbError::Timeout);
@@ -126,7 +143,7 @@ pub async fn commit<'a>(tx: impl Into<Tx<'a>>, caller: &Caller) -> Result<(), Db
     let (Some(xid), Some(pool)) = (xid, pool) else {
         return Err(lost);
     };
-    match outcome(&pool, xid).await {
+    match outcome(&pool, xid, backend).await {
         Some(true) => {
             tracing::warn!(xid, "the connection broke as COMMIT was sent; it committed");
             Ok(())
@@ -145,18 +162,27 @@ pub async fn commit<'a>(tx: impl Into<Tx<'a>>, caller: &Caller) -> Result<(), Db
 }
 
 /// How long the outcome of a commit whose answer was lost is looked for.
-const OUTCOME_WAIT: Duration = Duration::from_secs(2);
+const OUTCOME_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a transaction may stay in progress after its connection broke before its session
+/// is ended.
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// Whether transaction `xid` committed (`Some(false)`: aborted, or never reached the server),
 /// asked until it is no longer in progress; `None` if that cannot be learnt within
 /// [`OUTCOME_WAIT`]. On a connection of its own, made by the pool's manager outside the pool:
 /// when many connections break at once (a network reset), each broken one is still checked
-/// out, and a lookup queued for a pooled connection behind them would learn nothing.
-async fn outcome(pool: &Pool, xid: i64) -> Option<bool> {
+/// out, and a lookup queued for a pooled connection behind them would learn nothing. A session
+/// still in the transaction after [`SETTLE`] (its connection half-open: the server has not
+/// noticed the break) is ended, so the transaction settles one way: a COMMIT it received
+/// finishes first, else it rolls back.
+async fn outcome(pool: &Pool, xid: i64, backend: Option<i32>) -> Option<bool> {
     let ask = async {
         let client = deadpool::managed::Manager::create(pool.manager())
             .await
             .ok()?;
+        let started = tokio::time::Instant::now();
+        let mut ended = false;
         loop {
             let row = client
                 .query_one("SELECT txid_status($1)", &[&xid])
@@ -165,8 +191,24 @@ async fn outcome(pool: &Pool, xid: i64) -> Option<bool> {
             match row.get::<_, Option<String>>(0).as_deref() {
                 Some("committed") => return Some(true),
                 Some("aborted") => return Some(false),
-                // The old session is still finishing its COMMIT (or its rollback).
-                Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                // The old session is still finishing its COMMIT (or its rollback), or has not
+                // noticed its connection is gone.
+                Some(_) => {
+                    if let (Some(pid), false) = (backend, ended) {
+                        if started.elapsed() >= SETTLE {
+                            // Only that session, and only while it still holds this transaction.
+                            let _ = client
+                                .execute(
+                                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                                     WHERE pid = $1 AND backend_xid::text = ($2 % 4294967296)::text",
+                                    &[&pid, &xid],
+                                )
+                                .await;
+                            ended = true;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
                 None => return None,
             }
         }
