@@ -46,8 +46,14 @@ def rows(results):
             if isinstance(r, dict) and "rps" in r:
                 out.append((name, target, r["rps"], r.get("p50_ms"), r.get("p99_ms"), r.get("errors")))
         for target, rs in (sc.get("runs") or {}).items() if isinstance(sc, dict) else []:
-            for i, r in enumerate(rs):
-                out.append((name, f"{target} (turn {i + 1})", r["rps"], r.get("p50_ms"), r.get("p99_ms"), r.get("errors")))
+            # A list of turns, or (telemetry) a list of turns per workload.
+            groups = rs.items() if isinstance(rs, dict) else [(None, rs)]
+            for kind, turns in groups:
+                if not isinstance(turns, list):
+                    continue
+                label = f"{kind}, {target}" if kind else target
+                for i, r in enumerate(turns):
+                    out.append((name, f"{label} (turn {i + 1})", r["rps"], r.get("p50_ms"), r.get("p99_ms"), r.get("errors")))
         for key in ("phases", "steps", "windows", "levels"):
             for i, r in enumerate(sc.get(key, []) if isinstance(sc, dict) else []):
                 label = r.get("phase") or (f"{r['factor']}× capacity, {r['offered_rps']}/s offered" if "factor" in r
