@@ -76,7 +76,7 @@ pub struct Cache {
     inflight: HashMap<Arc<str>, (u64, u64, Vec<Waiter>)>,
     /// The waiters of loads that misses may no longer join (their key changed since they
     /// started: a read after a write must not be answered from before it), by load id.
-    detached: HashMap<u64, Vec<Waiter>>,
+    detached: HashMap<u64, (u64, Vec<Waiter>)>,
     loads: u64,
     /// A counter of changes; the epoch of each key's (and scope's) latest invalidation.
     epoch: u64,
@@ -131,11 +131,13 @@ impl Cache {
     }
 
     /// Invalidation epochs older than any load still in flight no longer matter.
+    /// (Detached loads count: they must still find that their key changed when they finish.)
     fn forget_old_invalidations(&mut self) {
         let oldest = self
             .inflight
             .values()
             .map(|(epoch, _, _)| *epoch)
+            .chain(self.detached.values().map(|(epoch, _)| *epoch))
             .min()
             .unwrap_or(self.epoch);
         self.invalidated.retain(|_, epoch| *epoch > oldest);
@@ -171,30 +173,44 @@ impl Resilient for Cache {
         self.inflight.clear();
         self.detached.clear();
         self.invalidated.clear();
-        // The retry timer went with the old context; what was pending is still owed.
+        // Loads spawned before the panic still finish: none of them may be stored.
+        self.epoch += 1;
+        self.flushed = self.epoch;
+        // What was pending is still owed (a second retry chain beside a running one is
+        // harmless: an invalidation is idempotent).
         self.pending.retrying = false;
         self.retry_soon(ctx);
     }
 }
 
 impl Handler<Stop> for Cache {
-    type Result = ();
+    type Result = actix::AtomicResponse<Self, ()>;
 
-    /// Stops once what Redis still owes has been sent one last time (bounded by the command
-    /// timeout): a graceful stop does not leave an old body in Redis for its freshness.
-    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        let owed = (
-            self.pending.keys.iter().cloned().collect::<Vec<_>>(),
-            self.pending.scopes.iter().cloned().collect::<Vec<_>>(),
-        );
-        match self.shared.clone() {
-            Some(shared) if !owed.0.is_empty() || !owed.1.is_empty() => ctx.wait(
-                async move { shared.invalidate(owed.0, owed.1).await }
-                    .into_actor(self)
-                    .map(|_, _, ctx: &mut Context<Self>| ctx.stop()),
-            ),
-            _ => ctx.stop(),
-        }
+    /// Stops once what Redis still owes has been sent one last time (one batch, bounded by the
+    /// command timeout), answering the stop only then: a graceful stop does not leave an old
+    /// body in Redis for its freshness.
+    fn handle(&mut self, _: Stop, _ctx: &mut Context<Self>) -> Self::Result {
+        let keys: Vec<String> = self
+            .pending
+            .keys
+            .iter()
+            .take(invalidation::RETRY_BATCH)
+            .cloned()
+            .collect();
+        let scopes: Vec<String> = self.pending.scopes.iter().cloned().collect();
+        let shared = self
+            .shared
+            .clone()
+            .filter(|_| !keys.is_empty() || !scopes.is_empty());
+        actix::AtomicResponse::new(Box::pin(
+            async move {
+                if let Some(shared) = shared {
+                    shared.invalidate(keys, scopes).await;
+                }
+            }
+            .into_actor(self)
+            .map(|(), _, ctx: &mut Context<Self>| ctx.stop()),
+        ))
     }
 }
 
@@ -229,8 +245,8 @@ impl Handler<Envelope<Load>> for Cache {
             if let Some((id, false)) = joinable {
                 // Started before a write this miss must see: its callers keep it, later
                 // misses load again.
-                if let Some((_, _, waiters)) = cache.inflight.remove(&load.key) {
-                    cache.detached.insert(id, waiters);
+                if let Some((started, _, waiters)) = cache.inflight.remove(&load.key) {
+                    cache.detached.insert(id, (started, waiters));
                 }
             }
             if let (Some((_, true)), Some((_, _, waiters))) =
@@ -342,7 +358,7 @@ impl Handler<Envelope<Load>> for Cache {
                             Some((_, current, _)) if *current == id => {
                                 cache.inflight.remove(&key).map(|(_, _, w)| w)
                             }
-                            _ => cache.detached.remove(&id),
+                            _ => cache.detached.remove(&id).map(|(_, w)| w),
                         };
                         for waiter in waiters.unwrap_or_default() {
                             let _ = waiter.send(outcome.clone());

@@ -14,7 +14,7 @@ use std::time::Duration;
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// The most owed keys sent again in one command.
-const RETRY_BATCH: usize = 256;
+pub(super) const RETRY_BATCH: usize = 256;
 
 /// Drops `keys` and bumps the generation of `scopes` (their lists).
 pub struct Invalidate {
@@ -112,6 +112,16 @@ impl Cache {
 
     /// Keeps an invalidation Redis did not take, to send again soon.
     pub(super) fn owe(&mut self, keys: Vec<String>, scopes: Vec<String>, ctx: &mut Context<Self>) {
+        // A retry of another write may have acknowledged these scopes meanwhile: their lists
+        // are keyed apart again until this one is through.
+        if let Ok(mut generations) = self.reader.generations.write() {
+            for scope in &scopes {
+                let generation = generations.entry(scope.clone()).or_default();
+                generation.local = rand::random::<u64>() | 1 << 63;
+                let unsynced = self.unsynced.entry(scope.clone()).or_default();
+                *unsynced = (*unsynced).max(1);
+            }
+        }
         self.pending.keys.extend(keys);
         self.pending.scopes.extend(scopes);
         self.retry_soon(ctx);

@@ -173,16 +173,16 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// [`OUTCOME_WAIT`]. On a connection of its own, made by the pool's manager outside the pool:
 /// when many connections break at once (a network reset), each broken one is still checked
 /// out, and a lookup queued for a pooled connection behind them would learn nothing. A session
-/// still in the transaction after [`SETTLE`] (its connection half-open: the server has not
-/// noticed the break) is ended, so the transaction settles one way: a COMMIT it received
-/// finishes first, else it rolls back.
+/// still idle in the transaction after [`SETTLE`] (its connection half-open: the server has not
+/// noticed the break, and its COMMIT never arrived) is ended, so the transaction rolls back and
+/// its locks go; one still working on its COMMIT is left to finish.
 async fn outcome(pool: &Pool, xid: i64, backend: Option<i32>) -> Option<bool> {
     let ask = async {
         let client = deadpool::managed::Manager::create(pool.manager())
             .await
             .ok()?;
         let started = tokio::time::Instant::now();
-        let mut ended = false;
+        let mut tried: Option<tokio::time::Instant> = None;
         loop {
             let row = client
                 .query_one("SELECT txid_status($1)", &[&xid])
@@ -194,17 +194,22 @@ async fn outcome(pool: &Pool, xid: i64, backend: Option<i32>) -> Option<bool> {
                 // The old session is still finishing its COMMIT (or its rollback), or has not
                 // noticed its connection is gone.
                 Some(_) => {
-                    if let (Some(pid), false) = (backend, ended) {
+                    // Tried again every SETTLE while the session is not idle yet.
+                    let due = tried.is_none_or(|at| at.elapsed() >= SETTLE);
+                    if let (Some(pid), true) = (backend, due) {
                         if started.elapsed() >= SETTLE {
-                            // Only that session, and only while it still holds this transaction.
+                            // Only that session, only while it still holds this transaction,
+                            // and only while it waits for its client: one still working on its
+                            // COMMIT (a slow trigger, a synchronous standby) is left to finish.
                             let _ = client
                                 .execute(
                                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                                     WHERE pid = $1 AND backend_xid::text = ($2 % 4294967296)::text",
+                                     WHERE pid = $1 AND backend_xid::text = ($2 % 4294967296)::text
+                                       AND state LIKE 'idle in transaction%'",
                                     &[&pid, &xid],
                                 )
                                 .await;
-                            ended = true;
+                            tried = Some(tokio::time::Instant::now());
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await
