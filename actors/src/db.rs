@@ -213,47 +213,58 @@ impl<C: DbCommand> Handler<Envelope<Exec<C>>> for Db {
     type Result = ();
 
     fn handle(&mut self, envelope: Envelope<Exec<C>>, ctx: &mut Context<Self>) {
-        serve_call(self, ctx, envelope, |db, Exec(command), caller, _| {
-            let call = match db.circuit.as_ref().map(Circuit::try_call) {
-                Some(Err(open)) => {
-                    return Reply::Ready(Err(DbError::CircuitOpen {
-                        retry_after: open.retry_after,
-                    }))
+        serve_call(
+            self,
+            ctx,
+            envelope,
+            |db, Exec { command, sent }, caller, _| {
+                if crate::trace::traced() {
+                    let waited = sent.elapsed().as_secs_f64() * 1000.0;
+                    tracing::Span::current().record("mailbox_ms", waited);
                 }
-                Some(Ok(call)) => Some(call),
-                None => None,
-            };
-            let gauge = db.gauge.clone();
-            let stats = Arc::clone(db.supervision.stats());
-            if let Ok(slot) = Arc::clone(&gauge.slots).try_acquire_owned() {
-                let slow = db.slow_query;
-                let work = run_in_task(gauge.pool, command, slot, caller, stats, call, slow);
-                return Reply::Spawn(Box::pin(work.into_actor(db)));
-            }
-            if gauge.waiting.load(Ordering::Relaxed) >= db.settings.max_waiting {
-                stats.refused();
-                return Reply::Ready(Err(DbError::Overloaded));
-            }
-            gauge.waiting.fetch_add(1, Ordering::Relaxed);
-            let slow = db.slow_query;
-            let work = async move {
-                let slot = tokio::time::timeout_at(
-                    caller.deadline(),
-                    Arc::clone(&gauge.slots).acquire_owned(),
-                )
-                .await;
-                gauge.waiting.fetch_sub(1, Ordering::Relaxed);
-                let slot = match slot {
-                    Ok(slot) => slot.map_err(|_| DbError::Unavailable("db actor closed".into()))?,
-                    Err(_) => {
-                        stats.expired();
-                        return Err(DbError::Timeout);
+                let call = match db.circuit.as_ref().map(Circuit::try_call) {
+                    Some(Err(open)) => {
+                        return Reply::Ready(Err(DbError::CircuitOpen {
+                            retry_after: open.retry_after,
+                        }))
                     }
+                    Some(Ok(call)) => Some(call),
+                    None => None,
                 };
-                run_in_task(gauge.pool, command, slot, caller, stats, call, slow).await
-            };
-            Reply::Spawn(Box::pin(work.into_actor(db)))
-        });
+                let gauge = db.gauge.clone();
+                let stats = Arc::clone(db.supervision.stats());
+                if let Ok(slot) = Arc::clone(&gauge.slots).try_acquire_owned() {
+                    let slow = db.slow_query;
+                    let work = run_in_task(gauge.pool, command, slot, caller, stats, call, slow);
+                    return Reply::Spawn(Box::pin(work.into_actor(db)));
+                }
+                if gauge.waiting.load(Ordering::Relaxed) >= db.settings.max_waiting {
+                    stats.refused();
+                    return Reply::Ready(Err(DbError::Overloaded));
+                }
+                gauge.waiting.fetch_add(1, Ordering::Relaxed);
+                let slow = db.slow_query;
+                let work = async move {
+                    let slot = tokio::time::timeout_at(
+                        caller.deadline(),
+                        Arc::clone(&gauge.slots).acquire_owned(),
+                    )
+                    .await;
+                    gauge.waiting.fetch_sub(1, Ordering::Relaxed);
+                    let slot = match slot {
+                        Ok(slot) => {
+                            slot.map_err(|_| DbError::Unavailable("db actor closed".into()))?
+                        }
+                        Err(_) => {
+                            stats.expired();
+                            return Err(DbError::Timeout);
+                        }
+                    };
+                    run_in_task(gauge.pool, command, slot, caller, stats, call, slow).await
+                };
+                Reply::Spawn(Box::pin(work.into_actor(db)))
+            },
+        );
     }
 }
 
@@ -271,7 +282,11 @@ impl Handle<Db> {
     /// Runs `command` through admission, flattening admission failures into [`DbError`].
     pub async fn run<C: DbCommand>(&self, command: C) -> Result<C::Output, DbError> {
         let span = self.command_span::<C>();
-        tracing::Instrument::instrument(self.call(Exec(command)), span).await?
+        let exec = Exec {
+            command,
+            sent: std::time::Instant::now(),
+        };
+        tracing::Instrument::instrument(self.call(exec), span).await?
     }
 
     pub async fn run_within<C: DbCommand>(
@@ -280,12 +295,16 @@ impl Handle<Db> {
         within: Duration,
     ) -> Result<C::Output, DbError> {
         let span = self.command_span::<C>();
-        tracing::Instrument::instrument(self.call_within(Exec(command), within), span).await?
+        let exec = Exec {
+            command,
+            sent: std::time::Instant::now(),
+        };
+        tracing::Instrument::instrument(self.call_within(exec, within), span).await?
     }
 
     /// A command's span (`db <Command>`, on the actor it ran on: `db` or `db_replica_<n>`): its
-    /// wait for a connection and its work are recorded apart when it runs; the rest of the span
-    /// is its wait in the mailbox and for a slot.
+    /// wait in the mailbox, its wait for a connection and its work are recorded apart; what
+    /// is left of the span is its wait for a slot.
     /// Made only inside traced work ([`crate::trace::traced`]).
     fn command_span<C>(&self) -> tracing::Span {
         if !crate::trace::traced() {
@@ -307,6 +326,7 @@ impl Handle<Db> {
             otel.name = %format_args!("db {short}"),
             db.command = command,
             db.actor = self.stats().name(),
+            mailbox_ms = tracing::field::Empty,
             wait_ms = tracing::field::Empty,
             work_ms = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,

@@ -149,12 +149,15 @@ async fn a_checkout_with_a_sampled_traceparent_is_one_trace_down_to_the_webhook_
         }
         false
     };
-    assert!(
-        trace
-            .iter()
-            .any(|s| s.name.starts_with("db checkout::") && descends_from(s, request)),
-        "the checkout's command under the request: {names:?}"
-    );
+    let command = trace
+        .iter()
+        .find(|s| s.name.starts_with("db checkout::") && descends_from(s, request))
+        .unwrap_or_else(|| panic!("the checkout's command under the request: {names:?}"));
+    // Its waits (mailbox, connection) and its work apart, and the actor it ran on.
+    let attributes: Vec<&str> = command.attributes.iter().map(|a| a.key.as_str()).collect();
+    for key in ["mailbox_ms", "wait_ms", "work_ms", "db.actor", "db.command"] {
+        assert!(attributes.contains(&key), "{key} in {attributes:?}");
+    }
     let job = trace
         .iter()
         .find(|s| s.name == "job webhook")

@@ -16,8 +16,12 @@ pub trait DbCommand: Send + 'static {
     fn run(self, conn: &mut Conn) -> impl Future<Output = Result<Self::Output, DbError>>;
 }
 
-/// Runs a [`DbCommand`] on the `Db` actor.
-pub struct Exec<C>(pub C);
+/// Runs a [`DbCommand`] on the `Db` actor, sent at `sent` (a traced command records its wait
+/// in the mailbox).
+pub struct Exec<C> {
+    pub command: C,
+    pub sent: std::time::Instant,
+}
 
 impl<C: DbCommand> Request for Exec<C> {
     type Reply = Result<C::Output, DbError>;
