@@ -162,6 +162,14 @@ async fn run_in_task<C: DbCommand>(
             }
             let took = started.elapsed();
             traced.record("work_ms", took.as_secs_f64() * 1000.0);
+            if let Some(rows) = outcome
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref().ok())
+                .and_then(C::rows)
+            {
+                traced.record("db.rows", i64::try_from(rows).unwrap_or(i64::MAX));
+            }
             if let Ok(Err(e)) = &outcome {
                 traced.record("otel.status_code", "ERROR");
                 traced.record("error", tracing::field::display(e));
@@ -328,6 +336,7 @@ impl Handle<Db> {
             db.actor = self.stats().name(),
             mailbox_ms = tracing::field::Empty,
             wait_ms = tracing::field::Empty,
+            db.rows = tracing::field::Empty,
             work_ms = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             error = tracing::field::Empty,

@@ -125,6 +125,10 @@ async fn get_order(
 impl DbCommand for Get {
     type Output = Option<Order>;
 
+    fn rows(output: &Option<Order>) -> Option<usize> {
+        Some(usize::from(output.is_some()))
+    }
+
     async fn run(self, conn: &mut Conn) -> Result<Option<Order>, DbError> {
         get_order(&**conn, self.merchant_id, self.id).await
     }
@@ -184,6 +188,10 @@ pub struct List(pub OrderQuery);
 
 impl DbCommand for List {
     type Output = PageOf<Order>;
+
+    fn rows(output: &PageOf<Order>) -> Option<usize> {
+        Some(output.rows.len())
+    }
 
     async fn run(self, conn: &mut Conn) -> Result<PageOf<Order>, DbError> {
         let sql = list_sql(&self.0)?;

@@ -159,6 +159,10 @@ pub struct Get {
 impl DbCommand for Get {
     type Output = Option<Product>;
 
+    fn rows(output: &Option<Product>) -> Option<usize> {
+        Some(usize::from(output.is_some()))
+    }
+
     async fn run(self, conn: &mut Conn) -> Result<Option<Product>, DbError> {
         let client = &**conn;
         let stmt = client
@@ -454,6 +458,10 @@ pub struct List(pub ProductQuery);
 
 impl DbCommand for List {
     type Output = PageOf<Product>;
+
+    fn rows(output: &PageOf<Product>) -> Option<usize> {
+        Some(output.rows.len())
+    }
 
     async fn run(self, conn: &mut Conn) -> Result<PageOf<Product>, DbError> {
         let sql = list_sql(&self.0)?;

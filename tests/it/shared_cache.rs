@@ -105,8 +105,17 @@ async fn a_write_on_one_instance_is_seen_on_another_in_the_same_process_too() {
 #[actix_rt::test]
 async fn a_miss_on_one_instance_is_answered_from_the_entry_another_shared() {
     let redis = TestRedis::start();
-    let (a, b, _, _, product) = two_instances(&redis).await;
+    let (a, b, m, id, product) = two_instances(&redis).await;
     assert_eq!(a.get(&product).await.status, 200);
+    // a files its entry in Redis after answering: b reads once it is there (had b missed
+    // first, it would hold its own copy in memory and never ask Redis again).
+    let entry = format!("e:product:{}:{id}", m.id);
+    wait_until(
+        "a's entry is in redis",
+        Duration::from_secs(5),
+        async || redis.run(&["HEXISTS", &entry, "b"]).await == redis::Value::Int(1),
+    )
+    .await;
     let shared = b.cache.shared.clone().expect("redis tier");
     wait_until(
         "b finds a's entry in redis",

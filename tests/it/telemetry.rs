@@ -173,6 +173,60 @@ async fn a_checkout_with_a_sampled_traceparent_is_one_trace_down_to_the_webhook_
         .find(|s| hex::encode(&s.span_id) == delivery_parent)
         .unwrap_or_else(|| panic!("the delivery's parent span {delivery_parent} in {names:?}"));
     assert!(sender.span_id == job.span_id || descends_from(sender, job));
+
+    // A storefront read that misses the cache: the load, the tier that answered, and the
+    // command with the rows it read.
+    const READ: &str = "0af7651916cd43dd8448eb211c80319c";
+    let read = instance
+        .client
+        .get(format!(
+            "{}/api/v1/stores/{}/products/{}",
+            instance.base,
+            merchant.id,
+            product["id"].as_str().expect("id")
+        ))
+        .insert_header(("traceparent", format!("00-{READ}-{CLIENT_SPAN}-01")))
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(read.status(), 200);
+    let attribute = |span: &Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .map(|v| format!("{:?}", v.value))
+    };
+    wait_until(
+        "the read's trace is exported",
+        Duration::from_secs(30),
+        async || {
+            spans(&collector)
+                .iter()
+                .any(|s| hex::encode(&s.trace_id) == READ && s.name == "db products::Get")
+        },
+    )
+    .await;
+    let read_trace: Vec<Span> = spans(&collector)
+        .into_iter()
+        .filter(|s| hex::encode(&s.trace_id) == READ)
+        .collect();
+    let load = read_trace
+        .iter()
+        .find(|s| s.name == "cache load")
+        .expect("the cache load");
+    let tier = attribute(load, "cache.tier").unwrap_or_default();
+    assert!(tier.contains("database"), "{tier}");
+    let get = read_trace
+        .iter()
+        .find(|s| s.name == "db products::Get")
+        .expect("the command");
+    assert_eq!(
+        get.parent_span_id, load.span_id,
+        "the command under the load"
+    );
+    let rows = attribute(get, "db.rows").unwrap_or_default();
+    assert!(rows.contains("IntValue(1)"), "{rows}");
 }
 
 #[actix_rt::test]

@@ -14,6 +14,11 @@ use tokio_postgres::SimpleQueryMessage;
 pub trait DbCommand: Send + 'static {
     type Output: Send + 'static;
     fn run(self, conn: &mut Conn) -> impl Future<Output = Result<Self::Output, DbError>>;
+
+    /// The rows a command's output holds, for its trace span (`None`: not a read of rows).
+    fn rows(_output: &Self::Output) -> Option<usize> {
+        None
+    }
 }
 
 /// Runs a [`DbCommand`] on the `Db` actor, sent at `sent` (a traced command records its wait
