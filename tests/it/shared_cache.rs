@@ -234,8 +234,12 @@ async fn redis_frozen_with_sigstop_costs_no_storefront_read_beyond_the_command_t
 async fn a_product_restored_on_one_instance_is_visible_on_another_that_remembered_it_absent() {
     let redis = TestRedis::start();
     // Absences remembered far longer than the test runs: what makes the restore visible within
-    // 1 s can only be the invalidation, never the entry running out.
-    let remember = |s: &mut rampart::settings::Settings| s.cache.not_found_ttl_secs = 300;
+    // 1 s can only be the invalidation, never the entry running out. (Redis answers slower
+    // than the default 100 ms on a loaded machine are waited for, as in `two_instances`.)
+    let remember = |s: &mut rampart::settings::Settings| {
+        s.cache.not_found_ttl_secs = 300;
+        s.redis.command_timeout_ms = 2000;
+    };
     let a = TestApp::builder()
         .with_redis(&redis)
         .configure(remember)
@@ -293,15 +297,19 @@ async fn two_instances_one_behind(
     configure: impl FnOnce(&mut rampart::settings::Settings),
 ) -> (TestApp, TestApp, Merchant, String, String) {
     let through = proxy.url(&redis.url(), redis.port);
+    // As in `two_instances`: Redis's answers are the subject, so a loaded machine's slow answer
+    // must not be skipped.
     let a = TestApp::builder()
         .configure(|s| {
             s.redis.url = Some(rampart::settings::Secret::new(through));
+            s.redis.command_timeout_ms = 2000;
             configure(s);
         })
         .spawn()
         .await;
     let b = TestApp::builder()
         .with_redis(redis)
+        .configure(|s| s.redis.command_timeout_ms = 2000)
         .beside(&a)
         .spawn()
         .await;
