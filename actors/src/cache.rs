@@ -190,14 +190,7 @@ impl Handler<Stop> for Cache {
     /// command timeout), answering the stop only then: a graceful stop does not leave an old
     /// body in Redis for its freshness.
     fn handle(&mut self, _: Stop, _ctx: &mut Context<Self>) -> Self::Result {
-        let keys: Vec<String> = self
-            .pending
-            .keys
-            .iter()
-            .take(invalidation::RETRY_BATCH)
-            .cloned()
-            .collect();
-        let scopes: Vec<String> = self.pending.scopes.iter().cloned().collect();
+        let (keys, scopes) = self.owed_batch();
         let shared = self
             .shared
             .clone()

@@ -138,8 +138,12 @@ async fn run_in_task<C: DbCommand>(
             }
             let unanswered_at = caller.deadline() + UNANSWERED_GRACE;
             let started = std::time::Instant::now();
-            let traced = tracing::Span::current();
-            traced.record("wait_ms", since_sent.elapsed().as_secs_f64() * 1000.0);
+            // The command's own span, when it is traced (else nothing is recorded: the
+            // current span is then its request's, whose fields are not a command's).
+            let traced = crate::trace::traced().then(tracing::Span::current);
+            if let Some(span) = &traced {
+                span.record("wait_ms", since_sent.elapsed().as_secs_f64() * 1000.0);
+            }
             let mut conn = Conn::new(client, caller);
             let mut call = call;
             let outcome = {
@@ -161,18 +165,20 @@ async fn run_in_task<C: DbCommand>(
                 call.finish(matches!(outcome, Ok(Err(DbError::Unavailable(_)))));
             }
             let took = started.elapsed();
-            traced.record("work_ms", took.as_secs_f64() * 1000.0);
-            if let Some(rows) = outcome
-                .as_ref()
-                .ok()
-                .and_then(|r| r.as_ref().ok())
-                .and_then(C::rows)
-            {
-                traced.record("db.rows", i64::try_from(rows).unwrap_or(i64::MAX));
-            }
-            if let Ok(Err(e)) = &outcome {
-                traced.record("otel.status_code", "ERROR");
-                traced.record("error", tracing::field::display(e));
+            if let Some(span) = &traced {
+                span.record("work_ms", took.as_secs_f64() * 1000.0);
+                match &outcome {
+                    Ok(Ok(output)) => {
+                        if let Some(rows) = C::rows(output) {
+                            span.record("db.rows", i64::try_from(rows).unwrap_or(i64::MAX));
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("error", tracing::field::display(e));
+                    }
+                    Err(_) => {}
+                }
             }
             if slow_query.is_some_and(|slow| took >= slow) {
                 tracing::warn!(

@@ -55,7 +55,6 @@ pub async fn middleware(
         }
         None => request_span!(),
     };
-    let method = req.method().clone();
     let mut response = REQUEST_ID
         .scope(id.clone(), next.call(req).instrument(span.clone()))
         .await?;
@@ -65,13 +64,14 @@ pub async fn middleware(
         .metadata()
         .is_some_and(|m| m.target() == rampart_actors::trace::TARGET)
     {
-        let route = response
-            .request()
+        let request = response.request();
+        let route = request
             .extensions()
             .get::<crate::http::metrics::RouteLabel>()
             .map_or("unmatched", |r| r.0);
+        let name = format!("{} {route}", request.method());
         let status = response.status();
-        crate::telemetry::rename(&span, format!("{method} {route}"));
+        crate::telemetry::rename(&span, name);
         span.record("http.response.status_code", status.as_u16());
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");

@@ -132,12 +132,7 @@ async fn postgresql_down_a_cached_product_still_answers_and_an_uncached_one_is_5
     // `fast`: the test cluster commits asynchronously, and a crash would lose the products.
     pg.cluster.stop_with("fast").expect("stop PostgreSQL");
     let served = app.get(&path(&cached)).await;
-    assert_eq!(
-        served.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&served.body)
-    );
+    served.assert_status(200);
     assert_eq!(served.json()["sku"], "C-1");
     assert!(app.cache.reader.snapshot().stale_hits >= 1);
     let started = std::time::Instant::now();
@@ -176,12 +171,7 @@ async fn postgresql_down_a_cached_list_page_still_answers_stale() {
     pg.cluster.stop_with("fast").expect("stop PostgreSQL");
     let stale_hits = app.cache.reader.snapshot().stale_hits;
     let served = app.get(&list).await;
-    assert_eq!(
-        served.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&served.body)
-    );
+    served.assert_status(200);
     assert_eq!(served.body, cached.body, "the cached page, stale");
     assert_eq!(served.json()["data"][0]["sku"], "L-1");
     assert!(app.cache.reader.snapshot().stale_hits > stale_hits);
@@ -342,12 +332,7 @@ async fn an_archived_product_is_remembered_absent_until_restored_and_then_visibl
             &json!({"status": "active"}),
         )
         .await;
-    assert_eq!(
-        restored.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&restored.body)
-    );
+    restored.assert_status(200);
     let visible = app.get(&path).await;
     assert_eq!(visible.status, 200, "the next read sees the restore");
     assert_eq!(visible.json()["status"], "active");

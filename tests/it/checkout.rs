@@ -199,12 +199,7 @@ async fn a_checkout_snapshots_prices_merges_repeated_products_and_enqueues_its_j
     let body = json!({"customer_email": "buyer@example.com", "customer_name": "Ada", "items": [
         {"product_id": a["id"], "quantity": 1}, {"product_id": a["id"], "quantity": 2}]});
     let reply = app.checkout(&merchant.id, &body, None).await;
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(201);
     let order = reply.json();
     assert_eq!(
         reply.header("location"),

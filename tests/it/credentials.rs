@@ -213,12 +213,7 @@ async fn a_known_good_key_works_from_a_spent_client_and_only_keys_that_authentic
     // `bearer` in lower case authenticates and counts in the merchant class.
     let lower = format!("bearer {}", m.api_key);
     let first = get(&app, "/api/v1/products", Some(&lower), None).await;
-    assert_eq!(
-        first.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&first.body)
-    );
+    first.assert_status(200);
     assert_eq!(number(&first, "ratelimit-limit"), 5);
     assert_eq!(number(&first, "ratelimit-remaining"), 4);
 
@@ -434,12 +429,7 @@ async fn percent_encoded_paths_count_as_the_paths_they_are_routed_as() {
         None,
     )
     .await;
-    assert_eq!(
-        store.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&store.body)
-    );
+    store.assert_status(200);
     assert_eq!(number(&store, "ratelimit-limit"), 100);
 }
 

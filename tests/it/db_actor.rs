@@ -282,12 +282,7 @@ async fn readiness_and_metrics_answer_while_every_db_slot_and_the_queue_are_full
         "requests are refused now"
     );
     let ready = app.get("/health/ready").await;
-    assert_eq!(
-        ready.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&ready.body)
-    );
+    ready.assert_status(200);
     assert_eq!(ready.json()["checks"]["postgres"]["status"], "up");
     let metrics = app.get("/metrics").await;
     assert_eq!(metrics.status, 200);

@@ -54,12 +54,7 @@ async fn a_limited_route_tells_its_budget_and_refuses_past_it_with_429_and_retry
     let body = json!({"customer_email": "c@example.com",
                       "items": [{"product_id": product["id"], "quantity": 1}]});
     let checkout = app.checkout(&m.id, &body, None).await;
-    assert_eq!(
-        checkout.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&checkout.body)
-    );
+    checkout.assert_status(201);
     assert!(checkout.header("ratelimit-limit").is_some());
 
     // Ops endpoints are never limited.
@@ -403,12 +398,7 @@ async fn a_crash_injected_into_each_actor_restarts_it_and_the_service_keeps_serv
     )
     .await;
     let ready = app.get("/health/ready").await;
-    assert_eq!(
-        ready.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&ready.body)
-    );
+    ready.assert_status(200);
     for name in [
         "db", "db_probe", "cache", "breakers", "memory", "limiter", "jobs",
     ] {

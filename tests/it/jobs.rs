@@ -68,12 +68,7 @@ async fn buy(app: &TestApp, merchant: &Merchant, product: &Value, quantity: i64)
     let body = json!({"customer_email": "buyer@example.com", "customer_name": "Ada",
         "items": [{"product_id": product["id"], "quantity": quantity}]});
     let reply = app.checkout(&merchant.id, &body, None).await;
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(201);
     reply.json()
 }
 
@@ -502,12 +497,7 @@ async fn a_report_goes_queued_running_ready_and_its_csv_matches_the_orders_row_f
             &json!({"kind": "sales", "from": (today - chrono::Days::new(1)).to_string(), "to": today.to_string(), "format": "csv"}),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(202);
     let report = reply.json();
     assert_eq!(report["status"], "queued");
     assert!(report["job_id"].is_string());
@@ -1046,7 +1036,8 @@ async fn after_a_killed_service_and_a_crashed_postgres_every_acknowledged_orders
     let receiver = WebhookReceiver::start(Behaviour::Accept);
     // The in-process instance only sets up and reads; the processes under test dispatch.
     let app = TestApp::builder().on(pg).spawn().await;
-    let merchant = merchant_with_webhook_allowed(&app, &receiver.url).await;
+    let merchant =
+        crate::support::merchant_with_webhook_allowed(&app, "Crash Shop", &receiver.url).await;
     let product = app.create_product(&merchant, "CRASH-1", 100, 100_000).await;
     let outbox = std::env::temp_dir().join(format!("rampart-crash-{}", uuid::Uuid::new_v4()));
     let outbox_text = outbox.display().to_string();
@@ -1233,20 +1224,6 @@ async fn after_a_killed_service_and_a_crashed_postgres_every_acknowledged_orders
     );
     drop(second);
     receiver.stop().await;
-}
-
-async fn merchant_with_webhook_allowed(app: &TestApp, url: &str) -> Merchant {
-    // The in-process instance refuses loopback URLs (allow_private_targets is off there).
-    let merchant = app.create_merchant("Crash Shop").await;
-    app.sql()
-        .await
-        .execute(
-            "UPDATE merchants SET webhook_url = $1 WHERE id = $2::text::uuid",
-            &[&url, &merchant.id],
-        )
-        .await
-        .unwrap();
-    merchant
 }
 
 #[actix_rt::test]

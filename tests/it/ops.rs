@@ -27,12 +27,7 @@ async fn five_hundred_concurrent_readiness_probes_answer_200_and_add_no_database
     let before = db_commands(&app);
     let replies = join_all((0..500).map(|_| app.get("/health/ready"))).await;
     for reply in &replies {
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(200);
         assert_eq!(reply.json()["status"], "ready");
         assert_eq!(reply.json()["checks"]["postgres"]["status"], "up");
     }

@@ -20,12 +20,7 @@ async fn walk(
             Some(k) => app.get_as(k, &url).await,
             None => app.get(&url).await,
         };
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(200);
         let body = reply.json();
         rows.extend(body["data"].as_array().expect("data").iter().cloned());
         pages += 1;
@@ -350,12 +345,7 @@ async fn a_total_past_max_total_is_that_number_and_not_exact() {
                 None,
             )
             .await;
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(201);
         orders.push(reply.json()["id"].as_str().expect("id").to_owned());
     }
     let body = app
@@ -375,12 +365,7 @@ async fn a_total_past_max_total_is_that_number_and_not_exact() {
                 &json!({"status": "paid"}),
             )
             .await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(200);
     }
     let body = app
         .get_as(&m.api_key, "/api/v1/orders?page=1&per_page=2&status=paid")

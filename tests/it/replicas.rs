@@ -37,12 +37,7 @@ async fn set_price(app: &TestApp, merchant: &Merchant, path: &str, price: i64) {
         .content_type("application/json");
     let body = json!({"price_cents": price}).to_string();
     let reply = app.send(req, Some(body.as_bytes())).await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(200);
 }
 
 #[actix_rt::test]
@@ -151,12 +146,7 @@ async fn catalog_reads_go_to_a_fresh_replica_and_writers_read_their_writes() {
     standby.stop().expect("stop the standby");
     for _ in 0..50 {
         let reply = app.get_as(&other.api_key, &chair_path).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(200);
         let store = app
             .get(&format!("/api/v1/stores/{}/products", other.id))
             .await;

@@ -86,12 +86,7 @@ async fn a_range_whose_from_is_after_its_to_is_422_naming_both_fields_for_report
             &json!({"kind": "sales", "from": "2026-03-01", "to": "2026-03-01"}),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(202);
 }
 
 /// RFC 4180 records of `text`: quoted fields may hold commas, doubled quotes and line breaks.
@@ -140,12 +135,7 @@ async fn names_and_skus_that_would_run_as_formulas_reach_the_csv_as_text() {
                 &json!({"sku": sku, "name": name, "price_cents": 100, "currency": "EUR", "stock": 10}),
             )
             .await;
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(201);
         products.push(reply.json());
     }
     let items: Vec<Value> = products
@@ -159,12 +149,7 @@ async fn names_and_skus_that_would_run_as_formulas_reach_the_csv_as_text() {
             None,
         )
         .await;
-    assert_eq!(
-        order.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&order.body)
-    );
+    order.assert_status(201);
     let day = order.json()["created_at"].as_str().unwrap()[..10].to_owned();
 
     let reply = app
@@ -174,12 +159,7 @@ async fn names_and_skus_that_would_run_as_formulas_reach_the_csv_as_text() {
             &json!({"kind": "sales", "from": day, "to": day, "format": "csv"}),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(202);
     let location = reply.header("location").unwrap().to_owned();
     wait_until("the report is ready", Duration::from_secs(20), async || {
         app.get_as(&merchant.api_key, &location).await.json()["status"] == "ready"
@@ -274,12 +254,7 @@ async fn every_catalog_change_is_audited_with_the_fields_it_changed_and_only_onc
     };
     assert_eq!(patch(json!({"price_cents": 1250})).await.status, 200);
     let reply = patch(json!({"name": "Renamed", "description": "A lamp", "category": null})).await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(200);
     let reply = app
         .post_json(
             &format!("{path}/stock"),
@@ -287,12 +262,7 @@ async fn every_catalog_change_is_audited_with_the_fields_it_changed_and_only_onc
             &json!({"delta": 3}),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(200);
     // Refused changes change nothing, so they leave no entry: a stale If-Match, a duplicate sku.
     let stale = app
         .client
@@ -366,12 +336,7 @@ async fn merchant_settings_and_orders_are_audited_settings_with_old_and_new_valu
                 &body,
             )
             .await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(200);
     };
     put(json!({"name": "After"})).await;
     put(json!({"webhook_url": "http://127.0.0.1:9/hooks"})).await;

@@ -48,12 +48,15 @@ async fn a_write_on_one_instance_is_seen_by_a_second_process_within_a_second() {
     assert!(written.elapsed() < Duration::from_secs(1));
 }
 
+/// Redis's answers are what these tests read: a loaded test machine may take longer than the
+/// default 100 ms, and a command that timed out would be skipped.
+fn patient(s: &mut rampart::settings::Settings) {
+    s.redis.command_timeout_ms = 2000;
+}
+
 /// Two instances in this process on one database and one Redis, a merchant and its product:
 /// the instances, the merchant, the product's id and its storefront path.
 async fn two_instances(redis: &TestRedis) -> (TestApp, TestApp, Merchant, String, String) {
-    // Redis's answers are what these tests read: a loaded test machine may take longer than
-    // the default 100 ms, and a command that timed out would be skipped.
-    let patient = |s: &mut rampart::settings::Settings| s.redis.command_timeout_ms = 2000;
     let a = TestApp::builder()
         .with_redis(redis)
         .configure(patient)
@@ -161,12 +164,7 @@ async fn storefront_survives(
     for path in products.iter().chain(products.iter()) {
         let started = Instant::now();
         let reply = app.get(path).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(200);
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
@@ -234,11 +232,10 @@ async fn redis_frozen_with_sigstop_costs_no_storefront_read_beyond_the_command_t
 async fn a_product_restored_on_one_instance_is_visible_on_another_that_remembered_it_absent() {
     let redis = TestRedis::start();
     // Absences remembered far longer than the test runs: what makes the restore visible within
-    // 1 s can only be the invalidation, never the entry running out. (Redis answers slower
-    // than the default 100 ms on a loaded machine are waited for, as in `two_instances`.)
+    // 1 s can only be the invalidation, never the entry running out.
     let remember = |s: &mut rampart::settings::Settings| {
         s.cache.not_found_ttl_secs = 300;
-        s.redis.command_timeout_ms = 2000;
+        patient(s);
     };
     let a = TestApp::builder()
         .with_redis(&redis)
@@ -297,19 +294,17 @@ async fn two_instances_one_behind(
     configure: impl FnOnce(&mut rampart::settings::Settings),
 ) -> (TestApp, TestApp, Merchant, String, String) {
     let through = proxy.url(&redis.url(), redis.port);
-    // As in `two_instances`: Redis's answers are the subject, so a loaded machine's slow answer
-    // must not be skipped.
     let a = TestApp::builder()
         .configure(|s| {
             s.redis.url = Some(rampart::settings::Secret::new(through));
-            s.redis.command_timeout_ms = 2000;
+            patient(s);
             configure(s);
         })
         .spawn()
         .await;
     let b = TestApp::builder()
         .with_redis(redis)
-        .configure(|s| s.redis.command_timeout_ms = 2000)
+        .configure(patient)
         .beside(&a)
         .spawn()
         .await;
@@ -332,12 +327,7 @@ async fn set_price(app: &TestApp, m: &Merchant, id: &str, price: i64) {
             &json!({"price_cents": price}),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(200);
 }
 
 /// The writer's invalidation (the tombstone, the generation and the broadcast, one pipeline)

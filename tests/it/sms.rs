@@ -49,12 +49,7 @@ async fn buy(app: &TestApp, merchant: &Merchant, product: &Value, phone: Option<
         body["customer_phone"] = json!(phone);
     }
     let reply = app.checkout(&merchant.id, &body, None).await;
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(201);
     reply.json()
 }
 

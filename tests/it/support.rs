@@ -260,6 +260,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Asserts the status, showing the body when it is another.
+    pub fn assert_status(&self, status: u16) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
@@ -405,12 +415,7 @@ impl TestApp {
         let reply = self
             .post_json("/api/v1/admin/merchants", Some(ADMIN_TOKEN), body)
             .await;
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(201);
         let body = reply.json();
         let merchant = Merchant {
             id: body["merchant"]["id"].as_str().expect("id").to_owned(),
@@ -454,12 +459,7 @@ impl TestApp {
         let reply = self
             .post_json("/api/v1/products", Some(&merchant.api_key), &body)
             .await;
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(201);
         reply.json()
     }
 
@@ -707,18 +707,29 @@ impl Drop for OtherProcess {
     }
 }
 
+/// A merchant named `name` whose webhooks go to `url`, set in the database: the in-process
+/// instance refuses loopback URLs (`webhooks.allow_private_targets` is off there), the other
+/// processes the tests start allow them.
+pub async fn merchant_with_webhook_allowed(app: &TestApp, name: &str, url: &str) -> Merchant {
+    let merchant = app.create_merchant(name).await;
+    app.sql()
+        .await
+        .execute(
+            "UPDATE merchants SET webhook_url = $1 WHERE id = $2::text::uuid",
+            &[&url, &merchant.id],
+        )
+        .await
+        .unwrap();
+    merchant
+}
+
 /// Moves an order to `to` through the merchant API, expecting 200.
 pub async fn set_status(app: &TestApp, merchant: &Merchant, order: &Value, to: &str) {
     let path = format!("/api/v1/orders/{}/status", order["id"].as_str().unwrap());
     let reply = app
         .post_json(&path, Some(&merchant.api_key), &json!({"status": to}))
         .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(200);
 }
 
 /// Waits until every job is finished (succeeded or dead).

@@ -34,15 +34,8 @@ async fn exporting_instance(
     ratio: &str,
 ) -> (TestApp, OtherProcess, Merchant, serde_json::Value) {
     let app = TestApp::spawn().await;
-    let merchant = app.create_merchant("Traced Shop").await;
-    app.sql()
-        .await
-        .execute(
-            "UPDATE merchants SET webhook_url = $1 WHERE id = $2::text::uuid",
-            &[&hooks.url, &merchant.id],
-        )
-        .await
-        .unwrap();
+    let merchant =
+        crate::support::merchant_with_webhook_allowed(&app, "Traced Shop", &hooks.url).await;
     let product = app.create_product(&merchant, "TRACE-1", 500, 100).await;
     let log = std::env::temp_dir().join(format!("rampart-otel-{}.log", uuid::Uuid::new_v4()));
     let endpoint = collector.url.trim_end_matches('/').to_owned();

@@ -14,7 +14,7 @@ use std::time::Duration;
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// The most owed keys sent again in one command.
-pub(super) const RETRY_BATCH: usize = 256;
+const RETRY_BATCH: usize = 256;
 
 /// Drops `keys` and bumps the generation of `scopes` (their lists).
 pub struct Invalidate {
@@ -136,6 +136,18 @@ impl Cache {
         ctx.run_later(RETRY_EVERY, |cache, ctx| cache.retry(ctx));
     }
 
+    /// The next batch of what Redis is owed: at most [`RETRY_BATCH`] keys, and every scope.
+    pub(super) fn owed_batch(&self) -> (Vec<String>, Vec<String>) {
+        let keys = self
+            .pending
+            .keys
+            .iter()
+            .take(RETRY_BATCH)
+            .cloned()
+            .collect();
+        (keys, self.pending.scopes.iter().cloned().collect())
+    }
+
     /// Sends what is owed again, at most [`RETRY_BATCH`] keys at a time (a backlog from a long
     /// outage must not become one command that cannot finish within the command timeout). It
     /// stays owed until Redis takes it; then what this instance loaded meanwhile (from a Redis
@@ -145,14 +157,7 @@ impl Cache {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let keys: Vec<String> = self
-            .pending
-            .keys
-            .iter()
-            .take(RETRY_BATCH)
-            .cloned()
-            .collect();
-        let scopes: Vec<String> = self.pending.scopes.iter().cloned().collect();
+        let (keys, scopes) = self.owed_batch();
         if keys.is_empty() && scopes.is_empty() {
             return;
         }
